@@ -1,0 +1,667 @@
+"""``VisorForConditionalGeneration``: LLaVA-OneVision weights, VISOR's way of driving them.
+
+The model holds exactly the parts of ``LlavaOnevisionForConditionalGeneration``
+(``model.vision_tower``, ``model.multi_modal_projector``, ``model.image_newline``,
+``model.language_model``, ``lm_head``, same parameter names) plus, for the
+``gated`` variant, one :class:`~visor_model.layers.GatedCrossAttention` per C
+layer (``gated.<layer>``) and the budget policy (``policy``).
+
+Forward pass (DESIGN.md §3): the vision tower, projector and anyres packing of
+``transformers`` give the visual tokens; :func:`~visor_model.streams.split_streams`
+keeps text and visual tokens apart with LLaVA-OneVision's positions; each
+decoder layer then runs, per sample, in mode T, C or S of that sample's budget.
+Logits are computed for text tokens only: ``logits[b, j]`` belongs to
+``input_ids[b, text_index[b, j]]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint
+from torch import nn
+from transformers import LlavaOnevisionForConditionalGeneration
+from transformers.modeling_outputs import ModelOutput
+from transformers.models.llava_onevision.modeling_llava_onevision import (
+    LlavaOnevisionModel,
+    LlavaOnevisionPreTrainedModel,
+    image_size_to_num_patches,
+)
+
+from .cache import VisorCache
+from .config import VisorConfig
+from .layers import GatedCrossAttention, finish, project, visibility
+from .plan import LayerPlan
+from .policy import BudgetPolicy, choose_budget, last_valid_index
+from .streams import Streams, scatter_visual, split_streams
+
+MODE_CODES = {"T": 0, "C": 1, "S": 2}
+Budget = int | torch.Tensor | str | None
+
+
+@dataclass
+class VisorOutput(ModelOutput):
+    """Output of :meth:`VisorForConditionalGeneration.forward`.
+
+    ``logits [B, Tt, V]`` over the text stream; ``text_index``/``text_mask``
+    ``[B, Tt]`` map it to ``input_ids`` columns; ``budget [B]`` is the budget
+    each sample ran; ``loss`` is the mean next-token loss over labelled tokens
+    and ``loss_per_sample [B]`` the same per sample (NaN where a sample has no
+    label); ``policy_logits [B, K+1]`` is set when the policy chose the budget.
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    text_index: torch.LongTensor | None = None
+    text_mask: torch.BoolTensor | None = None
+    budget: torch.LongTensor | None = None
+    loss_per_sample: torch.Tensor | None = None
+    policy_logits: torch.Tensor | None = None
+
+
+@dataclass
+class _Prefill:
+    """Result of running the decoder layers over a prompt."""
+
+    hidden: torch.Tensor  # final-normed text hidden states [B, Tt, D]
+    streams: Streams
+    budget: torch.LongTensor
+    policy_logits: torch.Tensor | None
+    policy_features: torch.Tensor | None
+
+
+class VisorBackbone(LlavaOnevisionModel):
+    """``LlavaOnevisionModel`` whose anyres packing can first pool every tile 2×2.
+
+    With ``config.token_reduction == 1`` it is the unchanged model. Otherwise
+    each tile's patch grid (side ``s``) is average-pooled to side ``ceil(s/2)``
+    after the projector, then ``transformers``' own packing (unpad, anyres_max
+    interpolation, newline tokens) runs on the pooled grid.
+    """
+
+    def pack_image_features(self, image_features, image_sizes, image_newline=None, vision_aspect_ratio="anyres_max_9"):
+        factor = self.config.token_reduction
+        if factor == 1:
+            return super().pack_image_features(image_features, image_sizes, image_newline, vision_aspect_ratio)
+        vision = self.config.vision_config
+        side = vision.image_size // vision.patch_size
+        pooled_side = -(-side // factor)
+        pooled = [_pool_tiles(x, side, factor) for x in image_features]
+        grid_patch = vision.image_size // pooled_side
+        if vision.image_size // grid_patch != pooled_side:
+            raise ValueError(f"token_reduction={factor} does not fit a {side}x{side} patch grid")
+        view = SimpleNamespace(
+            config=SimpleNamespace(
+                vision_config=SimpleNamespace(image_size=vision.image_size, patch_size=grid_patch),
+                image_grid_pinpoints=self.config.image_grid_pinpoints,
+            )
+        )
+        return LlavaOnevisionModel.pack_image_features(view, pooled, image_sizes, image_newline, vision_aspect_ratio)
+
+    def slot_counts(self, image_sizes: torch.Tensor, batch_num_images: torch.Tensor | None) -> list[int]:
+        """Image tokens each image occupies in ``input_ids`` (the unreduced LLaVA-OneVision count)."""
+        vision = self.config.vision_config
+        side = vision.image_size // vision.patch_size
+        single = [True] * len(image_sizes) if batch_num_images is None else [
+            n == 1 for n in batch_num_images.tolist() for _ in range(n)
+        ]
+        dummies = [
+            torch.ones(
+                image_size_to_num_patches(size, self.config.image_grid_pinpoints, vision.image_size) if one else 1,
+                side * side,
+                1,
+            )
+            for size, one in zip(image_sizes, single)
+        ]
+        packed, _ = LlavaOnevisionModel.pack_image_features(
+            self, dummies, image_sizes, torch.ones(1), self.config.vision_aspect_ratio
+        )
+        return [p.shape[0] for p in packed]
+
+
+def _pool_tiles(features: torch.Tensor, side: int, factor: int) -> torch.Tensor:
+    """``[tiles, side*side, D] -> [tiles, ceil(side/f)**2, D]`` by f×f average pooling."""
+    tiles, _, dim = features.shape
+    grid = features.view(tiles, side, side, dim).permute(0, 3, 1, 2)
+    pooled = F.avg_pool2d(grid, factor, factor, ceil_mode=True)
+    return pooled.permute(0, 2, 3, 1).reshape(tiles, -1, dim)
+
+
+class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
+    config_class = VisorConfig
+    config: VisorConfig
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+
+    def __init__(self, config: VisorConfig):
+        super().__init__(config)
+        text = config.text_config
+        self.model = VisorBackbone(config)
+        self.lm_head = nn.Linear(text.hidden_size, text.vocab_size, bias=False)
+        plan = config.layer_plan
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        self.gated = nn.ModuleDict(
+            {
+                str(layer): GatedCrossAttention(
+                    text.hidden_size,
+                    text.num_attention_heads,
+                    text.num_key_value_heads,
+                    head_dim,
+                    text.rms_norm_eps,
+                    config.cpe_kernel_size,
+                )
+                for layer in plan.cross_layers
+            }
+            if config.cross_attention == "gated"
+            else {}
+        )
+        self.policy = BudgetPolicy(text.hidden_size, config.policy_hidden_size, plan.num_budgets)
+        self.activation_checkpointing = False
+        self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, GatedCrossAttention):
+            nn.init.zeros_(module.gate)
+            nn.init.zeros_(module.cpe.weight)
+            nn.init.zeros_(module.cpe.bias)
+            nn.init.ones_(module.norm.weight)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def plan(self) -> LayerPlan:
+        return self.config.layer_plan
+
+    @property
+    def language_model(self) -> nn.Module:
+        return self.model.language_model
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.embed_tokens
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """Recompute each decoder-layer step in the backward pass (activation checkpointing)."""
+        self.activation_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.activation_checkpointing = False
+
+    def _budget_tensor(self, budget: Budget, batch: int, device: torch.device) -> torch.LongTensor | None:
+        """Normalise ``budget`` to ``[B]`` (None for ``"auto"``); default is the largest budget."""
+        plan = self.plan
+        if isinstance(budget, str):
+            if budget != "auto":
+                raise ValueError(f"budget must be an int, a LongTensor [batch] or 'auto', got {budget!r}")
+            plan.check_policy_ready()
+            return None
+        if budget is None:
+            budget = plan.max_budget
+        if isinstance(budget, torch.Tensor):
+            budget = budget.to(device=device, dtype=torch.long).reshape(-1)
+            if budget.numel() == 1:
+                budget = budget.expand(batch)
+            if budget.shape[0] != batch:
+                raise ValueError(f"budget has {budget.shape[0]} entries for a batch of {batch}")
+            for b in budget.unique().tolist():
+                plan.check_budget(b)
+            return budget
+        return torch.full((batch,), plan.check_budget(int(budget)), dtype=torch.long, device=device)
+
+    def _mode_table(self, device: torch.device) -> torch.LongTensor:
+        """``[K+1, L]`` mode codes (T=0, C=1, S=2) of every layer under every budget."""
+        plan = self.plan
+        return torch.tensor(
+            [[MODE_CODES[m] for m in plan.modes(b)] for b in range(plan.num_budgets)], device=device
+        )
+
+    def image_features(
+        self, pixel_values: torch.Tensor, image_sizes: torch.Tensor, batch_num_images: torch.Tensor | None = None
+    ) -> tuple[list[torch.Tensor], list[int]]:
+        """Per-image visual tokens ``[n'_k, D]`` and the slots ``n_k`` each takes in ``input_ids``."""
+        out = self.model.get_image_features(
+            pixel_values, image_sizes, batch_num_images=batch_num_images, return_dict=True
+        )
+        features = list(out.pooler_output)
+        if self.config.token_reduction == 1:
+            return features, [f.shape[0] for f in features]
+        return features, self.model.slot_counts(image_sizes, batch_num_images)
+
+    # ------------------------------------------------------------------ prefill
+    def _prefill(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None,
+        pixel_values: torch.Tensor | None,
+        image_sizes: torch.Tensor | None,
+        budget: Budget,
+        tau: float | None,
+        batch_num_images: torch.Tensor | None,
+        cache: VisorCache | None = None,
+        policy_only: bool = False,
+    ) -> _Prefill:
+        batch, device = input_ids.shape[0], input_ids.device
+        budgets = self._budget_tensor(budget, batch, device)
+        if pixel_values is not None:
+            if image_sizes is None:
+                raise ValueError("image_sizes is required with pixel_values")
+            features, slots = self.image_features(pixel_values, image_sizes, batch_num_images)
+        else:
+            features, slots = [], []
+        streams = split_streams(
+            input_ids,
+            attention_mask,
+            self.config.image_token_id,
+            slots,
+            [f.shape[0] for f in features],
+            self.config.text_config.pad_token_id or 0,
+        )
+        h_t = self.get_input_embeddings()(streams.text_ids)
+        h_v = (
+            scatter_visual(features, streams.visual_valid).to(h_t.dtype)
+            if features
+            else h_t.new_zeros(batch, 0, h_t.shape[-1])
+        )
+        rotary = self.language_model.rotary_emb
+        pe_t = rotary(h_t, streams.text_pos)
+        pe_v = rotary(h_t, streams.visual_pos)
+        masks = _Masks(streams)
+
+        plan = self.plan
+        table = self._mode_table(device)
+        modes = table[budgets] if budgets is not None else table[torch.zeros(batch, dtype=torch.long, device=device)]
+        policy_logits = policy_features = None
+        for layer_idx, layer in enumerate(self.language_model.layers):
+            if budgets is None and layer_idx == plan.policy_layer:
+                policy_features = BudgetPolicy.features(h_t, streams.text_valid, h_v, streams.visual_valid)
+                if policy_only:
+                    break
+                policy_logits = self.policy(policy_features)
+                budgets = choose_budget(policy_logits, self.config.policy_tau if tau is None else tau)
+                modes = table[budgets]
+            h_t, h_v = self._run_layer(layer_idx, layer, modes[:, layer_idx], h_t, h_v, pe_t, pe_v, masks, cache)
+        if budgets is None:  # "auto" with a plan whose policy layer is past the end (no budget-dependent layer)
+            budgets = torch.zeros(batch, dtype=torch.long, device=device)
+        return _Prefill(self.language_model.norm(h_t), streams, budgets, policy_logits, policy_features)
+
+    def _run_layer(
+        self,
+        layer_idx: int,
+        layer: nn.Module,
+        codes: torch.LongTensor,
+        h_t: torch.Tensor,
+        h_v: torch.Tensor,
+        pe_t: tuple[torch.Tensor, torch.Tensor],
+        pe_v: tuple[torch.Tensor, torch.Tensor],
+        masks: _Masks,
+        cache: VisorCache | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run one decoder layer, each sample in its mode ``codes[b]``; fill ``cache`` if given.
+
+        Samples are grouped by mode; a group covering the whole batch runs on
+        the tensors as they are, otherwise on row subsets that are then merged.
+        """
+        batch = h_t.shape[0]
+        present = codes.unique().tolist()
+        new_t, new_v = (h_t, h_v) if len(present) == 1 else (h_t.clone(), h_v.clone())
+        k_t_all = v_t_all = None
+        self_kv: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        gated_kv: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        for code in present:
+            rows = None if len(present) == 1 else (codes == code).nonzero().squeeze(1)
+            pick = (lambda t: t) if rows is None else (lambda t, r=rows: t.index_select(0, r))
+            args = (pick(h_t), pick(h_v), *(pick(t) for t in pe_t), *(pick(t) for t in pe_v), masks.select(rows))
+            fn = {0: self._mode_t, 1: self._mode_c, 2: self._mode_s}[code]
+            fn_args = (layer_idx, layer, *args)
+            if self.activation_checkpointing and self.training:
+                out = torch.utils.checkpoint.checkpoint(fn, *fn_args, use_reentrant=False)
+            else:
+                out = fn(*fn_args)
+            g_t, g_v, (k_t, v_t), visual = out
+            if rows is None:
+                new_t, new_v = g_t, g_v
+            else:
+                new_t = new_t.index_copy(0, rows, g_t)
+                new_v = new_v.index_copy(0, rows, g_v)
+            if cache is not None:
+                if k_t_all is None:
+                    k_t_all = k_t.new_zeros(batch, *k_t.shape[1:])
+                    v_t_all = v_t.new_zeros(batch, *v_t.shape[1:])
+                index = torch.arange(batch, device=h_t.device) if rows is None else rows
+                k_t_all.index_copy_(0, index, k_t)
+                v_t_all.index_copy_(0, index, v_t)
+                if visual is not None:
+                    kind, k_v, v_v = visual
+                    (gated_kv if kind == "gated" else self_kv).append((index, k_v, v_v))
+        if cache is not None:
+            valid_v = masks.streams.visual_valid
+            cache.write_prefill(
+                layer_idx, (k_t_all, v_t_all), masks.streams.text_valid, _merge_rows(self_kv, valid_v)
+            )
+            cache.gated[layer_idx] = _merge_rows(gated_kv, valid_v)
+        return new_t, new_v
+
+    def _mode_t(self, layer_idx, layer, h_t, h_v, cos_t, sin_t, cos_v, sin_v, masks):
+        q, k, v = project(layer, h_t, (cos_t, sin_t))
+        return finish(layer, h_t, q, k, v, masks.text_text), h_v, (k, v), None
+
+    def _mode_c(self, layer_idx, layer, h_t, h_v, cos_t, sin_t, cos_v, sin_v, masks):
+        if self.config.cross_attention == "gated":
+            gated = self.gated[str(layer_idx)]
+            k_g, v_g = gated.visual_kv(h_v, masks.streams.visual_valid)
+            h_t = gated(h_t, k_g, v_g, masks.text_visual)
+            h_t, _, text_kv, _ = self._mode_t(layer_idx, layer, h_t, h_v, cos_t, sin_t, cos_v, sin_v, masks)
+            return h_t, h_v, text_kv, ("gated", k_g, v_g)
+        _, k_v, v_v = project(layer, h_v, (cos_v, sin_v), queries=False)
+        q, k_t, v_t = project(layer, h_t, (cos_t, sin_t))
+        k, v = torch.cat([k_v, k_t], dim=2), torch.cat([v_v, v_t], dim=2)
+        return finish(layer, h_t, q, k, v, masks.text_all), h_v, (k_t, v_t), ("self", k_v, v_v)
+
+    def _mode_s(self, layer_idx, layer, h_t, h_v, cos_t, sin_t, cos_v, sin_v, masks):
+        num_v = h_v.shape[1]
+        hidden = torch.cat([h_v, h_t], dim=1)
+        pos_emb = (torch.cat([cos_v, cos_t], dim=1), torch.cat([sin_v, sin_t], dim=1))
+        q, k, v = project(layer, hidden, pos_emb)
+        hidden = finish(layer, hidden, q, k, v, masks.all_all)
+        h_v, h_t = hidden[:, :num_v], hidden[:, num_v:]
+        return h_t, h_v, (k[:, :, num_v:], v[:, :, num_v:]), ("self", k[:, :, :num_v], v[:, :, :num_v])
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_sizes: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        budget: Budget = None,
+        tau: float | None = None,
+        batch_num_images: torch.Tensor | None = None,
+        **_: Any,
+    ) -> VisorOutput:
+        """Logits (and loss) for a batch under ``budget``.
+
+        ``budget``: an int, a LongTensor ``[B]`` (one per sample), ``"auto"`` (the
+        policy picks, with threshold ``tau`` or ``config.policy_tau``) or None (the
+        largest budget). ``labels [B, T]`` are in ``input_ids`` layout with -100
+        for ignored tokens: the token at column i is trained to predict
+        ``labels[i+1]``. A prediction LLaVA-OneVision would make from the last
+        visual token of an image is dropped (visual tokens carry no logits here);
+        with user turns masked, as in every chat recipe, there is none.
+        """
+        pre = self._prefill(
+            input_ids, attention_mask, pixel_values, image_sizes, budget, tau, batch_num_images
+        )
+        logits = self.lm_head(pre.hidden)
+        loss = loss_per_sample = None
+        if labels is not None:
+            loss, loss_per_sample = self._loss(logits, labels, input_ids, pre.streams)
+        return VisorOutput(
+            loss=loss,
+            logits=logits,
+            text_index=pre.streams.text_index,
+            text_mask=pre.streams.text_valid,
+            budget=pre.budget,
+            loss_per_sample=loss_per_sample,
+            policy_logits=pre.policy_logits,
+        )
+
+    def _loss(
+        self, logits: torch.Tensor, labels: torch.LongTensor, input_ids: torch.LongTensor, streams: Streams
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        is_image = input_ids == self.config.image_token_id
+        shifted = torch.full_like(labels, -100)
+        shifted[:, :-1] = labels[:, 1:].masked_fill(is_image[:, 1:], -100)
+        targets = shifted.gather(1, streams.text_index).masked_fill(~streams.text_valid, -100)
+        token_loss = F.cross_entropy(
+            logits.float().transpose(1, 2), targets, ignore_index=-100, reduction="none"
+        )  # [B, Tt]
+        labelled = (targets != -100).float()
+        loss = (token_loss * labelled).sum() / labelled.sum().clamp(min=1.0)
+        per_sample = (token_loss * labelled).sum(1) / labelled.sum(1)
+        return loss, per_sample
+
+    @torch.no_grad()
+    def policy_features(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_sizes: torch.Tensor | None = None,
+        batch_num_images: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The policy's input ``[B, 2D]`` for a batch of prompts (runs only the layers before it)."""
+        pre = self._prefill(
+            input_ids, attention_mask, pixel_values, image_sizes, "auto", None, batch_num_images, policy_only=True
+        )
+        return pre.policy_features
+
+    # ---------------------------------------------------------------- generate
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_sizes: torch.Tensor | None = None,
+        budget: Budget = None,
+        max_new_tokens: int = 32,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        eos_token_id: int | list[int] | None = None,
+        pad_token_id: int | None = None,
+        generator: torch.Generator | None = None,
+        tau: float | None = None,
+        batch_num_images: torch.Tensor | None = None,
+        return_dict_in_generate: bool = False,
+        **_: Any,
+    ) -> torch.LongTensor | GenerationResult:
+        """Batched greedy or sampled decoding with VISOR's reduced KV cache.
+
+        Returns ``[B, T + n]``: ``input_ids`` followed by the new tokens, with
+        ``pad_token_id`` after a row's EOS (as ``transformers``' ``generate``), or
+        a :class:`GenerationResult` when ``return_dict_in_generate``. Works with
+        left or right padding. Stops at ``max_new_tokens`` or when every row has
+        produced EOS.
+        """
+        if max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be >= 1")
+        eos = eos_token_id if eos_token_id is not None else self.config.text_config.eos_token_id
+        eos_ids = torch.tensor([] if eos is None else ([eos] if isinstance(eos, int) else list(eos)),
+                               device=input_ids.device)
+        pad = pad_token_id if pad_token_id is not None else self.config.text_config.pad_token_id
+        pad = pad if pad is not None else (eos_ids[0].item() if eos_ids.numel() else 0)
+        batch = input_ids.shape[0]
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        streams_len = int((input_ids != self.config.image_token_id).sum(1).max())
+        cache = VisorCache(self.config.text_config.num_hidden_layers, streams_len, max_new_tokens)
+        pre = self._prefill(
+            input_ids, attention_mask, pixel_values, image_sizes, budget, tau, batch_num_images, cache=cache
+        )
+        streams = pre.streams
+        last = last_valid_index(streams.text_valid)
+        rows = torch.arange(batch, device=input_ids.device)
+        logits = self.lm_head(pre.hidden[rows, last])
+        next_pos = streams.last_position + 1
+        finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
+        new_tokens = []
+        for step in range(max_new_tokens):
+            logits[:, self.config.image_token_id] = float("-inf")  # an image placeholder is never an output
+            token = _next_token(logits, do_sample, temperature, top_k, top_p, generator)
+            token = token.masked_fill(finished, pad)
+            new_tokens.append(token)
+            finished |= torch.isin(token, eos_ids)
+            if finished.all() or step == max_new_tokens - 1:
+                break
+            logits = self._decode_step(token, next_pos, cache, visual_pos=streams.visual_pos)
+            next_pos = next_pos + 1
+        sequences = torch.cat([input_ids, torch.stack(new_tokens, dim=1)], dim=1)
+        if not return_dict_in_generate:
+            return sequences
+        return GenerationResult(
+            sequences=sequences,
+            budget=pre.budget,
+            cache_entries=cache.num_entries(),
+            cache_visual_entries=cache.num_visual_entries(),
+            cache_bytes=cache.nbytes(),
+            num_visual_tokens=streams.num_visual,
+            num_text_tokens=streams.num_text,
+        )
+
+    def _decode_step(
+        self, token: torch.LongTensor, pos: torch.LongTensor, cache: VisorCache, visual_pos: torch.Tensor
+    ) -> torch.Tensor:
+        """One token per row through every layer, reading and extending ``cache``; returns logits ``[B, V]``."""
+        hidden = self.get_input_embeddings()(token[:, None])
+        pos_emb = self.language_model.rotary_emb(hidden, pos[:, None])
+        for layer_idx, layer in enumerate(self.language_model.layers):
+            if cache.gated[layer_idx] is not None:
+                k_g, v_g, valid_g = cache.gated[layer_idx]
+                hidden = self.gated[str(layer_idx)](hidden, k_g, v_g, valid_g[:, None, None, :])
+            q, k, v = project(layer, hidden, pos_emb)
+            keys, values, valid = cache.append(layer_idx, k, v)
+            hidden = finish(layer, hidden, q, keys, values, valid[:, None, None, :])
+        cache.advance()
+        return self.lm_head(self.language_model.norm(hidden))[:, 0]
+
+    # -------------------------------------------------------------- conversion
+    @classmethod
+    def from_llava_onevision(
+        cls,
+        path_or_model: str | Path | LlavaOnevisionForConditionalGeneration,
+        plan: LayerPlan | None = None,
+        cross_attention: str = "joint",
+        **visor_fields: Any,
+    ) -> VisorForConditionalGeneration:
+        """Build a VISOR model from a LLaVA-OneVision checkpoint (local path or loaded model).
+
+        Nothing is downloaded: a path must be a local directory in ``transformers``
+        format. All LLaVA-OneVision weights are copied; ``gated`` sublayers start
+        from their decoder layer's attention weights with the gate at 0; the
+        policy starts untrained.
+        """
+        if isinstance(path_or_model, (str, Path)):
+            if not Path(path_or_model).is_dir():
+                raise FileNotFoundError(
+                    f"{path_or_model} is not a local directory; convert from a LLaVA-OneVision checkpoint saved "
+                    "in transformers format (save_pretrained) on local disk"
+                )
+            reference = LlavaOnevisionForConditionalGeneration.from_pretrained(path_or_model, local_files_only=True)
+        else:
+            reference = path_or_model
+        config = VisorConfig.from_llava_onevision_config(
+            reference.config,
+            plan=plan.to_dict() if plan is not None else None,
+            cross_attention=cross_attention,
+            **visor_fields,
+        )
+        model = cls(config).to(dtype=reference.dtype)
+        missing, unexpected = model.load_state_dict(reference.state_dict(), strict=False)
+        added = [k for k in missing if not k.startswith(("gated.", "policy."))]
+        if unexpected or added:
+            raise ValueError(f"checkpoint does not match the VISOR model: missing {added}, unexpected {unexpected}")
+        for layer_idx, gated in model.gated.items():
+            gated.copy_from(model.language_model.layers[int(layer_idx)])
+        return model.eval()
+
+
+@dataclass
+class GenerationResult:
+    """``generate(..., return_dict_in_generate=True)``: sequences plus cost accounting, per sample."""
+
+    sequences: torch.LongTensor
+    budget: torch.LongTensor
+    cache_entries: torch.LongTensor
+    cache_visual_entries: torch.LongTensor
+    cache_bytes: int
+    num_visual_tokens: torch.LongTensor
+    num_text_tokens: torch.LongTensor
+
+
+class _Masks:
+    """Attention masks of one batch, built lazily from its :class:`Streams` (each ``[B, 1, n, m]``)."""
+
+    def __init__(self, streams: Streams):
+        self.streams = streams
+        self._cache: dict[str, torch.Tensor] = {}
+
+    def _get(self, name: str) -> torch.Tensor:
+        if name not in self._cache:
+            s = self.streams
+            text = (s.text_pos, s.text_valid)
+            visual = (s.visual_pos, s.visual_valid)
+            if name == "text_text":
+                mask = visibility(*text, *text)
+            elif name == "text_visual":
+                mask = visibility(*text, *visual)
+            elif name == "text_all":
+                mask = torch.cat([self.text_visual, self.text_text], dim=-1)
+            else:  # all_all: queries and keys [visual ; text]
+                rows_v = torch.cat([visibility(*visual, *visual), visibility(*visual, *text)], dim=-1)
+                mask = torch.cat([rows_v, self.text_all], dim=-2)
+            self._cache[name] = mask
+        return self._cache[name]
+
+    text_text = property(lambda self: self._get("text_text"))
+    text_visual = property(lambda self: self._get("text_visual"))
+    text_all = property(lambda self: self._get("text_all"))
+    all_all = property(lambda self: self._get("all_all"))
+
+    def select(self, rows: torch.LongTensor | None) -> _Masks:
+        """The masks of a subset of rows (``None``: all rows)."""
+        if rows is None:
+            return self
+        s = self.streams
+        sub = _Masks(Streams(*(getattr(s, f).index_select(0, rows) for f in s.__dataclass_fields__)))
+        sub._cache = {k: v.index_select(0, rows) for k, v in self._cache.items()}
+        return sub
+
+
+def _merge_rows(
+    parts: list[tuple[torch.LongTensor, torch.Tensor, torch.Tensor]], visual_valid: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Merge per-group visual K/V ``(rows, k, v)`` into batch tensors with a per-sample valid mask."""
+    if not parts:
+        return None
+    _, k0, v0 = parts[0]
+    batch = visual_valid.shape[0]
+    if len(parts) == 1 and parts[0][1].shape[0] == batch:
+        return k0, v0, visual_valid
+    keys = k0.new_zeros(batch, *k0.shape[1:])
+    values = v0.new_zeros(batch, *v0.shape[1:])
+    used = torch.zeros(batch, dtype=torch.bool, device=visual_valid.device)
+    for rows, k, v in parts:
+        keys.index_copy_(0, rows, k)
+        values.index_copy_(0, rows, v)
+        used[rows] = True
+    return keys, values, visual_valid & used[:, None]
+
+
+def _next_token(
+    logits: torch.Tensor, do_sample: bool, temperature: float, top_k: int, top_p: float, generator
+) -> torch.LongTensor:
+    """Greedy argmax, or a sample from ``softmax(logits / T)`` restricted by top-k / top-p."""
+    if not do_sample:
+        return logits.argmax(-1)
+    if temperature <= 0:
+        raise ValueError("temperature must be > 0 when sampling")
+    logits = logits.float() / temperature
+    if top_k > 0:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cumulative - sorted_logits.softmax(-1) > top_p
+        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
