@@ -60,7 +60,8 @@ class VisorCache:
         self.keys[layer][:, :, end : end + 1] = k
         self.values[layer][:, :, end : end + 1] = v
         self.key_valid[layer][:, end] = True
-        return self.keys[layer][:, :, : end + 1], self.values[layer][:, :, : end + 1], self.key_valid[layer][:, : end + 1]
+        stop = end + 1
+        return self.keys[layer][:, :, :stop], self.values[layer][:, :, :stop], self.key_valid[layer][:, :stop]
 
     def advance(self) -> None:
         """Mark the entry written by :meth:`append` in every layer as part of the cache."""

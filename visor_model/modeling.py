@@ -116,7 +116,7 @@ class VisorBackbone(LlavaOnevisionModel):
                 side * side,
                 1,
             )
-            for size, one in zip(image_sizes, single)
+            for size, one in zip(image_sizes, single, strict=True)
         ]
         packed, _ = LlavaOnevisionModel.pack_image_features(
             self, dummies, image_sizes, torch.ones(1), self.config.vision_aspect_ratio

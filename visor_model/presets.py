@@ -56,7 +56,9 @@ def llava_ov_config(preset: str, **visor_fields: Any) -> VisorConfig:
     if preset not in text_shapes:
         raise ValueError(f"unknown preset {preset!r}; choose one of {list(PRESETS)}")
     text = Qwen2Config(
-        **text_shapes[preset], max_position_embeddings=32768, rope_parameters={"rope_type": "default", "rope_theta": 1e6}
+        **text_shapes[preset],
+        max_position_embeddings=32768,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6},
     )
     vision = SiglipVisionConfig(
         hidden_size=1152, intermediate_size=4304, num_hidden_layers=26, num_attention_heads=16,

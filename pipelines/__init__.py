@@ -1,0 +1,1 @@
+"""Ray Data pipelines for VISOR (shards, validation, tiling, collation); depends on ``visor_model`` only."""

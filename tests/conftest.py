@@ -1,0 +1,55 @@
+"""Shared fixtures: a tiny word tokenizer, tiny LLaVA-OneVision reference models and batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+
+from visor_model import VisorConfig
+from visor_model.presets import tiny_config, tiny_processor, word_tokenizer
+
+WORDS = ["what", "colour", "is", "the", "box", "red", "blue", "green", "how", "many", "?", "it"]
+VISOR_ONLY_FIELDS = {f for f in VisorConfig.__dataclass_fields__} - set(LlavaOnevisionConfig.__dataclass_fields__)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return word_tokenizer(WORDS)
+
+
+def reference_config(config: VisorConfig) -> LlavaOnevisionConfig:
+    """The LlavaOnevisionConfig with the same shapes as ``config``."""
+    data = {k: v for k, v in config.to_dict().items() if k not in VISOR_ONLY_FIELDS}
+    for key in ("model_type", "transformers_version", "architectures"):
+        data.pop(key, None)
+    return LlavaOnevisionConfig(**data)
+
+
+@pytest.fixture(scope="session")
+def reference_model(tokenizer):
+    """A tiny random ``transformers`` LLaVA-OneVision model (the reference implementation)."""
+    torch.manual_seed(0)
+    return LlavaOnevisionForConditionalGeneration(reference_config(tiny_config(len(tokenizer)))).eval()
+
+
+@pytest.fixture(scope="session")
+def processor(tokenizer):
+    return tiny_processor(tokenizer, tiny_config(len(tokenizer)))
+
+
+def random_image(height: int, width: int, seed: int) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8))
+
+
+def make_batch(processor, padding_side: str = "left", sizes=((30, 50), (70, 20), (64, 64))) -> dict:
+    """Prompts for len(sizes) images of different tile grids plus one text-only prompt."""
+    processor.tokenizer.padding_side = padding_side
+    questions = ["what colour is the box ?", "how many ?", "what is it ?", "what colour is it ?"]
+    texts = [processor.prompt(q) for q in questions[: len(sizes)]] + [processor.prompt("is it red ?", False)]
+    images = [random_image(h, w, i) for i, (h, w) in enumerate(sizes)]
+    batch = dict(processor(text=texts, images=images, return_tensors="pt", padding=True))
+    batch.pop("batch_num_images", None)
+    return batch

@@ -1,0 +1,74 @@
+"""budget='auto' through the policy head, and the errors users hit first."""
+
+import pytest
+import torch
+
+from tests.conftest import make_batch
+from tests.visor_model.test_budgets import build_model
+from visor_model import LayerPlan, VisorForConditionalGeneration
+from visor_model.policy import choose_budget
+from visor_model.presets import tiny_config
+
+
+def test_choose_budget_is_cheapest_sufficient():
+    logits = torch.tensor([[3.0, 3.0, 3.0], [-3.0, 3.0, 3.0], [-3.0, -3.0, -3.0], [-3.0, 0.1, -3.0]])
+    assert choose_budget(logits, 0.5).tolist() == [0, 1, 2, 1]
+    assert choose_budget(logits, 0.0).tolist() == [0, 0, 0, 0]
+
+
+def test_auto_uses_the_policy_and_tau(tokenizer, processor):
+    model = build_model(tokenizer)
+    batch = make_batch(processor)
+    head = model.policy.mlp[-1]
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.copy_(torch.tensor([-4.0, 0.0, 4.0]))  # p = 0.02, 0.5, 0.98
+        low = model(**batch, budget="auto", tau=0.4)
+        high = model(**batch, budget="auto", tau=0.9)
+        fixed = model(**batch, budget=1)
+    assert low.budget.tolist() == [1] * 4 and high.budget.tolist() == [2] * 4
+    assert torch.allclose(low.logits, fixed.logits) and low.policy_logits.shape == (4, 3)
+    generated = model.generate(**batch, budget="auto", tau=0.4, max_new_tokens=3, return_dict_in_generate=True)
+    assert generated.budget.tolist() == [1] * 4
+
+
+def test_policy_features_depend_on_the_input(tokenizer, processor):
+    model = build_model(tokenizer)
+    features = model.policy_features(**make_batch(processor))
+    assert features.shape == (4, 2 * model.config.text_config.hidden_size)
+    assert not torch.allclose(features[0], features[1])
+    assert torch.equal(features[3, 64:], torch.zeros(64))  # the text-only sample has no visual summary
+
+
+def test_errors(tokenizer, processor):
+    model = build_model(tokenizer)
+    batch = make_batch(processor)
+    with pytest.raises(ValueError, match="out of range"):
+        model(**batch, budget=7)
+    with pytest.raises(ValueError, match="2 entries for a batch of 4"):
+        model(**batch, budget=torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="'auto'"):
+        model(**batch, budget="cheap")
+    with pytest.raises(ValueError, match="does not match the <image> placeholders"):
+        model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"][:2], batch["image_sizes"][:2])
+    with pytest.raises(ValueError, match="do not exist"):
+        tiny_config(len(tokenizer), plan={"num_layers": 6, "cross_layers": [6], "budgets": [[]]})
+    with pytest.raises(ValueError, match="decoder layers"):
+        tiny_config(len(tokenizer), plan=LayerPlan.default(4))
+    with pytest.raises(ValueError, match="cross_attention"):
+        tiny_config(len(tokenizer), cross_attention="fancy")
+    full = VisorForConditionalGeneration(tiny_config(len(tokenizer), plan=LayerPlan.full_attention(6)))
+    with pytest.raises(ValueError, match="at least two budgets"):
+        full(**batch, budget="auto")
+
+
+def test_activation_checkpointing_gives_same_gradients(tokenizer, processor):
+    example = processor.build_example(None, "what colour is the box ?", "red")
+    grads = []
+    for checkpointing in (False, True):
+        model = build_model(tokenizer).train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        model(**example, budget=2).loss.backward()
+        grads.append(model.lm_head.weight.grad.clone())
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
