@@ -12,7 +12,10 @@ from pathlib import Path
 
 import typer
 
+from jobs.data_cli import data_app
+
 app = typer.Typer(help="VISOR: budget-adaptive vision-language model — jobs and tools.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
 
 
 class Preset(str, Enum):

@@ -310,7 +310,7 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
         """
         batch = h_t.shape[0]
         present = codes.unique().tolist()
-        new_t, new_v = (h_t, h_v) if len(present) == 1 else (h_t.clone(), h_v.clone())
+        new_t, new_v = h_t, h_v  # groups are merged with out-of-place index_copy
         k_t_all = v_t_all = None
         self_kv: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         gated_kv: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
