@@ -99,20 +99,9 @@ def convert(
     token_reduction: int = typer.Option(1, help="Visual-token pooling factor per tile side (1 or 2)."),
 ) -> None:
     """Convert a local LLaVA-OneVision checkpoint (transformers format) into a VISOR model directory."""
-    from visor_model import LayerPlan, VisorForConditionalGeneration
+    from jobs.convert import convert_checkpoint
 
-    from .model_demo import copy_processor
-
-    plan = None
-    if full_attention:
-        from transformers import AutoConfig
-
-        plan = LayerPlan.full_attention(AutoConfig.from_pretrained(llava_path).text_config.num_hidden_layers)
-    model = VisorForConditionalGeneration.from_llava_onevision(
-        llava_path, plan=plan, cross_attention=cross_attention.value, token_reduction=token_reduction
-    )
-    model.save_pretrained(out)
-    copied = copy_processor(llava_path, out)
+    model, copied = convert_checkpoint(llava_path, out, cross_attention.value, full_attention, token_reduction)
     typer.echo(f"wrote {out} (plan:\n{model.plan.describe()}\n)" + ("; processor copied" if copied else ""))
 
 

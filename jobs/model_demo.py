@@ -7,8 +7,6 @@ path stays the same code.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
@@ -62,12 +60,3 @@ def run_model_demo(cross_attention: str = "joint", seed: int = 0, max_new_tokens
                  f"{base['language'] / 1e6:.2f} MFLOP.")
     return "\n".join(lines)
 
-
-def copy_processor(source: Path, target: Path) -> bool:
-    """Copy a checkpoint's processor/tokenizer files next to a converted model; True if any were found."""
-    names = [p for p in Path(source).iterdir() if p.name.startswith(("tokenizer", "processor", "preprocessor",
-                                                                      "chat_template", "special_tokens", "vocab",
-                                                                      "merges", "added_tokens"))]
-    for path in names:
-        (Path(target) / path.name).write_bytes(path.read_bytes())
-    return bool(names)

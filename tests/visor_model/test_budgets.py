@@ -132,4 +132,5 @@ def test_sampling_is_seeded_and_respects_eos(tokenizer, processor):
     eos = int(runs[0][0, width])  # declare the first sampled token of row 0 to be EOS
     stopped = model.generate(**batch, do_sample=True, temperature=1.5, top_k=5, top_p=0.9, max_new_tokens=6,
                              generator=torch.Generator().manual_seed(7), eos_token_id=eos, pad_token_id=0)
+    assert stopped.shape[1] > width + 1  # other rows kept going, so row 0 really was padded after EOS
     assert stopped[0, width] == eos and (stopped[0, width + 1 :] == 0).all()
