@@ -174,11 +174,12 @@ def write_split(out: Path, split: str, count: int, shard_size: int, seed: int) -
 
 
 def write_synth(out: Path, train: int, eval: int, shard_size: int, seed: int) -> dict:
-    """Write train/eval shards, ``out/tokenizer`` (word-level, whole vocabulary) and ``out/manifest.json``.
+    """Write train/eval shards, ``out/tokenizer`` (word-level, whole vocabulary), ``out/processor`` (the
+    ``VisorProcessor`` of :func:`visor_model.presets.tiny_config` with that tokenizer) and ``out/manifest.json``.
 
     Returns the manifest: sample counts per split and question type, seed, image sizes, colours, shards.
     """
-    from visor_model.presets import word_tokenizer
+    from visor_model.presets import tiny_config, tiny_processor, word_tokenizer
 
     if shard_size < 1 or train < 0 or eval < 0:
         raise ValueError("need shard_size >= 1 and non-negative sample counts")
@@ -189,7 +190,9 @@ def write_synth(out: Path, train: int, eval: int, shard_size: int, seed: int) ->
         by_type = write_split(out, split, count, shard_size, seed)
         shards = _split_shards(out, split)
         splits[split] = {"samples": count, "question_types": by_type, "shards": shards}
-    word_tokenizer(vocabulary()).save_pretrained(out / "tokenizer")
+    tokenizer = word_tokenizer(vocabulary())
+    tokenizer.save_pretrained(out / "tokenizer")
+    tiny_processor(tokenizer, tiny_config(len(tokenizer))).save_pretrained(out / "processor")
     manifest = {
         "seed": seed,
         "shard_size": shard_size,

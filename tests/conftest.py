@@ -53,3 +53,17 @@ def make_batch(processor, padding_side: str = "left", sizes=((30, 50), (70, 20),
     batch = dict(processor(text=texts, images=images, return_tensors="pt", padding=True))
     batch.pop("batch_num_images", None)
     return batch
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray instance (2 CPUs, token auth off as on a laptop), shared by the session."""
+    import os
+
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    yield ray
+    ray.shutdown()

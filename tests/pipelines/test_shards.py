@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.shards import S3Options, ShardInfo, data_version, resolve_shards
+from tests.pipelines.helpers import upload
 
 
 def write_shards(root: Path, n: int, prefix: str = "train") -> list[Path]:
@@ -73,37 +74,6 @@ def test_data_version_changes_on_add_and_modify_not_on_reorder(shard_dir: Path) 
     data[0] ^= 1  # same size, different content
     path.write_bytes(bytes(data))
     assert data_version(resolve_shards(str(shard_dir))) not in (version, added)
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def s3_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
-    return moto_endpoint
-
-
-def upload(endpoint: str, bucket: str, directory: Path, prefix: str) -> None:
-    import boto3
-
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-    client.create_bucket(Bucket=bucket)
-    for path in sorted(directory.glob("*.tar")):
-        client.put_object(Bucket=bucket, Key=f"{prefix}/{path.name}", Body=path.read_bytes())
 
 
 def test_s3_options_read_env(s3_env: str) -> None:

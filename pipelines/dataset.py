@@ -1,0 +1,227 @@
+"""The one data path of every job: shards → Ray Data → validated, tiled, tokenized rows.
+
+``build_split`` resolves a shard spec, reads it with :class:`pipelines.reader.ShardDatasource`
+(raw bytes, streaming, one read task per shard file) and runs
+:func:`preprocess_batch` in ``map_batches``: each sample is validated
+(:func:`pipelines.validate.parse_sample`) and turned into model inputs by
+``VisorProcessor.build_chat`` (the LLaVA-OneVision anyres tiler and chat
+template, so pixels and tokens are the reference ones). Rejected samples go to
+the :class:`pipelines.quarantine.QuarantineLedger`; nothing is materialized.
+
+Output rows (one per valid sample):
+
+==============  =====================================================
+``key``, ``url``  the sample key and its shard (``s3://…`` or a local path)
+``input_ids``   int64 ``[T]`` — the whole conversation
+``labels``      int64 ``[T]`` — answer tokens, -100 elsewhere
+``pixel_values``  float32 ``[tiles, 3, H, W]`` (``tiles`` = 0 without an image)
+``image_sizes`` int64 ``[2]`` — (height, width), zeros without an image
+``num_tiles``, ``length``  int — tiles and tokens (for statistics and bucketing)
+``question_type``  str — from the JSON metadata, ``""`` when absent
+``metadata``    str — the JSON of the sample's other fields
+==============  =====================================================
+
+:class:`Collator` turns a batch of such rows into the model's inputs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from ray.data.collate_fn import NumpyBatchCollateFn
+
+from .reader import ShardDatasource
+from .shards import S3Options, ShardInfo, data_version, resolve_shards
+from .validate import Rejected, parse_sample
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import ray.data
+    from ray.actor import ActorHandle
+
+    from visor_model.processing import VisorProcessor
+
+TENSOR_COLUMNS = ("input_ids", "labels", "pixel_values", "image_sizes")
+OUTPUT_COLUMNS = ("key", "url", *TENSOR_COLUMNS, "num_tiles", "length", "question_type", "metadata")
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How a split is read and preprocessed.
+
+    ``max_length`` (tokens) and ``max_image_pixels`` are validation limits;
+    ``batch_size`` samples go through one ``map_batches`` call; ``num_cpus`` is
+    reserved by each read and preprocessing task (fractions let them share a
+    core with training workers); ``concurrency`` caps the number of
+    preprocessing tasks at once (None: Ray decides); ``rows_per_block`` is the
+    reader's block size.
+    """
+
+    max_length: int = 2048
+    max_image_pixels: int = 50_000_000
+    batch_size: int = 16
+    num_cpus: float = 1.0
+    concurrency: int | None = None
+    rows_per_block: int = 64
+
+
+@dataclass
+class Split:
+    """A lazily read, preprocessed split: its Ray ``dataset`` and the ``shards`` it reads."""
+
+    dataset: ray.data.Dataset
+    shards: list[ShardInfo]
+
+    @property
+    def version(self) -> str:
+        return data_version(self.shards)
+
+
+def _quarantine(row: dict, reason: str, detail: str) -> dict:
+    return {"url": row["url"], "key": row["key"], "reason": reason, "detail": detail[:500]}
+
+
+def _empty_output() -> dict[str, np.ndarray]:
+    return {name: np.empty(0, dtype=object) for name in OUTPUT_COLUMNS}
+
+
+def preprocess_batch(
+    batch: pa.Table, processor: VisorProcessor, options: ReadOptions, ledger: ActorHandle | None
+) -> dict[str, np.ndarray]:
+    """Validate and preprocess a batch of raw rows (columns of :mod:`pipelines.reader`).
+
+    Returns the output columns of the module docstring for the valid rows;
+    rejected rows are reported to ``ledger`` (synchronously, so a report read
+    after the data is consumed is complete). Never raises on bad samples.
+    """
+    out: dict[str, list] = {name: [] for name in OUTPUT_COLUMNS}
+    rejected: list[dict] = []
+    for row in batch.to_pylist():
+        try:
+            if row["error"] is not None:
+                raise Rejected(row["error"])
+            sample = parse_sample(row["image"], row["json"], options.max_image_pixels)
+            try:
+                example = processor.build_chat(sample.image, sample.turns, options.max_length)
+            except ValueError as err:
+                if "longer than max_length" not in str(err):
+                    raise
+                raise Rejected("too_long", str(err)) from err
+        except Rejected as err:
+            rejected.append(_quarantine(row, err.reason, err.detail))
+            continue
+        except Exception as err:  # a processor bug on one odd sample must not end the job
+            rejected.append(_quarantine(row, "processing_error", f"{type(err).__name__}: {err}"))
+            continue
+        pixel_values = example.get("pixel_values")
+        tile_shape = _tile_shape(processor)
+        out["key"].append(row["key"])
+        out["url"].append(row["url"])
+        out["input_ids"].append(example["input_ids"][0].numpy().astype(np.int64))
+        out["labels"].append(example["labels"][0].numpy().astype(np.int64))
+        out["pixel_values"].append(
+            pixel_values[0].numpy().astype(np.float32) if pixel_values is not None
+            else np.zeros((0, *tile_shape), np.float32)
+        )
+        out["image_sizes"].append(
+            example["image_sizes"][0].numpy().astype(np.int64) if pixel_values is not None else np.zeros(2, np.int64)
+        )
+        out["num_tiles"].append(0 if pixel_values is None else int(pixel_values.shape[1]))
+        out["length"].append(int(example["input_ids"].shape[1]))
+        out["question_type"].append(str(sample.metadata.get("question_type", "")))
+        out["metadata"].append(json.dumps(sample.metadata, sort_keys=True, default=str))
+    if ledger is not None:
+        import ray
+
+        ray.get(ledger.add.remote(batch.num_rows, len(out["key"]), rejected))
+    if not out["key"]:
+        return _empty_output()
+    result = {name: np.array(values) for name, values in out.items() if name not in TENSOR_COLUMNS}
+    for name in TENSOR_COLUMNS:
+        column = np.empty(len(out[name]), dtype=object)
+        column[:] = out[name]
+        result[name] = column
+    return result
+
+
+def _tile_shape(processor: VisorProcessor) -> tuple[int, int, int]:
+    size = processor.image_processor.size
+    return 3, int(size["height"]), int(size["width"])
+
+
+def build_split(
+    spec: str | list[str],
+    processor: VisorProcessor,
+    options: ReadOptions | None = None,
+    ledger: ActorHandle | None = None,
+    storage: S3Options | None = None,
+) -> Split:
+    """The preprocessed Ray dataset of the shards named by ``spec`` (lazy; see the module docstring).
+
+    Raises ``ValueError`` / ``FileNotFoundError`` / ``PermissionError`` naming the
+    spec before anything runs when it matches nothing or S3 refuses the listing.
+    """
+    import ray.data
+
+    options = options or ReadOptions()
+    shards = resolve_shards(spec, storage)
+    remote = [s for s in shards if s.url.startswith("s3://")]
+    if remote and len(remote) != len(shards):
+        raise ValueError(f"shard spec {spec!r} mixes S3 and local shards; read them as separate splits")
+    filesystem = (storage or S3Options()).filesystem() if remote else None
+    paths = [s.url.removeprefix("s3://") for s in shards]
+    source = ShardDatasource(
+        paths, filesystem=filesystem, rows_per_block=options.rows_per_block, url_scheme="s3://" if remote else ""
+    )
+    dataset = ray.data.read_datasource(source, num_cpus=options.num_cpus, override_num_blocks=len(paths))
+    dataset = dataset.map_batches(
+        preprocess_batch,
+        fn_kwargs={"processor": processor, "options": options, "ledger": ledger},
+        batch_size=options.batch_size,
+        batch_format="pyarrow",
+        num_cpus=options.num_cpus,
+        concurrency=options.concurrency,
+    )
+    return Split(dataset, shards)
+
+
+class Collator(NumpyBatchCollateFn):
+    """``collate_fn`` for ``iter_torch_batches``: rows of :func:`preprocess_batch` → model inputs.
+
+    Text is right-padded to the longest sample (``pad_token_id``, labels -100,
+    ``attention_mask`` 0); the images of the samples that have one are stacked
+    in sample order as ``pixel_values [images, max_tiles, 3, H, W]`` (missing
+    tiles zero, as ``transformers`` pads them; the model reads only the tiles
+    ``image_sizes [images, 2]`` implies) — absent when no sample has an image.
+    """
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        ids = [torch.as_tensor(x) for x in batch["input_ids"]]
+        longest = max(len(x) for x in ids)
+        input_ids = torch.full((len(ids), longest), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(ids), longest), -100, dtype=torch.long)
+        attention_mask = torch.zeros((len(ids), longest), dtype=torch.long)
+        for i, (x, y) in enumerate(zip(ids, batch["labels"], strict=True)):
+            input_ids[i, : len(x)] = x
+            labels[i, : len(x)] = torch.as_tensor(y)
+            attention_mask[i, : len(x)] = 1
+        out = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        tiles = [torch.as_tensor(p) for p in batch["pixel_values"] if len(p)]
+        if tiles:
+            most = max(len(t) for t in tiles)
+            pixel_values = torch.zeros((len(tiles), most, *tiles[0].shape[1:]), dtype=tiles[0].dtype)
+            for i, t in enumerate(tiles):
+                pixel_values[i, : len(t)] = t
+            out["pixel_values"] = pixel_values
+            out["image_sizes"] = torch.stack(
+                [torch.as_tensor(s) for s, p in zip(batch["image_sizes"], batch["pixel_values"], strict=True) if len(p)]
+            )
+        return out
+
