@@ -115,8 +115,8 @@ def render_samples(
         text = processor.tokenizer.decode(np.asarray(row["input_ids"])[labels == -100], skip_special_tokens=True)
         answer = processor.tokenizer.decode(labels[labels != -100], skip_special_tokens=True)
         height, width = (int(v) for v in row["image_sizes"])
-        fig.suptitle(f"{row['key']} ({width}x{height} px, {row['num_tiles']} tiles)\n{text.strip()[-80:]} → {answer.strip()}",
-                     fontsize=8)
+        title = f"{row['key']} ({width}x{height} px, {row['num_tiles']} tiles)"
+        fig.suptitle(f"{title}\n{text.strip()[-80:]} → {answer.strip()}", fontsize=8)
         path = out / f"{row['key'].replace('/', '_')}.png"
         fig.savefig(path, dpi=100, bbox_inches="tight")
         plt.close(fig)
