@@ -16,8 +16,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
+# The local pipeline: synthetic shards -> budget-sampled training on local Ray -> MLflow run + registered
+# challenger (sqlite:///mlflow.db, ./mlruns, ./runs). Deterministic shards: re-running rewrites the same bytes.
 demo: setup
-	$(BIN)/visor model-demo
+	$(BIN)/visor data synth --out demo-data --train 3000 --eval 300 --shard-size 500 --seed 0
+	$(BIN)/visor train --config demo-tiny
 
 test: setup
 	$(BIN)/ruff check .

@@ -197,31 +197,41 @@ class Collator(NumpyBatchCollateFn):
     in sample order as ``pixel_values [images, max_tiles, 3, H, W]`` (missing
     tiles zero, as ``transformers`` pads them; the model reads only the tiles
     ``image_sizes [images, 2]`` implies) — absent when no sample has an image.
+    With ``with_keys``, ``keys`` holds each sample's ``url#key`` as zero-padded
+    UTF-8 bytes ``[B, n]`` (uint8: Ray moves only tensors); :func:`decode_keys` reads it.
     """
 
-    def __init__(self, pad_token_id: int):
+    def __init__(self, pad_token_id: int, with_keys: bool = False):
         self.pad_token_id = pad_token_id
+        self.with_keys = with_keys
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        ids = [torch.as_tensor(x) for x in batch["input_ids"]]
-        longest = max(len(x) for x in ids)
-        input_ids = torch.full((len(ids), longest), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(ids), longest), -100, dtype=torch.long)
-        attention_mask = torch.zeros((len(ids), longest), dtype=torch.long)
-        for i, (x, y) in enumerate(zip(ids, batch["labels"], strict=True)):
-            input_ids[i, : len(x)] = x
-            labels[i, : len(x)] = torch.as_tensor(y)
-            attention_mask[i, : len(x)] = 1
+        # Arrays from Ray are read-only: copy them into fresh numpy views of the output tensors.
+        lengths = [len(x) for x in batch["input_ids"]]
+        shape = (len(lengths), max(lengths))
+        input_ids = np.full(shape, self.pad_token_id, dtype=np.int64)
+        labels = np.full(shape, -100, dtype=np.int64)
+        attention_mask = np.zeros(shape, dtype=np.int64)
+        for i, (x, y) in enumerate(zip(batch["input_ids"], batch["labels"], strict=True)):
+            input_ids[i, : len(x)], labels[i, : len(x)], attention_mask[i, : len(x)] = x, y, 1
         out = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-        tiles = [torch.as_tensor(p) for p in batch["pixel_values"] if len(p)]
-        if tiles:
-            most = max(len(t) for t in tiles)
-            pixel_values = torch.zeros((len(tiles), most, *tiles[0].shape[1:]), dtype=tiles[0].dtype)
+        if self.with_keys:
+            names = [f"{u}#{k}".encode() for u, k in zip(batch["url"], batch["key"], strict=True)]
+            keys = np.zeros((len(names), max(len(n) for n in names)), dtype=np.uint8)
+            for i, name in enumerate(names):
+                keys[i, : len(name)] = np.frombuffer(name, dtype=np.uint8)
+            out["keys"] = keys
+        with_image = [i for i, p in enumerate(batch["pixel_values"]) if len(p)]
+        if with_image:
+            tiles = [batch["pixel_values"][i] for i in with_image]
+            pixel_values = np.zeros((len(tiles), max(len(t) for t in tiles), *tiles[0].shape[1:]), np.float32)
             for i, t in enumerate(tiles):
                 pixel_values[i, : len(t)] = t
             out["pixel_values"] = pixel_values
-            out["image_sizes"] = torch.stack(
-                [torch.as_tensor(s) for s, p in zip(batch["image_sizes"], batch["pixel_values"], strict=True) if len(p)]
-            )
-        return out
+            out["image_sizes"] = np.stack([batch["image_sizes"][i] for i in with_image]).astype(np.int64)
+        return {name: torch.from_numpy(value) for name, value in out.items()}
 
+
+def decode_keys(keys: torch.Tensor) -> list[str]:
+    """The ``url#key`` strings of a :class:`Collator` ``keys`` tensor."""
+    return [bytes(row[row != 0].tolist()).decode() for row in keys.cpu()]

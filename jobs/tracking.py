@@ -1,0 +1,75 @@
+"""MLflow conventions shared by the jobs: where runs go, how they are named, tagged and registered.
+
+* Tracking URI: the config's, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``
+  (an absolute path, so Ray workers started elsewhere write to the same store).
+* A run carries the tag ``visor.run_name``; a job started again with the same
+  name resumes the newest unfinished run of that name instead of opening a new one
+  (a finished run is never reopened: the next job with that name starts afresh).
+* A registered version carries the tags ``data_version`` and ``plan`` and gets an alias.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+RUN_NAME_TAG = "visor.run_name"
+
+
+def tracking_uri(configured: str | None = None) -> str:
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
+    return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def git_commit() -> str:
+    """The commit of the code being run ("unknown" outside a git checkout)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": "1"}`` (MLflow params are flat strings, at most 6000 chars)."""
+    flat: dict[str, str] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)[:6000]
+    return flat
+
+
+def start_or_resume_run(uri: str, experiment: str, run_name: str, tags: dict[str, str]) -> Run:
+    """The newest unfinished run named ``run_name`` in ``experiment`` (marked running again), or a new one."""
+    mlflow.set_tracking_uri(uri)
+    experiment_id = mlflow.set_experiment(experiment).experiment_id
+    client = MlflowClient(uri)
+    found = client.search_runs(
+        [experiment_id], f"tags.`{RUN_NAME_TAG}` = '{run_name}' and attributes.status != 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=1,
+    )
+    if found:
+        client.update_run(found[0].info.run_id, status="RUNNING")
+        return client.get_run(found[0].info.run_id)
+    return client.create_run(experiment_id, run_name=run_name, tags={RUN_NAME_TAG: run_name, **tags})
+
+
+def register(uri: str, model_uri: str, name: str, alias: str, tags: dict[str, str]) -> str:
+    """Register ``model_uri`` as a new version of ``name``, tag it and point ``alias`` at it; returns the version."""
+    mlflow.set_tracking_uri(uri)
+    version = mlflow.register_model(model_uri, name).version
+    client = MlflowClient(uri)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    client.set_registered_model_alias(name, alias, version)
+    return str(version)
