@@ -1,0 +1,188 @@
+"""Data-pipeline benchmark: preprocessing throughput with 1 and 2 CPUs, and the share of training
+step time spent waiting for data in the ``demo-tiny`` training config.
+
+    .venv/bin/python bench/bench_data.py [--samples 1500] [--steps 300] [--write docs/BENCHMARKS.md]
+
+Throughput: a fresh local Ray with ``--num-cpus`` N (a subprocess each), the
+real read → validate → tile/tokenize path (``pipelines.dataset.build_split``, one
+CPU per preprocessing task) over synthetic shards, every row pulled to the
+driver. Reported: samples/s over the whole pass (Ray start excluded, pipeline
+start-up included) and in steady state (after the first 20% of rows).
+
+Data wait: ``visor train --config demo-tiny`` on the same shards (2 workers ×
+0.5 CPU on local Ray); the job logs ``data_wait_fraction`` (time blocked on the
+next batch / step time, summed over each logging interval) to MLflow, read back here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def throughput(data: Path, cpus: int) -> dict:
+    """Runs in a subprocess: one pass over ``data``'s training shards with ``cpus`` CPUs."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    from pipelines.dataset import ReadOptions, build_split
+    from visor_model.processing import VisorProcessor
+
+    ray.init(num_cpus=cpus, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    processor = VisorProcessor.from_pretrained(data / "processor")
+    split = build_split(str(data / "train-*.tar"), processor, ReadOptions(batch_size=32, num_cpus=1))
+    start = time.perf_counter()
+    stamps = []
+    for batch in split.dataset.iter_batches(batch_size=32, batch_format="numpy"):
+        stamps.append((time.perf_counter(), len(batch["key"])))
+    end = time.perf_counter()
+    total = sum(n for _, n in stamps)
+    cut, seen, cut_time = total * 0.2, 0, start
+    for stamp, n in stamps:
+        seen += n
+        if seen >= cut:
+            cut_time = stamp
+            break
+    ray.shutdown()
+    return {"cpus": cpus, "samples": total, "seconds": end - start, "samples_per_s": total / (end - start),
+            "steady_samples_per_s": (total - seen) / max(end - cut_time, 1e-9)}
+
+
+def data_wait(data: Path, steps: int, workdir: Path) -> dict:
+    """Train the demo-tiny config on ``data`` and read back its data-wait metrics."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    command = [
+        str(Path(sys.executable).parent / "visor"), "train", "--config", "demo-tiny",
+        "--set", f"data.train=['{data}/train-*.tar']", "--set", f"data.eval=['{data}/eval-*.tar']",
+        "--set", f"optim.max_steps={steps}", "--set", f"run.storage_path={workdir / 'runs'}",
+        "--set", f"mlflow.tracking_uri={uri}", "--set", "mlflow.register_model=false",
+    ]
+    started = time.perf_counter()
+    subprocess.run(command, check=True, cwd=workdir, capture_output=True)
+    wall = time.perf_counter() - started
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("visor-train").experiment_id])
+    waits = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "data_wait_fraction"),
+                                     key=lambda m: m.step)]
+    speeds = [m.value for m in client.get_metric_history(run.info.run_id, "samples_per_s")]
+    return {"steps": steps, "wall_seconds": wall, "wait_per_interval": waits,
+            "mean_wait": sum(waits) / len(waits), "median_samples_per_s": sorted(speeds)[len(speeds) // 2]}
+
+
+def markdown(results: dict) -> str:
+    lines = [
+        "## Data pipeline (`bench/bench_data.py`)",
+        "",
+        f"Command: `{results['command']}`  ",
+        f"Machine: {results['machine']}  ",
+        f"Date: {results['date']}",
+        "",
+        f"Synthetic shards: {results['samples']} training samples (64–96 px images, 5–10 tiles of 32 px, "
+        "16 tokens a tile, ~100–190 tokens a sample), `visor data synth --seed 0`.",
+        "",
+        "| CPUs for Ray | samples | whole pass (s) | samples/s (whole pass) | samples/s (steady state) |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in results["throughput"]:
+        lines.append(f"| {row['cpus']} | {row['samples']} | {row['seconds']:.1f} | {row['samples_per_s']:.0f} | "
+                     f"{row['steady_samples_per_s']:.0f} |")
+    wait = results["data_wait"]
+    per = ", ".join(f"{w:.0%}" for w in wait["wait_per_interval"])
+    crossing, inside = _by_epoch_boundary(wait, results["samples"])
+    lines += [
+        "",
+        f"Training `demo-tiny` ({wait['steps']} steps, 2 workers × 0.5 CPU, batch 16 per worker): "
+        f"**{wait['mean_wait']:.0%}** of step time waiting for data on average over the logging intervals "
+        f"({per}); median {wait['median_samples_per_s']:.0f} samples/s; {wait['wall_seconds']:.0f} s for the "
+        "whole job including Ray start-up and model registration.",
+        "",
+        f"Logging intervals that contain an epoch boundary wait {_mean(crossing):.0%} on average, the others "
+        f"{_mean(inside):.0%}: within an epoch preprocessing keeps up; at each boundary Ray Data starts the "
+        "pipeline again (new read and map tasks) and the workers wait a few seconds for the first batch. "
+        "With real datasets an epoch is hours long and this start-up cost disappears; with the tiny demo "
+        "data it dominates the average.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def _by_epoch_boundary(wait: dict, samples: int) -> tuple[list[float], list[float]]:
+    """Data-wait fractions of the logging intervals that contain an epoch boundary, and of the others."""
+    per_step = 2 * 16  # demo-tiny: 2 workers x batch 16
+    every = wait["steps"] // len(wait["wait_per_interval"])
+    crossing, inside = [], []
+    for i, value in enumerate(wait["wait_per_interval"]):
+        first, last = i * every * per_step, (i + 1) * every * per_step  # samples consumed before/after
+        (crossing if i == 0 or last // samples != first // samples else inside).append(value)
+    return crossing, inside
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace (or append) the data-pipeline section of ``path``."""
+    header = "# Benchmarks\n\nEvery number here comes from a command in `bench/`, run on the machine stated.\n\n"
+    text = path.read_text() if path.exists() else header
+    start = text.find("## Data pipeline")
+    if start >= 0:
+        end = text.find("\n## ", start + 1)
+        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--samples", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--write", type=Path, help="Markdown file whose data-pipeline section is replaced.")
+    parser.add_argument("--throughput-worker", nargs=2, metavar=("DATA", "CPUS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.throughput_worker:
+        print(json.dumps(throughput(Path(args.throughput_worker[0]), int(args.throughput_worker[1]))))
+        return
+
+    from pipelines.synth import write_synth
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        write_synth(data, args.samples, 60, 250, seed=0)
+        rows = []
+        for cpus in (1, 2):
+            out = subprocess.run([sys.executable, __file__, "--throughput-worker", str(data), str(cpus)],
+                                 check=True, capture_output=True, text=True, cwd=ROOT)
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(rows[-1], flush=True)
+        wait = data_wait(data, args.steps, Path(tmp))
+        print(wait, flush=True)
+    results = {
+        "command": " ".join(["python", "bench/bench_data.py", *sys.argv[1:]]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}, "
+                   f"{platform.platform(terse=True)}",
+        "date": time.strftime("%Y-%m-%d"),
+        "samples": args.samples,
+        "throughput": rows,
+        "data_wait": wait,
+    }
+    section = markdown(results)
+    print(section)
+    if args.write:
+        write_section(args.write, section)
+
+
+if __name__ == "__main__":
+    main()
