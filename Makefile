@@ -16,11 +16,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-# The local pipeline: synthetic shards -> budget-sampled training on local Ray -> MLflow run + registered
-# challenger (sqlite:///mlflow.db, ./mlruns, ./runs). Deterministic shards: re-running rewrites the same bytes.
+# The local pipeline (jobs/demo.py): synthetic shards -> train on local Ray -> policy -> evaluate ->
+# register -> promote, tracked in sqlite:///mlflow.db (artifacts ./mlruns, checkpoints ./runs).
 demo: setup
-	$(BIN)/visor data synth --out demo-data --train 3000 --eval 300 --shard-size 500 --seed 0
-	$(BIN)/visor train --config demo-tiny
+	$(BIN)/visor demo
 
 test: setup
 	$(BIN)/ruff check .

@@ -78,6 +78,14 @@ def format_flops_table(name: str, table: dict) -> str:
     return "\n".join(lines)
 
 
+@app.command()
+def demo() -> None:
+    """The whole local pipeline on synthetic data (what `make demo` runs), then a summary."""
+    from jobs.demo import run_demo
+
+    typer.echo(run_demo())
+
+
 @app.command("model-demo")
 def model_demo(
     cross_attention: CrossAttention = typer.Option(CrossAttention.joint, help="Cross-attention variant."),
@@ -128,6 +136,111 @@ def train(
     if outcome.registered_version:
         typer.echo(f"registered models:/{loaded.mlflow.registered_model}/{outcome.registered_version} "
                    f"(alias challenger); open the UI with: mlflow ui --backend-store-uri {outcome.tracking_uri}")
+
+
+@app.command()
+def evaluate(
+    model: str = typer.Option(..., help="MLflow model URI, e.g. models:/visor@challenger or models:/visor/3."),
+    data: list[str] = typer.Option(..., help="Shard spec(s) of the evaluation data (repeatable)."),
+    baseline: list[str] = typer.Option([], help="NAME=URI of a model to compare against (repeatable)."),
+    out: Path | None = typer.Option(None, help="Also write the JSON report here."),
+    batch_size: int = typer.Option(16, min=1, help="Samples per model call."),
+    actors: int = typer.Option(1, min=1, help="Scoring actors (each holds a copy of the model)."),
+    tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI (default: env or ./mlflow.db)."),
+) -> None:
+    """Accuracy (overall and per question type), FLOPs and latency per budget and under the policy."""
+    from jobs.evaluate import evaluate as run_evaluate
+    from jobs.evaluate import format_report
+    from jobs.scoring import ScoreOptions
+    from jobs.tracking import tracking_uri as resolve_uri
+
+    baselines = {}
+    for item in baseline:
+        label, sep, uri = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"{item!r}: expected NAME=URI", param_hint="--baseline")
+        baselines[label] = uri
+    try:
+        outcome = run_evaluate(model, data, resolve_uri(tracking_uri),
+                               ScoreOptions(batch_size=batch_size, actors=actors), baselines, out)
+    except (ValueError, OSError) as err:
+        raise typer.BadParameter(str(err)) from err
+    typer.echo(format_report(outcome.report))
+    typer.echo(f"data version {outcome.report['data_version']}, {outcome.report['samples']} samples; "
+               f"MLflow run {outcome.run_id}")
+
+
+@app.command("train-policy")
+def train_policy(
+    model: str = typer.Option(..., help="The universal model, e.g. models:/visor/1."),
+    data: list[str] = typer.Option(..., help="Shard spec(s) to label and train the policy on (repeatable)."),
+    loss_tolerance: float = typer.Option(0.05, min=0, help="A budget within this loss of the best is sufficient."),
+    accuracy_target: float = typer.Option(0.99, min=0, max=1, help="τ keeps this share of the top accuracy."),
+    epochs: int = typer.Option(300, min=1, help="Policy-head training epochs (full batch)."),
+    tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI (default: env or ./mlflow.db)."),
+    registered_model: str = typer.Option("visor", help="Registered model receiving the new version."),
+) -> None:
+    """Label budget sufficiency with the universal model, train the policy head, pick τ, register a challenger."""
+    from jobs.tracking import tracking_uri as resolve_uri
+    from jobs.train_policy import PolicyOptions, run_policy_job
+
+    options = PolicyOptions(loss_tolerance=loss_tolerance, accuracy_target=accuracy_target, epochs=epochs,
+                            registered_model=registered_model)
+    try:
+        outcome = run_policy_job(model, data, resolve_uri(tracking_uri), options)
+    except (ValueError, OSError) as err:
+        raise typer.BadParameter(str(err)) from err
+    typer.echo(f"τ = {outcome.tau}; held-out accuracy {outcome.heldout['accuracy']:.3f} at "
+               f"{outcome.heldout['mean_flops'] / 1e9:.4f} GFLOPs (largest budget "
+               f"{outcome.heldout['largest_budget_accuracy']:.3f} at "
+               f"{outcome.heldout['largest_budget_flops'] / 1e9:.4f}); "
+               f"budgets chosen {outcome.heldout['budget_counts']}")
+    if outcome.registered_version:
+        typer.echo(f"registered models:/{registered_model}/{outcome.registered_version} (alias challenger)")
+
+
+@app.command()
+def promote(
+    name: str = typer.Option("visor", help="Registered model."),
+    accuracy_tolerance: float = typer.Option(0.0, min=0, help="Accuracy the challenger may lose."),
+    flops_tolerance: float = typer.Option(0.0, min=0, help="Relative extra mean FLOPs the challenger may cost."),
+    dry_run: bool = typer.Option(False, help="Decide and print, change nothing."),
+    tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI (default: env or ./mlflow.db)."),
+) -> None:
+    """Move the 'champion' alias to the 'challenger' if it is at least as accurate at no more FLOPs."""
+    from jobs.promote import PromotionError, PromotionRule
+    from jobs.promote import promote as run_promote
+    from jobs.tracking import tracking_uri as resolve_uri
+
+    try:
+        decision = run_promote(resolve_uri(tracking_uri), name, PromotionRule(accuracy_tolerance, flops_tolerance),
+                               dry_run)
+    except PromotionError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from err
+    verb = "promote" if decision.promoted else "keep the champion"
+    typer.echo(f"{'[dry run] ' if dry_run else ''}{verb}: challenger {decision.challenger}, champion "
+               f"{decision.champion or '-'}: {decision.reason}")
+
+
+@app.command()
+def retrain(
+    config: str = typer.Option(..., help="Retrain config file, or the preset retrain-demo."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config value (repeatable)."),
+) -> None:
+    """Train → policy → evaluate → promote when the training data changed; skip otherwise."""
+    from jobs.retrain import AlreadyRunning, load_retrain_config, run_retrain
+    from jobs.train_config import ConfigError
+
+    try:
+        outcome = run_retrain(load_retrain_config(config, set_))
+    except ConfigError as err:
+        raise typer.BadParameter(str(err), param_hint="--config/--set") from err
+    except AlreadyRunning as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(3) from err
+    typer.echo(f"{outcome.status}: {outcome.reason} (data version {outcome.data_version}; champion "
+               f"{outcome.champion or '-'})")
 
 
 if __name__ == "__main__":

@@ -64,6 +64,13 @@ def start_or_resume_run(uri: str, experiment: str, run_name: str, tags: dict[str
     return client.create_run(experiment_id, run_name=run_name, tags={RUN_NAME_TAG: run_name, **tags})
 
 
+def create_run(uri: str, experiment: str, run_name: str, tags: dict[str, str]) -> str:
+    """A new run (not made the active fluent run, so jobs run inside it can open their own nested runs)."""
+    mlflow.set_tracking_uri(uri)
+    experiment_id = mlflow.set_experiment(experiment).experiment_id
+    return MlflowClient(uri).create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+
+
 def register(uri: str, model_uri: str, name: str, alias: str, tags: dict[str, str]) -> str:
     """Register ``model_uri`` as a new version of ``name``, tag it and point ``alias`` at it; returns the version."""
     mlflow.set_tracking_uri(uri)
@@ -73,3 +80,23 @@ def register(uri: str, model_uri: str, name: str, alias: str, tags: dict[str, st
         client.set_model_version_tag(name, version, key, value)
     client.set_registered_model_alias(name, alias, version)
     return str(version)
+
+
+def start_job_run(uri: str, experiment: str, run_name: str, tags: dict[str, str], parent_run_id: str | None = None):
+    """``mlflow.start_run`` for a job: in ``experiment``, or nested under ``parent_run_id`` (in its experiment)."""
+    mlflow.set_tracking_uri(uri)
+    if parent_run_id is None:
+        experiment_id = mlflow.set_experiment(experiment).experiment_id
+    else:
+        experiment_id = MlflowClient(uri).get_run(parent_run_id).info.experiment_id
+    return mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags, parent_run_id=parent_run_id)
+
+
+def alias_version(client: MlflowClient, name: str, alias: str):
+    """The ``ModelVersion`` that ``name@alias`` points at, or None (no such model or alias)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None

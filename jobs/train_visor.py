@@ -98,8 +98,11 @@ def _storage(config: TrainConfig) -> tuple[str, Any]:
     return path.removeprefix("s3://"), filesystem
 
 
-def run_training(config: TrainConfig) -> TrainOutcome:
-    """Run the whole job (see the module docstring); raises before starting workers on a bad config."""
+def run_training(config: TrainConfig, parent_run_id: str | None = None) -> TrainOutcome:
+    """Run the whole job (see the module docstring); raises before starting workers on a bad config.
+
+    With ``parent_run_id`` (the retrain job) the run is nested under that run, in its experiment.
+    """
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -127,9 +130,12 @@ def run_training(config: TrainConfig) -> TrainOutcome:
     split = build_split(config.data.train, processor, read, ledger, storage)
 
     uri = tracking_uri(config.mlflow.tracking_uri)
-    run = start_or_resume_run(uri, config.mlflow.experiment, config.name, {
-        "data_version": version, "git_commit": git_commit(), "job": "train",
-    })
+    tags = {"data_version": version, "git_commit": git_commit(), "job": "train"}
+    experiment = config.mlflow.experiment
+    if parent_run_id is not None:
+        tags["mlflow.parentRunId"] = parent_run_id
+        experiment = _client(uri).get_experiment(_client(uri).get_run(parent_run_id).info.experiment_id).name
+    run = start_or_resume_run(uri, experiment, config.name, tags)
     run_id = run.info.run_id
     client = _client(uri)
     ray_run = run.data.tags.get(RAY_RUN_TAG)

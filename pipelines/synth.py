@@ -47,7 +47,7 @@ QUESTIONS = {
     "counting": "how many shapes are there ?",
     "fine": "what colour is the dot in the white box ?",
 }
-SPLITS = {"train": 0, "eval": 1}
+SPLITS = {"train": 0, "eval": 1, "policy": 2}
 MARK = 2  # mark side in px
 BOX = 8  # box side in px: 1-px white frame, 6x6 grey inside, the mark somewhere inside
 
@@ -173,20 +173,21 @@ def write_split(out: Path, split: str, count: int, shard_size: int, seed: int) -
     return counts
 
 
-def write_synth(out: Path, train: int, eval: int, shard_size: int, seed: int) -> dict:
-    """Write train/eval shards, ``out/tokenizer`` (word-level, whole vocabulary), ``out/processor`` (the
+def write_synth(out: Path, train: int, eval: int, shard_size: int, seed: int, policy: int = 0) -> dict:
+    """Write train/eval/policy shards (``policy``: held-out samples for the policy job), ``out/tokenizer``
+    (word-level, whole vocabulary), ``out/processor`` (the
     ``VisorProcessor`` of :func:`visor_model.presets.tiny_config` with that tokenizer) and ``out/manifest.json``.
 
     Returns the manifest: sample counts per split and question type, seed, image sizes, colours, shards.
     """
     from visor_model.presets import tiny_config, tiny_processor, word_tokenizer
 
-    if shard_size < 1 or train < 0 or eval < 0:
+    if shard_size < 1 or min(train, eval, policy) < 0:
         raise ValueError("need shard_size >= 1 and non-negative sample counts")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     splits = {}
-    for split, count in (("train", train), ("eval", eval)):
+    for split, count in (("train", train), ("eval", eval), ("policy", policy)):
         by_type = write_split(out, split, count, shard_size, seed)
         shards = _split_shards(out, split)
         splits[split] = {"samples": count, "question_types": by_type, "shards": shards}

@@ -15,7 +15,9 @@ It adds:
 * ``token_reduction`` — visual-token pooling factor per tile side (1 = none,
   2 = 2×2 average pooling of every tile's patch grid);
 * ``policy_hidden_size`` / ``policy_tau`` — the budget policy MLP width and the
-  sufficiency threshold used by ``budget="auto"``.
+  sufficiency threshold used by ``budget="auto"``;
+* ``policy_trained`` — set by the policy job once the policy head is trained (before
+  that ``"auto"`` runs an untrained head, and evaluation reports no policy row).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class VisorConfig(LlavaOnevisionConfig):
     token_reduction: int = 1
     policy_hidden_size: int = 256
     policy_tau: float = 0.5
+    policy_trained: bool = False
 
     def __post_init__(self, **kwargs: Any) -> None:
         super().__post_init__(**kwargs)

@@ -52,7 +52,10 @@ class VisorOutput(ModelOutput):
     ``[B, Tt]`` map it to ``input_ids`` columns; ``budget [B]`` is the budget
     each sample ran; ``loss`` is the mean next-token loss over labelled tokens
     and ``loss_per_sample [B]`` the same per sample (NaN where a sample has no
-    label); ``policy_logits [B, K+1]`` is set when the policy chose the budget.
+    label); ``correct_per_sample [B]`` is True where every labelled token is the
+    argmax prediction (greedy decoding would reproduce the answer exactly);
+    ``num_visual_tokens [B]`` counts each sample's visual tokens (after any token
+    reduction); ``policy_logits [B, K+1]`` is set when the policy chose the budget.
     """
 
     loss: torch.Tensor | None = None
@@ -61,6 +64,8 @@ class VisorOutput(ModelOutput):
     text_mask: torch.BoolTensor | None = None
     budget: torch.LongTensor | None = None
     loss_per_sample: torch.Tensor | None = None
+    correct_per_sample: torch.BoolTensor | None = None
+    num_visual_tokens: torch.LongTensor | None = None
     policy_logits: torch.Tensor | None = None
 
 
@@ -400,9 +405,9 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
             input_ids, attention_mask, pixel_values, image_sizes, budget, tau, batch_num_images
         )
         logits = self.lm_head(pre.hidden)
-        loss = loss_per_sample = None
+        loss = loss_per_sample = correct = None
         if labels is not None:
-            loss, loss_per_sample = self._loss(logits, labels, input_ids, pre.streams)
+            loss, loss_per_sample, correct = self._loss(logits, labels, input_ids, pre.streams)
         return VisorOutput(
             loss=loss,
             logits=logits,
@@ -410,12 +415,14 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
             text_mask=pre.streams.text_valid,
             budget=pre.budget,
             loss_per_sample=loss_per_sample,
+            correct_per_sample=correct,
+            num_visual_tokens=pre.streams.num_visual,
             policy_logits=pre.policy_logits,
         )
 
     def _loss(
         self, logits: torch.Tensor, labels: torch.LongTensor, input_ids: torch.LongTensor, streams: Streams
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.BoolTensor]:
         is_image = input_ids == self.config.image_token_id
         shifted = torch.full_like(labels, -100)
         shifted[:, :-1] = labels[:, 1:].masked_fill(is_image[:, 1:], -100)
@@ -426,7 +433,9 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
         labelled = (targets != -100).float()
         loss = (token_loss * labelled).sum() / labelled.sum().clamp(min=1.0)
         per_sample = (token_loss * labelled).sum(1) / labelled.sum(1)
-        return loss, per_sample
+        wrong = (logits.argmax(-1) != targets) & (targets != -100)
+        correct = ~wrong.any(1) & (labelled.sum(1) > 0)
+        return loss, per_sample, correct
 
     @torch.no_grad()
     def policy_features(

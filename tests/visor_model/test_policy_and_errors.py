@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tests.conftest import make_batch
+from tests.conftest import make_batch, random_image
 from tests.visor_model.test_budgets import build_model
 from visor_model import LayerPlan, VisorForConditionalGeneration
 from visor_model.policy import choose_budget
@@ -72,3 +72,27 @@ def test_activation_checkpointing_gives_same_gradients(tokenizer, processor):
         model(**example, budget=2).loss.backward()
         grads.append(model.lm_head.weight.grad.clone())
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_correct_per_sample_is_greedy_exact_match(processor) -> None:
+    torch.manual_seed(0)
+    model = VisorForConditionalGeneration(tiny_config(len(processor.tokenizer))).eval()
+    example = processor.build_example(random_image(40, 40, 3), "what colour is the box ?", "red")
+    label_cols = [int(c) for c in (example["labels"][0] != -100).nonzero()[:, 0]]
+
+    def next_token_predictions(batch) -> dict[int, int]:
+        """Column c -> the token the model predicts for column c (from the text token at c - 1)."""
+        with torch.no_grad():
+            out = model(**batch, budget=1)
+        cols, pred = out.text_index[0], out.logits[0].argmax(-1)
+        return {int(cols[j]) + 1: int(pred[j]) for j in range(len(cols)) if out.text_mask[0, j]}, out
+
+    predicted, out = next_token_predictions(example)
+    assert bool(out.correct_per_sample[0]) == all(predicted[c] == int(example["labels"][0, c]) for c in label_cols)
+    assert not out.correct_per_sample[0]  # random weights do not say "red <|im_end|>"
+    greedy = {k: v.clone() for k, v in example.items()}
+    for c in label_cols:  # write the greedy answer in place of the reference one, token by token
+        token = next_token_predictions(greedy)[0][c]
+        greedy["input_ids"][0, c] = greedy["labels"][0, c] = token
+    assert bool(next_token_predictions(greedy)[1].correct_per_sample[0])
+    assert int(out.num_visual_tokens[0]) == int((example["input_ids"] == 2).sum())

@@ -1,0 +1,63 @@
+"""``visor demo`` (what ``make demo`` runs): the whole local pipeline on synthetic data, then a summary.
+
+shards (``demo-data/``) → ``visor retrain --config retrain-demo`` (train on local Ray →
+policy → evaluate → promote, all tracked in ``./mlflow.db``) → the champion's
+evaluation table, its version and how to open the MLflow UI. Run it again and the
+retrain is skipped (same data version), the summary is printed again.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+DATA = Path("demo-data")
+SPLITS = {"train": 3000, "eval": 300, "policy": 300}
+SHARD_SIZE, SEED = 500, 0
+
+
+def ensure_data(out: Path = DATA) -> None:
+    """Write the demo shards unless ``out`` already holds exactly them (same counts and seed)."""
+    from pipelines.synth import write_synth
+
+    manifest = out / "manifest.json"
+    if manifest.exists():
+        found = json.loads(manifest.read_text())
+        if found.get("seed") == SEED and {k: v["samples"] for k, v in found["splits"].items()} == SPLITS:
+            return
+    write_synth(out, SPLITS["train"], SPLITS["eval"], SHARD_SIZE, SEED, policy=SPLITS["policy"])
+
+
+def champion_summary(tracking_uri: str, name: str = "visor") -> str:
+    """The champion's evaluation table (from its evaluation run) and where to look next."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from jobs.evaluate import format_report
+    from jobs.tracking import alias_version
+
+    champion = alias_version(MlflowClient(tracking_uri), name, "champion")
+    if champion is None:
+        return f"no champion for {name!r} yet"
+    data_version = champion.tags["eval/latest_data_version"]
+    run_id = champion.tags[f"eval/{data_version}/run_id"]
+    mlflow.set_tracking_uri(tracking_uri)
+    report = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=run_id,
+                                                                  artifact_path="eval_report.json")).read_text())
+    return "\n".join([
+        f"champion: models:/{name}/{champion.version} (trained on data version {champion.tags.get('data_version')}, "
+        f"τ = {champion.tags.get('policy.tau', '-')})",
+        f"evaluation on {report['samples']} samples (data version {data_version}):",
+        format_report(report),
+        "",
+        f"MLflow UI: mlflow ui --backend-store-uri {tracking_uri}   (then open http://127.0.0.1:5000)",
+    ])
+
+
+def run_demo() -> str:
+    from jobs.retrain import load_retrain_config, run_retrain
+    from jobs.tracking import tracking_uri
+
+    ensure_data()
+    outcome = run_retrain(load_retrain_config("retrain-demo"))
+    return f"retrain: {outcome.status} — {outcome.reason}\n\n" + champion_summary(tracking_uri())
