@@ -234,7 +234,7 @@ def retrain(
 
     try:
         outcome = run_retrain(load_retrain_config(config, set_))
-    except ConfigError as err:
+    except (ConfigError, ValueError) as err:
         raise typer.BadParameter(str(err), param_hint="--config/--set") from err
     except AlreadyRunning as err:
         typer.echo(f"error: {err}", err=True)

@@ -9,8 +9,8 @@ and ``…/mean_flops`` written by ``visor evaluate``). The rule: promote when
 
 The first evaluated model becomes champion. The decision, the reason and the
 numbers are recorded in the challenger's tags (``promotion.*``); asking again
-about the same challenger, champion and data returns the recorded decision and
-writes nothing. A challenger without an evaluation is refused.
+about the same challenger, champion and data under the same rule returns the
+recorded decision and writes nothing. A challenger without an evaluation is refused.
 """
 
 from __future__ import annotations
@@ -99,7 +99,9 @@ def promote(tracking_uri: str, name: str = "visor", rule: PromotionRule | None =
     numbers["rule"] = {"accuracy_tolerance": rule.accuracy_tolerance, "flops_tolerance": rule.flops_tolerance}
     against = str(champion.version) if champion is not None else "none"
     tags = challenger.tags
-    if tags.get("promotion.compared_to") == against and tags.get("promotion.data_version") == data_version:
+    same_rule = json.loads(tags.get("promotion.numbers", "{}")).get("rule") == numbers["rule"]
+    if tags.get("promotion.compared_to") == against and tags.get("promotion.data_version") == data_version \
+            and same_rule:
         return Decision(tags["promotion.decision"] == "promoted", tags["promotion.reason"], str(challenger.version),
                         None if champion is None else str(champion.version), data_version,
                         json.loads(tags["promotion.numbers"]), recorded=False)

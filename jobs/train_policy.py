@@ -72,7 +72,6 @@ def heldout_mask(keys: np.ndarray, urls: np.ndarray, fraction: float) -> np.ndar
 
 def train_head(head: torch.nn.Module, features: np.ndarray, labels: np.ndarray, options: PolicyOptions) -> list[float]:
     """Full-batch AdamW on BCE-with-logits per budget; returns the loss per epoch."""
-    torch.manual_seed(options.seed)
     x, y = torch.as_tensor(features, dtype=torch.float32), torch.as_tensor(labels)
     optimizer = torch.optim.AdamW(head.parameters(), lr=options.lr, weight_decay=options.weight_decay)
     history = []
@@ -115,6 +114,7 @@ def fit_policy(scores: Scores, hidden_size: int, policy_hidden_size: int, option
     heldout = heldout_mask(c["key"], c["url"], options.heldout_fraction)
     if heldout.all() or not heldout.any():
         raise ValueError(f"{scores.num_samples} samples are too few to hold out {options.heldout_fraction:.0%}")
+    torch.manual_seed(options.seed)  # the head's initialisation, then its training, depend on the seed only
     head = BudgetPolicy(hidden_size, policy_hidden_size, labels.shape[1])
     history = train_head(head, c["features"][~heldout], labels[~heldout], options)
     with torch.no_grad():

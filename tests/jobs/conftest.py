@@ -1,0 +1,72 @@
+"""Fixtures for the job tests: synthetic shards and a small registered VISOR model in a real MLflow store."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+
+@dataclass
+class Registry:
+    uri: str
+    data: Path
+    model_uri: str  # models:/visor/1, alias challenger
+
+
+def _train_briefly(data: Path, steps: int = 40):
+    """A tiny VISOR model trained in-process (no Ray) on a fixed batch, so its answers are not all random."""
+    import numpy as np
+
+    from jobs.train_config import ModelConfig, OptimConfig
+    from jobs.training import budgets_for_step, build_model, freeze, make_optimizer, optimizer_step
+    from pipelines.dataset import Collator
+    from pipelines.synth import render_sample
+    from visor_model.processing import VisorProcessor
+
+    processor = VisorProcessor.from_pretrained(data / "processor")
+    rows = []
+    for i in range(24):
+        sample = render_sample(0, "train", i)
+        example = processor.build_example(sample.image, sample.question, sample.answer)
+        rows.append({k: v[0].numpy() for k, v in example.items()})
+    batch = {}
+    for name in ("input_ids", "labels", "pixel_values", "image_sizes"):
+        column = np.empty(len(rows), dtype=object)
+        column[:] = [r[name] for r in rows]
+        batch[name] = column
+    batch = Collator(processor.tokenizer.pad_token_id)(batch)
+    model = build_model(ModelConfig(tiny={"num_layers": 3, "hidden_size": 32}), len(processor.tokenizer), seed=0)
+    freeze(model, [])
+    optimizer, scheduler = make_optimizer(model, OptimConfig(lr=3e-3, warmup_steps=3, max_steps=steps))
+    for step in range(steps):
+        optimizer_step(model, [batch], budgets_for_step("uniform", model.plan.num_budgets, 0, step), optimizer,
+                       scheduler, 1.0)
+    return model.eval(), processor
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory, ray_local) -> Registry:
+    """Shards (train/eval/policy) and ``models:/visor/1`` (alias challenger) in a fresh SQLite store."""
+    import mlflow
+
+    from jobs.tracking import register
+    from pipelines.packaging import log_visor_model, save_model_dir
+    from pipelines.shards import data_version, resolve_shards
+    from pipelines.synth import write_synth
+
+    root = tmp_path_factory.mktemp("registry")
+    data = root / "data"
+    write_synth(data, 24, 36, 12, seed=4, policy=48)
+    model, processor = _train_briefly(data)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("visor-train")
+    with mlflow.start_run():
+        info = log_visor_model(save_model_dir(model, processor, root / "model"))
+    version = register(uri, info.model_uri, "visor", "challenger", {
+        "data_version": data_version(resolve_shards(str(data / "train-*.tar"))),
+        "plan": json.dumps(model.config.plan), "job": "train"})
+    return Registry(uri, data, f"models:/visor/{version}")
