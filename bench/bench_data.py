@@ -132,11 +132,11 @@ def _by_epoch_boundary(wait: dict, samples: int) -> tuple[list[float], list[floa
     return crossing, inside
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace (or append) the data-pipeline section of ``path``."""
+def write_section(path: Path, section: str, heading: str = "## Data pipeline") -> None:
+    """Replace (or append) the section of ``path`` that starts with ``heading``."""
     header = "# Benchmarks\n\nEvery number here comes from a command in `bench/`, run on the machine stated.\n\n"
     text = path.read_text() if path.exists() else header
-    start = text.find("## Data pipeline")
+    start = text.find(heading)
     if start >= 0:
         end = text.find("\n## ", start + 1)
         text = text[:start] + section + (text[end + 1:] if end >= 0 else "")

@@ -10,7 +10,8 @@
    evaluation of the new challenger and, when needed, of the champion on the same
    data (:mod:`jobs.evaluate`), and promotion (:mod:`jobs.promote`).
 4. A failing stage marks the parent run ``FAILED`` with the stage and the error in its
-   tags and leaves the champion where it was.
+   tags and leaves the champion where it was. The parent run records each stage's
+   wall time as ``stage_seconds/<stage>``.
 """
 
 from __future__ import annotations
@@ -162,11 +163,18 @@ def run_retrain(config: RetrainConfig) -> RetrainOutcome:
                                   f"{version}: nothing to do", version, champion=str(champion.version))
         parent_id = create_run(uri, EXPERIMENT, "retrain", {"job": "retrain", "data_version": version,
                                                             "git_commit": git_commit()})
-        stage = "train"
+        stage, clock = "train", time.perf_counter()
+
+        def finished(name: str) -> str:  # log the stage that just ended, return the next one's name
+            nonlocal clock
+            client.log_metric(parent_id, f"stage_seconds/{stage}", time.perf_counter() - clock)
+            clock = time.perf_counter()
+            return name
+
         try:
             _maybe_fail(config, stage)
             trained = run_training(train_config, parent_run_id=parent_id)
-            stage = "policy"
+            stage = finished("policy")
             _maybe_fail(config, stage)
             score = ScoreOptions(batch_size=config.score_batch_size)
             policy = run_policy_job(
@@ -177,16 +185,17 @@ def run_retrain(config: RetrainConfig) -> RetrainOutcome:
                               registered_model=name, score=score),
                 parent_run_id=parent_id,
             )
-            stage = "evaluate"
+            stage = finished("evaluate")
             _maybe_fail(config, stage)
             report = evaluate(f"models:/{name}/{policy.registered_version}", config.eval_data, uri, score,
                               parent_run_id=parent_id).report
             if champion is not None and f"eval/{report['data_version']}/accuracy" not in champion.tags:
                 evaluate(f"models:/{name}/{champion.version}", config.eval_data, uri, score, parent_run_id=parent_id)
-            stage = "promote"
+            stage = finished("promote")
             _maybe_fail(config, stage)
             decision = promote(uri, name, PromotionRule(config.promote.accuracy_tolerance,
                                                         config.promote.flops_tolerance))
+            finished("done")
         except BaseException as err:
             client.set_tag(parent_id, "failed_stage", stage)
             client.set_tag(parent_id, "error", f"{type(err).__name__}: {err}"[:5000])

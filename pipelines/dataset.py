@@ -199,11 +199,16 @@ class Collator(NumpyBatchCollateFn):
     ``image_sizes [images, 2]`` implies) — absent when no sample has an image.
     With ``with_keys``, ``keys`` holds each sample's ``url#key`` as zero-padded
     UTF-8 bytes ``[B, n]`` (uint8: Ray moves only tensors); :func:`decode_keys` reads it.
+    ``padding_side="left"`` pads text on the left instead (prompts for generation;
+    ``labels`` may then be absent).
     """
 
-    def __init__(self, pad_token_id: int, with_keys: bool = False):
+    def __init__(self, pad_token_id: int, with_keys: bool = False, padding_side: str = "right"):
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         self.pad_token_id = pad_token_id
         self.with_keys = with_keys
+        self.padding_side = padding_side
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         # Arrays from Ray are read-only: copy them into fresh numpy views of the output tensors.
@@ -212,9 +217,15 @@ class Collator(NumpyBatchCollateFn):
         input_ids = np.full(shape, self.pad_token_id, dtype=np.int64)
         labels = np.full(shape, -100, dtype=np.int64)
         attention_mask = np.zeros(shape, dtype=np.int64)
-        for i, (x, y) in enumerate(zip(batch["input_ids"], batch["labels"], strict=True)):
-            input_ids[i, : len(x)], labels[i, : len(x)], attention_mask[i, : len(x)] = x, y, 1
-        out = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        targets = batch["labels"] if "labels" in batch else [None] * len(lengths)
+        for i, (x, y) in enumerate(zip(batch["input_ids"], targets, strict=True)):
+            cols = slice(shape[1] - len(x), None) if self.padding_side == "left" else slice(0, len(x))
+            input_ids[i, cols], attention_mask[i, cols] = x, 1
+            if y is not None:
+                labels[i, cols] = y
+        out = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if "labels" in batch:
+            out["labels"] = labels
         if self.with_keys:
             names = [f"{u}#{k}".encode() for u, k in zip(batch["url"], batch["key"], strict=True)]
             keys = np.zeros((len(names), max(len(n) for n in names)), dtype=np.uint8)

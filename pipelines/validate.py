@@ -92,7 +92,7 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     except Rejected:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise Rejected("decompression_bomb", str(err)) from err
+        raise Rejected("decompression_bomb", f"{err} (max_pixels={max_pixels})") from err
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ...
         raise Rejected("undecodable_image", f"{type(err).__name__}: {err}") from err
     if width < 1 or height < 1:
