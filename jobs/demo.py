@@ -1,9 +1,10 @@
 """``visor demo`` (what ``make demo`` runs): the whole local pipeline on synthetic data, then a summary.
 
 shards (``demo-data/``) → ``visor retrain --config retrain-demo`` (train on local Ray →
-policy → evaluate → promote, all tracked in ``./mlflow.db``) → the champion's
-evaluation table, its version and how to open the MLflow UI. Run it again and the
-retrain is skipped (same data version), the summary is printed again.
+policy → evaluate → promote, all tracked in ``./mlflow.db``) → one request to the
+champion through the Ray Serve endpoint (OpenAI client, on a free port of 127.0.0.1)
+→ the champion's evaluation table, its version and how to open the MLflow UI. Run it
+again and the retrain is skipped (same data version); the rest runs again.
 """
 
 from __future__ import annotations
@@ -54,10 +55,41 @@ def champion_summary(tracking_uri: str, name: str = "visor") -> str:
     ])
 
 
+def serve_one_request(tracking_uri: str) -> str:
+    """Start the Serve app on a free local port, ask the champion one image question, stop the app."""
+    import socket
+
+    from openai import OpenAI
+    from ray import serve
+
+    from jobs.openai_protocol import user_messages
+    from jobs.serve import ServeConfig, start
+    from pipelines.synth import render_sample
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    start(ServeConfig(tracking_uri=tracking_uri, port=port, cpus_per_replica=0.5))
+    try:
+        sample = render_sample(SEED, "eval", 0)
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
+        reply = client.chat.completions.create(model="visor", messages=user_messages(sample.question, sample.image),
+                                               temperature=0, max_tokens=4, extra_body={"visor_budget": "auto"})
+    finally:
+        serve.shutdown()
+    visor = reply.model_extra["visor"]
+    return (f"served one request (POST /v1/chat/completions on 127.0.0.1:{port}): {sample.question!r} → "
+            f"{reply.choices[0].message.content!r} (reference {sample.answer!r}); budget {visor['budget']} chosen by "
+            f"the policy, {visor['flops'] / 1e6:.1f} MFLOPs, {visor['saving_vs_full_attention']:.1f}x less than "
+            "full attention")
+
+
 def run_demo() -> str:
     from jobs.retrain import load_retrain_config, run_retrain
     from jobs.tracking import tracking_uri
 
     ensure_data()
     outcome = run_retrain(load_retrain_config("retrain-demo"))
-    return f"retrain: {outcome.status} — {outcome.reason}\n\n" + champion_summary(tracking_uri())
+    uri = tracking_uri()
+    return "\n\n".join([f"retrain: {outcome.status} — {outcome.reason}", serve_one_request(uri),
+                         champion_summary(uri)])

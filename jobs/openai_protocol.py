@@ -162,3 +162,20 @@ def parse_chat_request(body: bytes, limits: Limits, num_budgets: int) -> ChatReq
         raise ApiError(400, "temperature must be a number in [0, 2]", "temperature")
     return ChatRequest(question, image, budget, None if tau is None else float(tau), max_tokens, float(temperature),
                        bool(data.get("stream", False)), data.get("model"))
+
+
+def image_data_url(image: Image.Image) -> str:
+    """A PNG ``data:`` URL of ``image`` (what clients put in an ``image_url`` part)."""
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def user_messages(question: str, image: Image.Image | None = None) -> list[dict]:
+    """OpenAI ``messages`` for one user turn: the image (if any) as a data URL, then the question."""
+    parts: list[dict] = [{"type": "text", "text": question}]
+    if image is not None:
+        parts.insert(0, {"type": "image_url", "image_url": {"url": image_data_url(image)}})
+    return [{"role": "user", "content": parts}]

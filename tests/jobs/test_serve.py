@@ -4,7 +4,6 @@ load, bearer tokens, and reloading when the champion moves."""
 from __future__ import annotations
 
 import base64
-import io
 import json
 import socket
 import threading
@@ -18,7 +17,7 @@ from openai import OpenAI
 from PIL import Image
 from ray import serve
 
-from jobs.openai_protocol import Limits
+from jobs.openai_protocol import Limits, image_data_url, user_messages
 from jobs.serve import ServeConfig, build_app
 from pipelines.packaging import load_visor
 from pipelines.synth import render_sample
@@ -28,17 +27,8 @@ from tests.pipelines.helpers import bomb_png
 QUESTION = "what colour is the background ?"
 
 
-def data_url(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
 def messages(image: Image.Image | None = None, question: str = QUESTION) -> list[dict]:
-    parts = [{"type": "text", "text": question}]
-    if image is not None:
-        parts.insert(0, {"type": "image_url", "image_url": {"url": data_url(image)}})
-    return [{"role": "user", "content": parts}]
+    return user_messages(question, image)
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +81,7 @@ def test_openai_client_answers_like_generate_and_streams(server, registry) -> No
 def bad_requests(image: Image.Image) -> list[tuple[str, object, int, str]]:
     big = random_image(300, 300, 0)  # ~270 kB of PNG: random pixels do not compress
     two = messages(image)
-    two[0]["content"].append({"type": "image_url", "image_url": {"url": data_url(image)}})
+    two[0]["content"].append({"type": "image_url", "image_url": {"url": image_data_url(image)}})
     return [
         ("malformed JSON", b"{not json", 400, "not valid JSON"),
         ("missing messages", {"model": "visor"}, 400, "'messages' is required"),
