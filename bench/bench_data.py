@@ -64,7 +64,7 @@ def data_wait(data: Path, steps: int, workdir: Path) -> dict:
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     command = [
         str(Path(sys.executable).parent / "visor"), "train", "--config", "demo-tiny",
-        "--set", f"data.train=['{data}/train-*.tar']", "--set", f"data.eval=['{data}/eval-*.tar']",
+        "--set", f"data.train=['{data}/train-*.tar']",
         "--set", f"optim.max_steps={steps}", "--set", f"run.storage_path={workdir / 'runs'}",
         "--set", f"mlflow.tracking_uri={uri}", "--set", "mlflow.register_model=false",
     ]

@@ -151,7 +151,7 @@ def run_retrain(config: RetrainConfig) -> RetrainOutcome:
     from pipelines.shards import data_version
 
     train_config = load_train_config(config.train_config, config.train_overrides)
-    version = data_version(check_shards(train_config, storage_options(train_config))["train"])
+    version = data_version(check_shards(train_config, storage_options(train_config)))
     uri = tracking_uri(train_config.mlflow.tracking_uri)
     name = train_config.mlflow.registered_model
     lock = Path(config.lock_dir).expanduser().resolve() / f"retrain-{name}.lock"

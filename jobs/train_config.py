@@ -71,13 +71,13 @@ class S3Config(Section):
 
 
 class DataSection(Section):
-    """Shard specs (see ``pipelines.shards``) and how they are read (see ``pipelines.dataset.ReadOptions``).
+    """Training shard specs (see ``pipelines.shards``) and how they are read (see
+    ``pipelines.dataset.ReadOptions``). Held-out data is for ``visor evaluate`` / ``visor train-policy``.
 
     ``batch_size`` is per worker and per micro-step.
     """
 
     train: list[str] = Field(min_length=1)
-    eval: list[str] = []
     batch_size: int = Field(8, ge=1)
     max_length: int = Field(2048, ge=8)
     max_image_pixels: int = Field(50_000_000, ge=1)

@@ -64,18 +64,12 @@ def storage_options(config: TrainConfig) -> S3Options:
     return options
 
 
-def check_shards(config: TrainConfig, storage: S3Options) -> dict[str, list]:
-    """Resolve every shard spec now, naming the config field when one fails."""
-    resolved = {}
-    for name in ("train", "eval"):
-        specs = getattr(config.data, name)
-        if not specs:
-            continue
-        try:
-            resolved[name] = resolve_shards(specs, storage)
-        except (ValueError, OSError) as err:
-            raise ValueError(f"data.{name}: {err}") from err
-    return resolved
+def check_shards(config: TrainConfig, storage: S3Options) -> list:
+    """Resolve the training shard specs now, naming the config field when one fails."""
+    try:
+        return resolve_shards(config.data.train, storage)
+    except (ValueError, OSError) as err:
+        raise ValueError(f"data.train: {err}") from err
 
 
 def default_processor_dir(shards: list) -> Path | None:
@@ -115,10 +109,10 @@ def run_training(config: TrainConfig, parent_run_id: str | None = None) -> Train
     storage = storage_options(config)
     shards = check_shards(config, storage)
     try:
-        processor = build_processor(config.model, default_processor_dir(shards["train"]))
+        processor = build_processor(config.model, default_processor_dir(shards))
     except (OSError, ValueError) as err:
         raise ValueError(f"model.processor: cannot load a processor ({err})") from err
-    version = data_version(shards["train"])
+    version = data_version(shards)
 
     init_ray()
     ledger = QuarantineLedger.remote()

@@ -71,7 +71,7 @@ def test_a_second_retrain_exits_while_one_runs(tmp_path: Path) -> None:
     config = tmp_path / "retrain.yaml"
     shards = [f"{tmp_path}/*.tar"]
     config.write_text(json.dumps({  # JSON is YAML
-        "train_config": "demo-tiny", "train_overrides": [f"data.train={shards}", "data.eval=[]"],
+        "train_config": "demo-tiny", "train_overrides": [f"data.train={shards}"],
         "policy": {"data": shards}, "eval_data": shards, "lock_dir": str(tmp_path / "locks")}))
     write_synth(tmp_path, 3, 0, 3, seed=0)
     lock = tmp_path / "locks" / "retrain-visor.lock"

@@ -28,7 +28,7 @@ def data_dir(tmp_path_factory) -> Path:
 
 def tiny_config(data_dir: Path, tmp_path: Path, *overrides: str):
     return load_train_config("demo-tiny", [
-        f"data.train=['{data_dir}/train-*.tar']", f"data.eval=['{data_dir}/eval-*.tar']", "data.batch_size=4",
+        f"data.train=['{data_dir}/train-*.tar']", "data.batch_size=4",
         f"run.storage_path={tmp_path / 'runs'}", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
         "model.tiny.num_layers=3", "model.tiny.hidden_size=32", "optim.warmup_steps=2", "run.log_every=2",
         *overrides,
