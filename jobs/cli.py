@@ -13,9 +13,13 @@ from pathlib import Path
 import typer
 
 from jobs.data_cli import data_app
+from jobs.infra_cli import infra_app
+from jobs.jobs_cli import jobs_app
 
 app = typer.Typer(help="VISOR: budget-adaptive vision-language model — jobs and tools.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(infra_app, name="infra")
 
 
 class Preset(str, Enum):
@@ -113,6 +117,31 @@ def serve(
         from ray import serve as ray_serve
 
         ray_serve.shutdown()
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def submit(
+    ctx: typer.Context,
+    job: str = typer.Argument(..., help="train, train-policy, evaluate, retrain or promote."),
+    address: str | None = typer.Option(None, help="Ray dashboard URL (default: $RAY_ADDRESS or "
+                                       "http://127.0.0.1:8265)."),
+    config: str | None = typer.Option(None, help="Config file (shipped with the job) or preset name."),
+    wait: bool = typer.Option(False, help="Follow the logs and exit with the job's status."),
+) -> None:
+    """Submit a job to a Ray cluster (Ray Jobs API); arguments after the options go to the job."""
+    from jobs.submit import default_address, follow
+    from jobs.submit import submit as submit_job
+
+    try:
+        client, submission = submit_job(job, address or default_address(), list(ctx.args), config)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="JOB") from err
+    typer.echo(f"submitted {submission}")
+    if wait:
+        status = follow(client, submission, typer.echo)
+        typer.echo(f"job {submission}: {status.value}")
+        if status.value != "SUCCEEDED":
+            raise typer.Exit(1)
 
 
 @app.command()

@@ -329,6 +329,18 @@ def build_app(config: ServeConfig):
     ).bind(asdict(config))
 
 
+def app_builder(args: dict):
+    """Ray Serve application builder (``import_path: jobs.serve:app_builder`` in a ``serveConfigV2``):
+    ``args`` are :class:`ServeConfig` fields; ``limits`` may be a mapping of :class:`Limits` fields."""
+    from jobs.tracking import tracking_uri
+
+    args = dict(args)
+    limits = Limits(**args.pop("limits", {}))
+    config = ServeConfig(**args, limits=limits)
+    config.tracking_uri = tracking_uri(config.tracking_uri)
+    return build_app(config)
+
+
 def start(config: ServeConfig, name: str = "visor", route_prefix: str = "/") -> None:
     """Start Serve's HTTP proxy on ``config.host:port`` (first call only) and deploy the app."""
     from jobs.ray_env import init_ray

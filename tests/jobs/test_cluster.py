@@ -1,0 +1,175 @@
+"""Cluster operations against real processes: a `ray start --head` cluster for `visor submit` / `visor jobs`,
+and an `mlflow server` (SQLite backend, artifacts on the moto S3 endpoint) for concurrent retrains and loading
+the champion from another process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from pipelines.synth import write_synth
+
+BIN = Path(sys.executable).parent
+VISOR = str(BIN / "visor")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for(url: str, seconds: float = 90) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"{url} did not come up in {seconds} s")
+
+
+def environment(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "MLFLOW_"))}
+    return {**env, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}{os.pathsep}{env['PATH']}", **extra}
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """`ray start --head --block` on free ports (its own temp dir); SIGTERM stops exactly this cluster."""
+    dashboard = free_port()
+    temp = tempfile.mkdtemp(prefix="/tmp/rh")
+    process = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", f"--port={free_port()}", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dashboard}", f"--dashboard-agent-listen-port={free_port()}",
+         f"--ray-client-server-port={free_port()}", "--num-cpus=2", "--include-dashboard=true",
+         "--disable-usage-stats", f"--temp-dir={temp}"],
+        env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        wait_for(f"{address}/api/version")
+        deadline = time.time() + 60
+        while time.time() < deadline:  # the job agent registers a little after the dashboard answers
+            if subprocess.run([VISOR, "jobs", "list", "--address", address], env=environment(),
+                              capture_output=True).returncode == 0:
+                break
+            time.sleep(1)
+        yield address
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(120)
+
+
+def visor(*args: str, cwd: Path, timeout: int = 600, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([VISOR, *args], cwd=cwd, env=environment(**env), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def train_overrides(root: Path) -> list[str]:
+    return ["--set", f"data.train=['{root}/data/train-*.tar']", "--set", "optim.max_steps=3", "--set",
+            "data.batch_size=4", "--set", "model.tiny.num_layers=3", "--set", f"run.storage_path={root / 'runs'}",
+            "--set", f"mlflow.tracking_uri=sqlite:///{root / 'mlflow.db'}"]
+
+
+def test_submit_train_waits_for_success_and_logs_show_it(ray_head, tmp_path: Path) -> None:
+    write_synth(tmp_path / "data", 24, 0, 12, seed=1)
+    result = visor("submit", "train", "--address", ray_head, "--config", "demo-tiny", "--wait",
+                   *train_overrides(tmp_path), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    submission = result.stdout.split("submitted ", 1)[1].split()[0]
+    assert f"job {submission}: SUCCEEDED" in result.stdout
+    logs = visor("jobs", "logs", submission, "--address", ray_head, cwd=tmp_path)
+    assert logs.returncode == 0 and "trained 3 steps" in logs.stdout
+    listed = visor("jobs", "list", "--address", ray_head, cwd=tmp_path)
+    assert f"{submission}\tSUCCEEDED" in listed.stdout
+    assert visor("jobs", "status", submission, "--address", ray_head, cwd=tmp_path).stdout.strip() == "SUCCEEDED"
+
+
+def test_a_failing_job_reports_failure(ray_head, tmp_path: Path) -> None:
+    config = tmp_path / "train.yaml"
+    config.write_text(json.dumps({"data": {"train": [f"{tmp_path}/missing-*.tar"]}}))
+    result = visor("submit", "train", "--address", ray_head, "--config", str(config), "--wait", cwd=tmp_path)
+    assert result.returncode == 1 and ": FAILED" in result.stdout
+    assert "matches no .tar shard" in result.stdout
+    submission = result.stdout.split("submitted ", 1)[1].split()[0]
+    status = visor("jobs", "status", submission, "--address", ray_head, cwd=tmp_path)
+    assert status.returncode == 1 and status.stdout.strip() == "FAILED"
+    assert visor("submit", "serve", "--address", ray_head, cwd=tmp_path).returncode == 2  # not submittable
+
+
+@pytest.fixture
+def mlflow_server(moto_endpoint: str, tmp_path: Path):
+    """`mlflow server` with a SQLite backend and artifacts proxied to a bucket on the moto endpoint."""
+    import boto3
+
+    boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                 aws_secret_access_key="testing").create_bucket(Bucket="mlflow-artifacts")
+    port = free_port()
+    env = environment(MLFLOW_S3_ENDPOINT_URL=moto_endpoint, AWS_ACCESS_KEY_ID="testing",
+                      AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    process = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", "s3://mlflow-artifacts/visor", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        wait_for(f"http://127.0.0.1:{port}/health")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(60)
+
+
+def test_concurrent_retrains_against_a_tracking_server_run_once(mlflow_server, moto_endpoint, tmp_path) -> None:
+    write_synth(tmp_path / "data", 24, 12, 12, seed=2, policy=24)
+    config = tmp_path / "retrain.yaml"
+    config.write_text(json.dumps({
+        "train_config": "demo-tiny",
+        "train_overrides": [o for o in train_overrides(tmp_path) if o != "--set" and "mlflow" not in o],
+        "policy": {"data": [f"{tmp_path}/data/policy-*.tar"], "epochs": 50},
+        "eval_data": [f"{tmp_path}/data/eval-*.tar"], "score_batch_size": 12, "lock_dir": str(tmp_path / "locks"),
+    }))
+    env = {"MLFLOW_TRACKING_URI": mlflow_server}  # clients need no S3 credentials: the server proxies artifacts
+    first = subprocess.Popen([VISOR, "retrain", "--config", str(config)], cwd=tmp_path, env=environment(**env),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lock = tmp_path / "locks" / "retrain-visor.lock"
+    deadline = time.time() + 60
+    while not lock.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    second = visor("retrain", "--config", str(config), cwd=tmp_path, **env)
+    output, _ = first.communicate(timeout=900)
+    assert first.returncode == 0, output[-3000:]
+    assert "promoted" in output.splitlines()[-1]
+    assert second.returncode == 3 and "a retrain is already running" in second.stderr
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("visor-retrain")
+    (train,) = client.search_runs([experiment.experiment_id], "tags.job = 'train'")
+    assert [m.step for m in client.get_metric_history(train.info.run_id, "lr")][-1] == 3
+    champion = client.get_model_version_by_alias("visor", "champion")
+    assert champion.tags["data_version"] == train.data.tags["data_version"]
+
+    script = ("import mlflow, pandas as pd\n"
+              "m = mlflow.pyfunc.load_model('models:/visor@champion')\n"
+              "print(m.predict(pd.DataFrame([{'question': 'how many shapes are there ?', 'image': '', "
+              "'budget': '0', 'max_new_tokens': 2}])).to_json(orient='records'))\n")
+    loaded = subprocess.run([sys.executable, "-c", script], cwd=tempfile.mkdtemp(), env=environment(**env),
+                            capture_output=True, text=True, timeout=300)
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    assert json.loads(loaded.stdout.strip().splitlines()[-1])[0]["budget"] == 0
