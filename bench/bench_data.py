@@ -132,6 +132,13 @@ def _by_epoch_boundary(wait: dict, samples: int) -> tuple[list[float], list[floa
     return crossing, inside
 
 
+def publish(section: str, heading: str, path: Path | None) -> None:
+    """Print ``section`` and, with ``path``, replace its part of that Markdown file."""
+    print(section)
+    if path:
+        write_section(path, section, heading)
+
+
 def write_section(path: Path, section: str, heading: str = "## Data pipeline") -> None:
     """Replace (or append) the section of ``path`` that starts with ``heading``."""
     header = "# Benchmarks\n\nEvery number here comes from a command in `bench/`, run on the machine stated.\n\n"
@@ -178,10 +185,7 @@ def main() -> None:
         "throughput": rows,
         "data_wait": wait,
     }
-    section = markdown(results)
-    print(section)
-    if args.write:
-        write_section(args.write, section)
+    publish(markdown(results), "## Data pipeline", args.write)
 
 
 if __name__ == "__main__":

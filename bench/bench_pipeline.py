@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data import write_section  # noqa: E402  (bench/ is a folder of scripts, not a package)
+from bench_data import publish  # noqa: E402  (bench/ is a folder of scripts, not a package)
 
 SECTION = "## Whole pipeline (`bench/bench_pipeline.py`)"
 
@@ -99,10 +99,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         result = run(Path(tmp))
-    section = markdown(result, " ".join(["python", "bench/bench_pipeline.py", *sys.argv[1:]]))
-    print(section)
-    if args.write:
-        write_section(args.write, section, SECTION)
+    publish(markdown(result, " ".join(["python", "bench/bench_pipeline.py", *sys.argv[1:]])), SECTION, args.write)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from bench_data import write_section  # noqa: E402
+from bench_data import publish  # noqa: E402
 
 SECTION = "## Serving (`bench/bench_serve.py`)"
 
@@ -123,10 +123,7 @@ def main() -> None:
     parser.add_argument("--write", type=Path, help="Markdown file whose serving section is replaced.")
     args = parser.parse_args()
     result = load_test(args.requests, args.clients, args.max_batch_size)
-    section = markdown(result, " ".join(["python", "bench/bench_serve.py", *sys.argv[1:]]))
-    print(section)
-    if args.write:
-        write_section(args.write, section, SECTION)
+    publish(markdown(result, " ".join(["python", "bench/bench_serve.py", *sys.argv[1:]])), SECTION, args.write)
 
 
 if __name__ == "__main__":

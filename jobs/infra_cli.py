@@ -20,11 +20,11 @@ def render(
 
     from jobs.infra import load_values
     from jobs.infra import render as render_manifests
+    from jobs.train_config import describe_errors
 
     try:
         loaded = load_values(values)
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
-        raise typer.BadParameter(f"{values}: {problems}", param_hint="--values") from err
+        raise typer.BadParameter(f"{values}: {describe_errors(err)}", param_hint="--values") from err
     for path in render_manifests(loaded, out):
         typer.echo(f"wrote {path}")

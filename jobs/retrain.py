@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from jobs.train_config import ConfigError, config_path
+from jobs.train_config import ConfigError, apply_override, config_path, describe_errors
 
 EXPERIMENT = "visor-retrain"
 STAGES = ("train", "policy", "evaluate", "promote")
@@ -83,19 +83,11 @@ def load_retrain_config(name_or_path: str, overrides: list[str] | tuple[str, ...
     path = config_path(name_or_path)
     data = yaml.safe_load(path.read_text()) or {}
     for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item!r}: expected key.sub=value")
-        node = data
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw)
+        apply_override(data, item)
     try:
         return RetrainConfig.model_validate(data)
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
-        raise ConfigError(f"{path}: {problems}") from err
+        raise ConfigError(f"{path}: {describe_errors(err)}") from err
 
 
 def _alive(pid: int) -> bool:

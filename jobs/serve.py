@@ -231,6 +231,14 @@ class VisorServer:
             raise ApiError(401, "missing or wrong bearer token", None, "invalid_api_key",
                            kind="authentication_error")
 
+    def _denied(self, request: Request) -> JSONResponse | None:
+        """The 401 answer for a request without the token, or None when it may pass."""
+        try:
+            self._authorized(request)
+        except ApiError as err:
+            return _error(err)
+        return None
+
     async def _poll(self) -> None:
         while True:
             await asyncio.sleep(self.config.reload_poll_s)
@@ -263,28 +271,22 @@ class VisorServer:
 
     @app.get("/v1/models")
     async def models(self, request: Request):
-        try:
-            self._authorized(request)
-        except ApiError as err:
-            return _error(err)
+        if (denied := self._denied(request)) is not None:
+            return denied
         loaded = self.current
         return {"object": "list", "data": [{"id": loaded.name, "object": "model", "owned_by": "visor",
                                             "version": loaded.version, "budgets": loaded.model.plan.num_budgets}]}
 
     @app.post("/admin/reload")
     async def reload(self, request: Request):
-        try:
-            self._authorized(request)
-        except ApiError as err:
-            return _error(err)
+        if (denied := self._denied(request)) is not None:
+            return denied
         return await self.reload_if_moved()
 
     @app.get("/admin/stats")
     async def stats(self, request: Request):
-        try:
-            self._authorized(request)
-        except ApiError as err:
-            return _error(err)
+        if (denied := self._denied(request)) is not None:
+            return denied
         sizes = dict(sorted(self.batch_sizes.items()))
         return {"batches": sum(sizes.values()), "requests": sum(k * v for k, v in sizes.items()),
                 "batch_sizes": {str(k): v for k, v in sizes.items()}}

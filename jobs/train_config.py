@@ -187,7 +187,12 @@ class ConfigError(ValueError):
     """A configuration that cannot run; the message names the field(s)."""
 
 
-def _set(data: dict, dotted: str, raw: str) -> None:
+def apply_override(data: dict, item: str) -> None:
+    """Apply one ``key.sub=value`` override (the value parsed as YAML) to a config mapping in place."""
+    dotted, sep, raw = item.partition("=")
+    dotted = dotted.strip()
+    if not sep or not dotted:
+        raise ConfigError(f"--set {item!r}: expected key.sub=value")
     node = data
     *parents, leaf = dotted.split(".")
     for part in parents:
@@ -216,10 +221,7 @@ def load_train_config(name_or_path: str, overrides: list[str] | tuple[str, ...] 
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected key.sub=value")
-        _set(data, key.strip(), raw)
+        apply_override(data, item)
     return validate_config(data, str(path))
 
 
@@ -227,7 +229,9 @@ def validate_config(data: dict, source: str = "config") -> TrainConfig:
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in err.errors()
-        )
-        raise ConfigError(f"{source}: {problems}") from err
+        raise ConfigError(f"{source}: {describe_errors(err)}") from err
+
+
+def describe_errors(err: ValidationError) -> str:
+    """``field.path: message; …`` for every problem pydantic found."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in err.errors())
