@@ -82,12 +82,7 @@ def data_wait(data: Path, steps: int, workdir: Path) -> dict:
 
 def markdown(results: dict) -> str:
     lines = [
-        "## Data pipeline (`bench/bench_data.py`)",
-        "",
-        f"Command: `{results['command']}`  ",
-        f"Machine: {results['machine']}  ",
-        f"Date: {results['date']}",
-        "",
+        *provenance("## Data pipeline (`bench/bench_data.py`)", results["command"]),
         f"Synthetic shards: {results['samples']} training samples (64–96 px images, 5–10 tiles of 32 px, "
         "16 tokens a tile, ~100–190 tokens a sample), `visor data synth --seed 0`.",
         "",
@@ -130,6 +125,13 @@ def _by_epoch_boundary(wait: dict, samples: int) -> tuple[list[float], list[floa
         first, last = i * every * per_step, (i + 1) * every * per_step  # samples consumed before/after
         (crossing if i == 0 or last // samples != first // samples else inside).append(value)
     return crossing, inside
+
+
+def provenance(heading: str, command: str) -> list[str]:
+    """The first lines of a benchmark section: heading, command, machine, date."""
+    machine = (f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+               f"{platform.platform(terse=True)}")
+    return [heading, "", f"Command: `{command}`  ", f"Machine: {machine}  ", f"Date: {time.strftime('%Y-%m-%d')}", ""]
 
 
 def publish(section: str, heading: str, path: Path | None) -> None:
@@ -178,8 +180,6 @@ def main() -> None:
         print(wait, flush=True)
     results = {
         "command": " ".join(["python", "bench/bench_data.py", *sys.argv[1:]]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}, "
-                   f"{platform.platform(terse=True)}",
         "date": time.strftime("%Y-%m-%d"),
         "samples": args.samples,
         "throughput": rows,

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -21,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data import publish  # noqa: E402  (bench/ is a folder of scripts, not a package)
+from bench_data import provenance, publish  # noqa: E402  (bench/ is a folder of scripts, not a package)
 
 SECTION = "## Whole pipeline (`bench/bench_pipeline.py`)"
 
@@ -73,12 +71,7 @@ def markdown(result: dict, command: str) -> str:
     order = ("train", "policy", "evaluate", "promote")
     stages = ", ".join(f"{name} {result['stages'][name]:.0f} s" for name in order if name in result["stages"])
     return "\n".join([
-        SECTION,
-        "",
-        f"Command: `{command}`  ",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}  ",
-        f"Date: {time.strftime('%Y-%m-%d')}",
-        "",
+        *provenance(SECTION, command),
         f"`visor demo` from an empty directory: **{result['wall']:.0f} s** in all (stages: {stages}; the rest "
         "is writing the shards, starting Python and the summary).",
         "",

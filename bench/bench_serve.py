@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import socket
 import sys
 import tempfile
@@ -27,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from bench_data import publish  # noqa: E402
+from bench_data import provenance, publish  # noqa: E402
 
 SECTION = "## Serving (`bench/bench_serve.py`)"
 
@@ -94,12 +93,7 @@ def markdown(result: dict, command: str) -> str:
     batches = sum(result["batch_sizes"].values())
     mean = sum(int(k) * v for k, v in result["batch_sizes"].items()) / max(batches, 1)
     return "\n".join([
-        SECTION,
-        "",
-        f"Command: `{command}`  ",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}  ",
-        f"Date: {time.strftime('%Y-%m-%d')}",
-        "",
+        *provenance(SECTION, command),
         f"{result['requests']} chat completions (one 64–96 px image and a question each, budgets cycling "
         f"auto/0/1, greedy, 3 new tokens) from {result['clients']} concurrent clients against one replica of the "
         f"tiny model (`max_batch_size` {result['max_batch_size']}), all on 127.0.0.1:",
