@@ -180,7 +180,6 @@ def main() -> None:
         print(wait, flush=True)
     results = {
         "command": " ".join(["python", "bench/bench_data.py", *sys.argv[1:]]),
-        "date": time.strftime("%Y-%m-%d"),
         "samples": args.samples,
         "throughput": rows,
         "data_wait": wait,
