@@ -73,7 +73,7 @@ def markdown(result: dict, command: str) -> str:
     return "\n".join([
         *provenance(SECTION, command),
         f"`visor demo` from an empty directory: **{result['wall']:.0f} s** in all (stages: {stages}; the rest "
-        "is writing the shards, starting Python and the summary).",
+        "is writing the shards, starting Ray, serving one request and the summary).",
         "",
         f"The champion's evaluation ({result['report']['samples']} evaluation samples, τ = {result['tau']}):",
         "",
