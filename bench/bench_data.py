@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -145,13 +146,14 @@ def write_section(path: Path, section: str, heading: str = "## Data pipeline") -
     """Replace (or append) the section of ``path`` that starts with ``heading``."""
     header = "# Benchmarks\n\nEvery number here comes from a command in `bench/`, run on the machine stated.\n\n"
     text = path.read_text() if path.exists() else header
+    section = section.rstrip("\n") + "\n\n"
     start = text.find(heading)
     if start >= 0:
         end = text.find("\n## ", start + 1)
         text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
     else:
         text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+    path.write_text(re.sub(r"\n+(?=## )", "\n\n", text).rstrip("\n") + "\n")  # one blank line between sections
 
 
 def main() -> None:
