@@ -13,7 +13,6 @@ from visor_model import VisorConfig
 from visor_model.presets import tiny_config, tiny_processor, word_tokenizer
 
 WORDS = ["what", "colour", "is", "the", "box", "red", "blue", "green", "how", "many", "?", "it"]
-VISOR_ONLY_FIELDS = {f for f in VisorConfig.__dataclass_fields__} - set(LlavaOnevisionConfig.__dataclass_fields__)
 
 
 @pytest.fixture(scope="session")
@@ -23,10 +22,7 @@ def tokenizer():
 
 def reference_config(config: VisorConfig) -> LlavaOnevisionConfig:
     """The LlavaOnevisionConfig with the same shapes as ``config``."""
-    data = {k: v for k, v in config.to_dict().items() if k not in VISOR_ONLY_FIELDS}
-    for key in ("model_type", "transformers_version", "architectures"):
-        data.pop(key, None)
-    return LlavaOnevisionConfig(**data)
+    return config.to_llava_onevision_config()
 
 
 @pytest.fixture(scope="session")

@@ -71,6 +71,14 @@ class VisorConfig(LlavaOnevisionConfig):
     def layer_plan(self) -> LayerPlan:
         return LayerPlan.from_dict(self.plan)
 
+    def to_llava_onevision_config(self) -> LlavaOnevisionConfig:
+        """The ``LlavaOnevisionConfig`` with the same shapes (the VISOR fields dropped)."""
+        own = set(VisorConfig.__dataclass_fields__) - set(LlavaOnevisionConfig.__dataclass_fields__)
+        data = {k: v for k, v in self.to_dict().items() if k not in own}
+        for key in ("model_type", "transformers_version", "architectures"):
+            data.pop(key, None)
+        return LlavaOnevisionConfig(**data)
+
     @classmethod
     def from_llava_onevision_config(cls, config: LlavaOnevisionConfig, **visor_fields: Any) -> VisorConfig:
         """Copy a ``LlavaOnevisionConfig`` and add the VISOR fields given."""
