@@ -23,7 +23,6 @@ promotion compares.
 from __future__ import annotations
 
 import json
-import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,20 +42,20 @@ def _row(name: str, budget: int | None, correct: np.ndarray, flops: np.ndarray, 
             "mean_latency_s": float(latency.mean()), "saving_vs_llava_ov": float(baseline.mean() / flops.mean())}
 
 
-def summarize(scores: Scores, prefix: str = "") -> list[dict]:
+def summarize(scores: Scores) -> list[dict]:
     """One row per budget, plus a ``policy`` row (with the budget histogram per question type) when the
     model's policy is trained."""
     c = scores.columns
     types = c["question_type"].astype(str)
     rows = [
-        _row(f"{prefix}budget {b}", b, c["correct"][:, b], c["flops"][:, b], c["language_flops"][:, b],
+        _row(f"budget {b}", b, c["correct"][:, b], c["flops"][:, b], c["language_flops"][:, b],
              c["latency"][:, b], types, c["baseline_flops"])
         for b in range(c["correct"].shape[1])
     ]
     chosen = c["chosen"].astype(int)
     if (chosen >= 0).all():
         pick = np.arange(len(chosen)), chosen
-        row = _row(f"{prefix}policy", None, c["correct"][pick], c["flops"][pick], c["language_flops"][pick],
+        row = _row("policy", None, c["correct"][pick], c["flops"][pick], c["language_flops"][pick],
                    c["latency"][pick], types, c["baseline_flops"])
         row["budget_histogram"] = {
             str(t): {str(b): int(((types == t) & (chosen == b)).sum()) for b in range(c["correct"].shape[1])}
@@ -128,19 +127,6 @@ class EvalOutcome:
     report_path: Path | None
 
 
-def registered_version(model_uri: str, tracking_uri: str) -> tuple[str, str] | None:
-    """``(name, version)`` of a ``models:/name/N`` or ``models:/name@alias`` URI; None otherwise."""
-    from mlflow.tracking import MlflowClient
-
-    match = re.fullmatch(r"models:/([^/@]+)(?:/(\d+)|@([\w.-]+))/?", model_uri)
-    if not match:
-        return None
-    name, version, alias = match.groups()
-    if alias:
-        version = str(MlflowClient(tracking_uri).get_model_version_by_alias(name, alias).version)
-    return name, version
-
-
 def evaluate(
     model_uri: str, spec: str | list[str], tracking_uri: str, options: ScoreOptions | None = None,
     baselines: dict[str, str] | None = None, out: Path | None = None, parent_run_id: str | None = None,
@@ -150,15 +136,14 @@ def evaluate(
     from mlflow.tracking import MlflowClient
 
     from jobs.ray_env import init_ray
-    from jobs.tracking import git_commit, start_job_run
+    from jobs.tracking import git_commit, registered_version, start_job_run
 
     init_ray()
     scores = score_split(model_uri, spec, tracking_uri, options)
     rows = summarize(scores)
     point = operating_point(rows)
     for name, uri in (baselines or {}).items():
-        baseline = summarize(score_split(uri, spec, tracking_uri, options), prefix=f"{name} ")
-        top = operating_point([dict(r, name=r["name"].removeprefix(f"{name} ")) for r in baseline])
+        top = operating_point(summarize(score_split(uri, spec, tracking_uri, options)))
         rows.append(dict(top, name=name, baseline=True, model_uri=uri))
     report = {"model_uri": model_uri, "data_version": scores.data_version, "samples": scores.num_samples,
               "quarantine": scores.quarantine, "rows": rows, "operating_point": point["name"]}

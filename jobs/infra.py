@@ -158,8 +158,8 @@ def _ray_cluster_spec(values: Values) -> dict:
     }
 
 
-def _command(*args: str) -> str:
-    return " ".join(shlex.quote(a) for a in args)
+def _shell(*args: str) -> str:
+    return shlex.join(args)
 
 
 def _sets(overrides: list[str]) -> list[str]:
@@ -213,11 +213,11 @@ def manifests(values: Values) -> dict[str, list[dict]]:
                "type": "Opaque", "stringData": {"VISOR_API_TOKEN": "CHANGE-ME"}}] if values.serve.token_secret else []),
         "raycluster.yaml": [{"apiVersion": "ray.io/v1", "kind": "RayCluster",
                              "metadata": _meta(values, values.cluster.name), "spec": _ray_cluster_spec(values)}],
-        "rayjob-train.yaml": [_ray_job(values, "visor-train", _command(
+        "rayjob-train.yaml": [_ray_job(values, "visor-train", _shell(
             "visor", "train", "--config", values.train.config, *_sets(values.train.overrides)))],
-        "rayjob-train-policy.yaml": [_ray_job(values, "visor-train-policy", _command(
+        "rayjob-train-policy.yaml": [_ray_job(values, "visor-train-policy", _shell(
             "visor", "train-policy", "--model", values.policy.model, "--data", values.policy.data))],
-        "rayjob-retrain.yaml": [_ray_job(values, "visor-retrain", _command(
+        "rayjob-retrain.yaml": [_ray_job(values, "visor-retrain", _shell(
             "visor", "retrain", "--config", values.retrain.config))],
         "rayservice.yaml": [{
             "apiVersion": "ray.io/v1", "kind": "RayService", "metadata": _meta(values, "visor-serve"),
@@ -247,7 +247,7 @@ def manifests(values: Values) -> dict[str, list[dict]]:
                  "metadata": {"labels": mlflow_labels},
                  "spec": {"containers": [{
                      "name": "mlflow", "image": values.image, "imagePullPolicy": values.image_pull_policy,
-                     "command": ["sh", "-c", _command(
+                     "command": ["sh", "-c", _shell(
                          "mlflow", "server", "--host", "0.0.0.0", "--port", str(values.mlflow.port),
                          "--artifacts-destination", artifacts) + ' --backend-store-uri "$MLFLOW_BACKEND_STORE_URI"'],
                      "env": mlflow_env, "ports": [{"containerPort": values.mlflow.port, "name": "http"}],

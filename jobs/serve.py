@@ -84,7 +84,7 @@ class Item:
 def _load(model_uri: str, tracking_uri: str) -> Loaded:
     import mlflow
 
-    from jobs.evaluate import registered_version
+    from jobs.tracking import registered_version
     from pipelines.packaging import load_visor
 
     mlflow.set_tracking_uri(tracking_uri)
@@ -249,7 +249,7 @@ class VisorServer:
 
     async def reload_if_moved(self) -> dict:
         """Load the version ``model_uri`` resolves to now, if it differs; swap it in between batches."""
-        from jobs.evaluate import registered_version
+        from jobs.tracking import registered_version
 
         async with self._reload_lock:
             resolved = await asyncio.to_thread(registered_version, self.config.model_uri, self.config.tracking_uri)

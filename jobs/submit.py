@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import shutil
 import tempfile
 import time
@@ -70,18 +71,12 @@ def submit(job: str, address: str, args: list[str], config: str | None = None) -
     env = {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)}
     client = JobSubmissionClient(address)
     submission = client.submit_job(
-        entrypoint=" ".join(_quote(c) for c in command),
+        entrypoint=shlex.join(command),
         runtime_env={"working_dir": str(working_dir), "env_vars": env},
         metadata={"visor_job": job},
     )
     shutil.rmtree(working_dir, ignore_errors=True)
     return client, submission
-
-
-def _quote(arg: str) -> str:
-    import shlex
-
-    return shlex.quote(arg)
 
 
 def follow(client: JobSubmissionClient, submission: str, echo=print, poll_s: float = 1.0) -> JobStatus:

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -100,3 +101,14 @@ def alias_version(client: MlflowClient, name: str, alias: str):
         return client.get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
+
+
+def registered_version(model_uri: str, tracking_uri: str) -> tuple[str, str] | None:
+    """``(name, version)`` of a ``models:/name/N`` or ``models:/name@alias`` URI; None otherwise."""
+    match = re.fullmatch(r"models:/([^/@]+)(?:/(\d+)|@([\w.-]+))/?", model_uri)
+    if not match:
+        return None
+    name, version, alias = match.groups()
+    if alias:
+        version = str(MlflowClient(tracking_uri).get_model_version_by_alias(name, alias).version)
+    return name, version

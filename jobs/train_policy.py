@@ -132,9 +132,8 @@ def run_policy_job(
     """The whole job (see the module docstring)."""
     import mlflow
 
-    from jobs.evaluate import registered_version
     from jobs.ray_env import init_ray
-    from jobs.tracking import git_commit, register, start_job_run
+    from jobs.tracking import git_commit, register, registered_version, start_job_run
     from pipelines.packaging import load_visor, log_visor_model, save_model_dir
 
     options = options or PolicyOptions()

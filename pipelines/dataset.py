@@ -100,6 +100,7 @@ def preprocess_batch(
     """
     out: dict[str, list] = {name: [] for name in OUTPUT_COLUMNS}
     rejected: list[dict] = []
+    tile_shape = _tile_shape(processor)
     for row in batch.to_pylist():
         try:
             if row["error"] is not None:
@@ -118,7 +119,6 @@ def preprocess_batch(
             rejected.append(_quarantine(row, "processing_error", f"{type(err).__name__}: {err}"))
             continue
         pixel_values = example.get("pixel_values")
-        tile_shape = _tile_shape(processor)
         out["key"].append(row["key"])
         out["url"].append(row["url"])
         out["input_ids"].append(example["input_ids"][0].numpy().astype(np.int64))
