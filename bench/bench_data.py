@@ -42,9 +42,10 @@ def throughput(data: Path, cpus: int) -> dict:
     processor = VisorProcessor.from_pretrained(data / "processor")
     split = build_split(str(data / "train-*.tar"), processor, ReadOptions(batch_size=32, num_cpus=1))
     start = time.perf_counter()
-    stamps = []
+    stamps, lengths = [], []
     for batch in split.dataset.iter_batches(batch_size=32, batch_format="numpy"):
         stamps.append((time.perf_counter(), len(batch["key"])))
+        lengths.extend(len(ids) for ids in batch["input_ids"])
     end = time.perf_counter()
     total = sum(n for _, n in stamps)
     cut, seen, cut_time = total * 0.2, 0, start
@@ -55,7 +56,7 @@ def throughput(data: Path, cpus: int) -> dict:
             break
     ray.shutdown()
     return {"cpus": cpus, "samples": total, "seconds": end - start, "samples_per_s": total / (end - start),
-            "steady_samples_per_s": (total - seen) / max(end - cut_time, 1e-9)}
+            "steady_samples_per_s": (total - seen) / max(end - cut_time, 1e-9), "tokens": [min(lengths), max(lengths)]}
 
 
 def data_wait(data: Path, steps: int, workdir: Path) -> dict:
@@ -82,10 +83,11 @@ def data_wait(data: Path, steps: int, workdir: Path) -> dict:
 
 
 def markdown(results: dict) -> str:
+    low, high = results["throughput"][0]["tokens"]
     lines = [
         *provenance("## Data pipeline (`bench/bench_data.py`)", results["command"]),
         f"Synthetic shards: {results['samples']} training samples (64–96 px images, 5–10 tiles of 32 px, "
-        "16 tokens a tile, ~100–190 tokens a sample), `visor data synth --seed 0`.",
+        f"16 tokens a tile, {low}–{high} tokens a sample), `visor data synth --seed 0`.",
         "",
         "| CPUs for Ray | samples | whole pass (s) | samples/s (whole pass) | samples/s (steady state) |",
         "| ---: | ---: | ---: | ---: | ---: |",

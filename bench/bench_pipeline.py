@@ -21,6 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_data import provenance, publish  # noqa: E402  (bench/ is a folder of scripts, not a package)
 
+from pipelines.synth import CHANCE  # noqa: E402
+
 SECTION = "## Whole pipeline (`bench/bench_pipeline.py`)"
 
 
@@ -45,9 +47,6 @@ def run(workdir: Path) -> dict:
     report = json.loads(Path(mlflow.artifacts.download_artifacts(
         run_id=champion.tags[f"eval/{data_version}/run_id"], artifact_path="eval_report.json")).read_text())
     return {"wall": wall, "stages": stages, "report": report, "tau": champion.tags.get("policy.tau")}
-
-
-CHANCE = {"coarse": 1 / 6, "counting": 1 / 4, "fine": 1 / 6}  # six colours; one to four shapes
 
 
 def _against_chance(report: dict) -> str:

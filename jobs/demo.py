@@ -18,13 +18,15 @@ SHARD_SIZE, SEED = 500, 0
 
 
 def ensure_data(out: Path = DATA) -> None:
-    """Write the demo shards unless ``out`` already holds exactly them (same counts and seed)."""
-    from pipelines.synth import write_synth
+    """Write the demo shards unless ``out`` already holds exactly them (same counts, seed and questions: shards
+    of an older generator are rewritten)."""
+    from pipelines.synth import QUESTIONS, write_synth
 
     manifest = out / "manifest.json"
     if manifest.exists():
         found = json.loads(manifest.read_text())
-        if found.get("seed") == SEED and {k: v["samples"] for k, v in found["splits"].items()} == SPLITS:
+        counts = {k: v["samples"] for k, v in found["splits"].items()}
+        if found.get("seed") == SEED and counts == SPLITS and found.get("questions") == QUESTIONS:
             return
     write_synth(out, SPLITS["train"], SPLITS["eval"], SHARD_SIZE, SEED, policy=SPLITS["policy"])
 

@@ -14,7 +14,8 @@ returns, per sample:
 ``baseline_flops``  float — LLaVA-OneVision's prefill FLOPs for the same sample (every layer
                     over all tokens; the denominator of the savings)
 ``latency``         float ``[K]`` — forward seconds per sample (batch time / batch size)
-``features``        float ``[2D]`` — the policy's input, from the prompt alone
+``features``        float ``[2D]`` — the policy's input, from the prompt alone (``[0]`` for a
+                    one-budget plan, e.g. full attention)
 ``policy_prob``     float ``[K]`` — the policy's sufficiency probabilities (NaN if untrained)
 ``chosen``          int — the budget the policy picks at the model's τ (-1 if untrained)
 ==================  ============================================================
@@ -66,8 +67,9 @@ def score_batch(
     prompt = prompt_mask(batch["attention_mask"], batch["labels"])
     image = batch["input_ids"] == config.image_token_id
     prompt_text = ((prompt > 0) & ~image).sum(1)
-    features = model.policy_features(
-        batch["input_ids"], prompt, batch.get("pixel_values"), batch.get("image_sizes")
+    features = (  # a one-budget plan (e.g. full attention) has nothing to choose: no policy input, [B, 0]
+        model.policy_features(batch["input_ids"], prompt, batch.get("pixel_values"), batch.get("image_sizes"))
+        if model.plan.num_budgets > 1 else torch.zeros(size, 0)
     )
     loss = np.zeros((size, num_budgets), np.float32)
     correct = np.zeros((size, num_budgets), bool)

@@ -1,16 +1,30 @@
-"""Deterministic synthetic fine-grained VQA shards for the tiny VISOR model (32-px tiles, up to 3x3 grid).
+"""Deterministic synthetic fine-grained VQA shards for the tiny VISOR model (32-px tiles, patch 8, up to 3x3 grid).
 
 Every image (64 or 96 px a side, so the anyres grids 2x2, 3x2, 2x3 and 3x3 all
-occur) has a plain background, 1–4 large filled squares/circles of one other
-colour (8–14 px) and one small box: a 1-px white frame around a grey 4x4 interior
-holding a 2x2-px coloured mark. Three question types, single-word answers:
+occur) is a plain background divided into a 4x4 grid of cells — one cell per
+token of the base tile (32 px, patch 8) — holding 1–4 black squares/circles
+(one a cell, a few px smaller than its shorter side) and, in another cell, one
+8x8 box: a 1-px white frame around a 6x6 interior with one of ``PATTERNS``,
+aligned to the 8-px patch grid of the full-resolution tiles. Three question
+types, single-word answers:
 
-* ``coarse`` (difficulty 1) — the background colour: readable from the 32x32 base tile;
-* ``counting`` (difficulty 2) — how many large shapes (``one`` .. ``four``);
-* ``fine`` (difficulty 3) — the colour of the mark. The mark straddles base-tile
-  pixel boundaries on both axes, so downscaling to 32x32 spreads it over four
-  pixels at <= 1/4 coverage each and mixes it with the grey/white box: its colour
-  is gone from the base tile, while the full-resolution tiles keep it exactly.
+* ``coarse`` (difficulty 1) — the background colour: every token shows it;
+* ``counting`` (difficulty 2) — how many shapes (``one`` .. ``four``): how many
+  base-tile tokens are dark;
+* ``fine`` (difficulty 3) — the box's pattern: ``horizontal`` or ``vertical``
+  1-px stripes, ``checkered`` or ``plain`` grey. Every pattern averages to the
+  same grey, so downscaling to the 32x32 base tile (2x or 3x) leaves only a
+  faint resampling residue, while in the full-resolution tiles the pattern fills
+  36 of the 64 pixels of one patch.
+
+Training samples ask all three questions in one three-turn conversation;
+held-out (eval, policy) samples ask one (see :func:`write_split`).
+
+Why this layout (measured, see ``docs/BENCHMARKS.md``): a tiny model trained from
+scratch learns to find a patch-aligned box and read a pattern that fills it in a
+few hundred steps, but not a 2x2-px coloured mark inside a box at an arbitrary
+offset (it stays at chance for thousands of steps); it counts black shapes that
+each fill one base token, not shapes of the image's own colours and sizes.
 
 A sample is a pure function of ``(seed, split, index)``; shards are written with
 fixed tar mtimes, so the same arguments give byte-identical files.
@@ -23,6 +37,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -36,25 +51,34 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "orange": (245, 140, 20),
 }
 WHITE = (255, 255, 255)
+BLACK = (0, 0, 0)
 GREY = (128, 128, 128)
 COUNTS = ["one", "two", "three", "four"]
+PATTERNS = ["horizontal", "vertical", "checkered", "plain"]
 IMAGE_SIZES: list[tuple[int, int]] = [(64, 64), (96, 64), (64, 96), (96, 96)]  # (width, height)
 BASE_TILE = 32
+GRID = 4  # cells per side: one cell per base-tile token
+PATCH = 8  # the vision tower's patch: the box is aligned to it
+BOX = 8  # box side in px: 1-px white frame, 6x6 patterned interior
 QUESTION_TYPES = ("coarse", "counting", "fine")
 DIFFICULTY = {"coarse": 1, "counting": 2, "fine": 3}
 QUESTIONS = {
     "coarse": "what colour is the background ?",
     "counting": "how many shapes are there ?",
-    "fine": "what colour is the dot in the white box ?",
+    "fine": "what pattern is in the white box ?",
 }
 SPLITS = {"train": 0, "eval": 1, "policy": 2}
-MARK = 2  # mark side in px
-BOX = 8  # box side in px: 1-px white frame, 6x6 grey inside, the mark somewhere inside
+ALL_QUESTIONS_SPLITS = {"train"}  # training samples ask all three questions; held-out ones ask one
+CHANCE = {"coarse": 1 / len(COLOURS), "counting": 1 / len(COUNTS), "fine": 1 / len(PATTERNS)}  # uniform guessing
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One rendered sample; ``mark_xy`` is the top-left pixel of the 2x2 mark."""
+    """One rendered sample; ``box_xy`` is the top-left pixel of the 8x8 box (a multiple of ``PATCH``).
+
+    ``question_type``, ``question`` and ``answer`` are this sample's own (first) question; :meth:`answers`
+    has every question type's answer.
+    """
 
     key: str
     image: Image.Image
@@ -62,38 +86,55 @@ class Sample:
     question: str
     answer: str
     background: str
-    shape_colour: str
     num_shapes: int
-    mark_colour: str
-    mark_xy: tuple[int, int]
+    pattern: str
+    box_xy: tuple[int, int]
 
-    def record(self) -> dict:
-        """The LLaVA-conversation JSON stored next to the image."""
+    def answers(self) -> dict[str, str]:
+        """The answer to every question type about this image."""
+        return _answers(self.background, self.num_shapes, self.pattern)
+
+    def record(self, all_questions: bool = False) -> dict[str, Any]:
+        """The LLaVA-conversation JSON stored next to the image: one turn (this sample's question), or with
+        ``all_questions`` three turns — this sample's question type first, then the others in cyclic order."""
+        first = QUESTION_TYPES.index(self.question_type)
+        kinds = [QUESTION_TYPES[(first + i) % len(QUESTION_TYPES)] for i in range(len(QUESTION_TYPES))]
+        conversations: list[dict] = []
+        for i, kind in enumerate(kinds if all_questions else kinds[:1]):
+            question = QUESTIONS[kind] if i else f"<image>\n{QUESTIONS[kind]}"
+            conversations += [{"from": "human", "value": question}, {"from": "gpt", "value": self.answers()[kind]}]
         return {
-            "conversations": [
-                {"from": "human", "value": f"<image>\n{self.question}"},
-                {"from": "gpt", "value": self.answer},
-            ],
+            "conversations": conversations,
             "question_type": self.question_type,
             "difficulty": DIFFICULTY[self.question_type],
         }
 
 
+def _answers(background: str, num_shapes: int, pattern: str) -> dict[str, str]:
+    return {"coarse": background, "counting": COUNTS[num_shapes - 1], "fine": pattern}
+
+
 def vocabulary() -> list[str]:
     """Every word of every question and answer (the tokenizer splits on whitespace and punctuation)."""
     words = {w for q in QUESTIONS.values() for w in q.split()}
-    return sorted(words | set(COLOURS) | set(COUNTS))
+    return sorted(words | set(COLOURS) | set(COUNTS) | set(PATTERNS))
 
 
-def _straddling(rng: np.random.Generator, low: int, high: int, scale: float) -> int:
-    """A coordinate in [low, high] where a 2-px mark crosses a base-tile pixel boundary (``scale`` px a pixel)
-    but not a full-resolution tile boundary (every ``BASE_TILE`` px)."""
-    options = [x for x in range(low, high + 1) if int((x + 1) / scale) != int(x / scale) and (x + 1) % BASE_TILE]
-    return int(rng.choice(options)) if options else int(rng.integers(low, high + 1))
+def pattern_pixel(pattern: str, dx: int, dy: int) -> tuple[int, int, int]:
+    """The colour of interior pixel ``(dx, dy)`` (1..6 inside the frame) of a box with ``pattern``."""
+    if pattern == "plain":
+        return GREY
+    on = {"horizontal": dy, "vertical": dx, "checkered": dx + dy}[pattern] % 2
+    return WHITE if on else BLACK
 
 
-def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int], gap: int = 2) -> bool:
-    return not (a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1])
+def draw_box(image: Image.Image, x: int, y: int, pattern: str) -> None:
+    """The 8x8 box at ``(x, y)``: white frame, ``pattern`` inside."""
+    ImageDraw.Draw(image).rectangle((x, y, x + BOX - 1, y + BOX - 1), outline=WHITE)
+    pixels = image.load()
+    for dy in range(1, BOX - 1):
+        for dx in range(1, BOX - 1):
+            pixels[x + dx, y + dy] = pattern_pixel(pattern, dx, dy)
 
 
 def render_sample(seed: int, split: str, index: int) -> Sample:
@@ -101,39 +142,28 @@ def render_sample(seed: int, split: str, index: int) -> Sample:
     rng = np.random.default_rng([seed, SPLITS[split], index])
     question_type = QUESTION_TYPES[index % len(QUESTION_TYPES)]
     width, height = IMAGE_SIZES[int(rng.integers(len(IMAGE_SIZES)))]
-    names = list(COLOURS)
-    background, shape_colour, mark_colour = (names[i] for i in rng.permutation(len(names))[:3])
+    background = list(COLOURS)[int(rng.integers(len(COLOURS)))]
+    pattern = PATTERNS[int(rng.integers(len(PATTERNS)))]
+    num_shapes = int(rng.integers(1, len(COUNTS) + 1))
     image = Image.new("RGB", (width, height), COLOURS[background])
     draw = ImageDraw.Draw(image)
+    cell_w, cell_h = width // GRID, height // GRID
+    box_cell, *shape_cells = (int(c) for c in rng.permutation(GRID * GRID)[: num_shapes + 1])
 
-    # The box first, then shapes placed around it.
-    bx = int(rng.integers(1, width - BOX - 1))
-    by = int(rng.integers(1, height - BOX - 1))
-    box = (bx, by, bx + BOX - 1, by + BOX - 1)
-    draw.rectangle(box, fill=GREY, outline=WHITE)
-    mx = _straddling(rng, bx + 1, bx + BOX - 1 - MARK, width / BASE_TILE)
-    my = _straddling(rng, by + 1, by + BOX - 1 - MARK, height / BASE_TILE)
-    draw.rectangle((mx, my, mx + MARK - 1, my + MARK - 1), fill=COLOURS[mark_colour])
+    bx = box_cell % GRID * cell_w + PATCH * int(rng.integers(cell_w // PATCH))
+    by = box_cell // GRID * cell_h + PATCH * int(rng.integers(cell_h // PATCH))
+    draw_box(image, bx, by, pattern)
+    for cell in shape_cells:
+        side = min(cell_w, cell_h) - int(rng.integers(2, 5))
+        x = cell % GRID * cell_w + int(rng.integers(cell_w - side + 1))
+        y = cell // GRID * cell_h + int(rng.integers(cell_h - side + 1))
+        shape = draw.rectangle if rng.random() < 0.5 else draw.ellipse
+        shape((x, y, x + side - 1, y + side - 1), fill=BLACK)
 
-    num_shapes = int(rng.integers(1, len(COUNTS) + 1))
-    placed: list[tuple[int, int, int, int]] = [box]
-    while len(placed) < num_shapes + 1:
-        side = int(rng.integers(8, 15))
-        x, y = int(rng.integers(0, width - side + 1)), int(rng.integers(0, height - side + 1))
-        rect = (x, y, x + side - 1, y + side - 1)
-        if any(_overlaps(rect, other) for other in placed):
-            continue
-        placed.append(rect)
-        if rng.random() < 0.5:
-            draw.rectangle(rect, fill=COLOURS[shape_colour])
-        else:
-            draw.ellipse(rect, fill=COLOURS[shape_colour])
-
-    answer = {"coarse": background, "counting": COUNTS[num_shapes - 1], "fine": mark_colour}[question_type]
     return Sample(
         key=f"{split}{index:08d}", image=image, question_type=question_type, question=QUESTIONS[question_type],
-        answer=answer, background=background, shape_colour=shape_colour, num_shapes=num_shapes,
-        mark_colour=mark_colour, mark_xy=(mx, my),
+        answer=_answers(background, num_shapes, pattern)[question_type], background=background,
+        num_shapes=num_shapes, pattern=pattern, box_xy=(bx, by),
     )
 
 
@@ -149,7 +179,13 @@ def _split_shards(out: Path, split: str) -> list[str]:
 
 
 def write_split(out: Path, split: str, count: int, shard_size: int, seed: int) -> dict[str, int]:
-    """Write ``count`` samples to ``out/<split>-%06d.tar`` (``shard_size`` a shard); returns counts per type.
+    """Write ``count`` samples to ``out/<split>-%06d.tar`` (``shard_size`` a shard); returns counts per type
+    (of each sample's first question).
+
+    Samples of the splits in ``ALL_QUESTIONS_SPLITS`` ask all three questions in one conversation: three
+    answers to learn from for one image's visual tokens, at almost the cost of one, so training learns the
+    skills in far fewer steps (see ``docs/BENCHMARKS.md``). The held-out splits ask one question, so accuracy
+    and the policy's budget are per question type.
 
     Existing ``out/<split>-NNNNNN.tar`` files are deleted first, so the directory holds exactly this split.
     """
@@ -168,7 +204,7 @@ def write_split(out: Path, split: str, count: int, shard_size: int, seed: int) -
             sink.write({
                 "__key__": sample.key,
                 "png": _png(sample.image),
-                "json": json.dumps(sample.record(), sort_keys=True).encode(),
+                "json": json.dumps(sample.record(split in ALL_QUESTIONS_SPLITS), sort_keys=True).encode(),
             })
     return counts
 
@@ -178,7 +214,8 @@ def write_synth(out: Path, train: int, eval: int, shard_size: int, seed: int, po
     (word-level, whole vocabulary), ``out/processor`` (the
     ``VisorProcessor`` of :func:`visor_model.presets.tiny_config` with that tokenizer) and ``out/manifest.json``.
 
-    Returns the manifest: sample counts per split and question type, seed, image sizes, colours, shards.
+    Returns the manifest: sample counts per split and question type, seed, image sizes, colours, patterns,
+    questions, the splits whose samples ask every question, shards.
     """
     from visor_model.presets import tiny_config, tiny_processor, word_tokenizer
 
@@ -201,7 +238,9 @@ def write_synth(out: Path, train: int, eval: int, shard_size: int, seed: int, po
         "image_sizes": [list(s) for s in IMAGE_SIZES],
         "base_tile": BASE_TILE,
         "colours": list(COLOURS),
+        "patterns": PATTERNS,
         "questions": QUESTIONS,
+        "all_questions_splits": sorted(ALL_QUESTIONS_SPLITS),
         "difficulty": DIFFICULTY,
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

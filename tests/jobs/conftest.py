@@ -18,26 +18,14 @@ class Registry:
 
 def _train_briefly(data: Path, steps: int = 40):
     """A tiny VISOR model trained in-process (no Ray) on a fixed batch, so its answers are not all random."""
-    import numpy as np
-
     from jobs.train_config import ModelConfig, OptimConfig
     from jobs.training import budgets_for_step, build_model, freeze, make_optimizer, optimizer_step
-    from pipelines.dataset import Collator
-    from pipelines.synth import render_sample
     from visor_model.processing import VisorProcessor
 
+    from .batches import fixed_batch
+
     processor = VisorProcessor.from_pretrained(data / "processor")
-    rows = []
-    for i in range(24):
-        sample = render_sample(0, "train", i)
-        example = processor.build_example(sample.image, sample.question, sample.answer)
-        rows.append({k: v[0].numpy() for k, v in example.items()})
-    batch = {}
-    for name in ("input_ids", "labels", "pixel_values", "image_sizes"):
-        column = np.empty(len(rows), dtype=object)
-        column[:] = [r[name] for r in rows]
-        batch[name] = column
-    batch = Collator(processor.tokenizer.pad_token_id)(batch)
+    batch = fixed_batch(processor, 24)
     model = build_model(ModelConfig(tiny={"num_layers": 3, "hidden_size": 32}), len(processor.tokenizer), seed=0)
     freeze(model, [])
     optimizer, scheduler = make_optimizer(model, OptimConfig(lr=3e-3, warmup_steps=3, max_steps=steps))

@@ -17,11 +17,16 @@ from mlflow.tracking import MlflowClient
 
 from jobs.evaluate import evaluate
 from jobs.promote import PromotionError, PromotionRule, decide, promote
-from jobs.scoring import ScoreOptions
+from jobs.scoring import ScoreOptions, score_batch
+from jobs.train_config import ModelConfig
 from jobs.train_policy import PolicyOptions, choose_tau, fit_policy, run_policy_job, sufficiency
+from jobs.training import build_model
 from pipelines.packaging import load_visor
-from pipelines.synth import render_sample
+from pipelines.synth import render_sample, write_synth
 from visor_model.flops import visor_flops
+from visor_model.processing import VisorProcessor
+
+from .batches import fixed_batch
 
 OPTIONS = ScoreOptions(batch_size=12)
 
@@ -117,6 +122,18 @@ def test_evaluation_reports_flops_from_token_counts_and_logs_plots(registry, tmp
     tags = client.get_model_version("visor", "2").tags
     assert tags["eval/latest_data_version"] == report["data_version"]
     assert float(tags[f"eval/{report['data_version']}/accuracy"]) == rows["policy"]["accuracy"]
+
+
+def test_scoring_a_one_budget_plan_gives_no_policy_input(tmp_path) -> None:
+    """The evaluation's baselines (full attention, token reduction) have one budget and no policy."""
+    write_synth(tmp_path, 0, 0, 1, seed=0)
+    processor = VisorProcessor.from_pretrained(tmp_path / "processor")
+    config = ModelConfig(tiny={"num_layers": 2, "hidden_size": 32}, cross_layers=[], budgets=[[0, 1]])
+    model = build_model(config, len(processor.tokenizer), seed=0)
+    scores = score_batch(model, fixed_batch(processor, 4, "eval"))
+    assert scores["features"].shape == (4, 0)
+    assert scores["correct"].shape == scores["flops"].shape == (4, 1)
+    assert np.allclose(scores["flops"][:, 0], scores["baseline_flops"], rtol=1e-9)  # full attention is the baseline
 
 
 def test_promotion_rules_idempotence_and_refusal(registry) -> None:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from jobs.train_config import ModelConfig, OptimConfig
 from jobs.training import budgets_for_step, build_model, freeze, lr_factor, make_optimizer, optimizer_step
-from pipelines.dataset import Collator
-from pipelines.synth import render_sample, write_synth
+from pipelines.synth import write_synth
 from visor_model.processing import VisorProcessor
+
+from .batches import fixed_batch
 
 
 @pytest.fixture(scope="module")
@@ -20,21 +20,6 @@ def synth_processor(tmp_path_factory) -> VisorProcessor:
     out = tmp_path_factory.mktemp("synth")
     write_synth(out, 0, 0, 1, seed=0)
     return VisorProcessor.from_pretrained(out / "processor")
-
-
-def fixed_batch(processor: VisorProcessor, n: int = 8) -> dict[str, torch.Tensor]:
-    rows = []
-    for i in range(n):
-        sample = render_sample(0, "train", i)
-        example = processor.build_example(sample.image, sample.question, sample.answer)
-        rows.append({k: v[0].numpy() for k, v in example.items()})
-    columns = ("input_ids", "labels", "pixel_values", "image_sizes")
-    batch = {}
-    for name in columns:
-        column = np.empty(n, dtype=object)
-        column[:] = [r[name] for r in rows]
-        batch[name] = column
-    return Collator(processor.tokenizer.pad_token_id)(batch)
 
 
 def per_budget_loss(model, batch) -> list[float]:

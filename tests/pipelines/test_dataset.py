@@ -138,9 +138,11 @@ def test_rows_match_the_processor_and_collate_pads(ray_local, processor, tmp_pat
     samples = sorted(wds.WebDataset(sorted(str(p) for p in tmp_path.glob("train-*.tar")), shardshuffle=False)
                      .decode("pil"), key=lambda s: s["__key__"])
     for row, sample in zip(rows, samples, strict=True):
-        conversation = sample["json"]["conversations"]
-        question = conversation[0]["value"].replace("<image>", "").strip()
-        example = processor.build_example(sample["png"].convert("RGB"), question, conversation[1]["value"])
+        conversation = sample["json"]["conversations"]  # training samples: three turns
+        turns = [(conversation[i]["value"].replace("<image>", "").strip(), conversation[i + 1]["value"])
+                 for i in range(0, len(conversation), 2)]
+        assert len(turns) == 3
+        example = processor.build_chat(sample["png"].convert("RGB"), turns)
         assert np.array_equal(row["input_ids"], example["input_ids"][0].numpy())
         assert np.array_equal(row["labels"], example["labels"][0].numpy())
         assert np.array_equal(row["pixel_values"], example["pixel_values"][0].numpy())

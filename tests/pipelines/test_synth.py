@@ -1,4 +1,4 @@
-"""The synthetic VQA generator: the fine mark's design claim, determinism, shards, tokenizer, CLI."""
+"""The synthetic VQA generator: the fine pattern's design claim, determinism, shards, tokenizer, CLI."""
 
 from __future__ import annotations
 
@@ -14,11 +14,15 @@ from typer.testing import CliRunner
 from jobs.cli import app
 from pipelines.synth import (
     BASE_TILE,
+    BOX,
     COLOURS,
-    GREY,
+    GRID,
     IMAGE_SIZES,
-    MARK,
+    PATCH,
+    PATTERNS,
     QUESTION_TYPES,
+    draw_box,
+    pattern_pixel,
     render_sample,
     vocabulary,
     write_synth,
@@ -33,31 +37,33 @@ def base_tile(image: Image.Image) -> np.ndarray:
 
 
 @pytest.mark.parametrize("index", [2, 5, 8, 11, 14, 17, 20, 23, 26, 29])
-def test_fine_mark_survives_full_resolution_and_vanishes_from_base_tile(index: int) -> None:
+def test_fine_pattern_fills_a_patch_at_full_resolution_and_fades_from_base_tile(index: int) -> None:
     sample = render_sample(3, "train", index)
-    assert sample.question_type == "fine" and sample.answer == sample.mark_colour
-    colour = np.array(COLOURS[sample.mark_colour], float)
-    full = np.asarray(sample.image).astype(float)
+    assert sample.question_type == "fine" and sample.answer == sample.pattern
+    assert sample.pattern in PATTERNS
     width, height = sample.image.size
     assert [width, height] in tiny_config(64).image_grid_pinpoints  # tiles are exact crops, no resize
-    mx, my = sample.mark_xy
-    tx, ty = mx // BASE_TILE * BASE_TILE, my // BASE_TILE * BASE_TILE
-    tile = full[ty : ty + BASE_TILE, tx : tx + BASE_TILE]
-    assert (np.abs(tile - colour).max(-1) == 0).sum() == MARK * MARK  # the whole mark inside one full-res tile
-    assert (np.abs(full - colour).max(-1) == 0).sum() == MARK * MARK
+    bx, by = sample.box_xy
+    assert bx % PATCH == 0 and by % PATCH == 0  # the box is one patch of a full-resolution tile
+    full = np.asarray(sample.image)
+    interior = full[by + 1 : by + BOX - 1, bx + 1 : bx + BOX - 1]
+    expected = [[pattern_pixel(sample.pattern, dx, dy) for dx in range(1, BOX - 1)] for dy in range(1, BOX - 1)]
+    assert np.array_equal(interior, np.array(expected, np.uint8))
 
-    base = base_tile(sample.image)
-    no_mark = sample.image.copy()
-    no_mark.paste(GREY, (mx, my, mx + MARK, my + MARK))
-    contribution = np.abs(base - base_tile(no_mark)).max()
-    assert contribution <= 0.35 * np.abs(colour - np.array(GREY)).max()  # diluted to under a third
-    x0, y0 = mx * BASE_TILE // width, my * BASE_TILE // height
-    window = base[max(0, y0 - 1) : y0 + 3, max(0, x0 - 1) : x0 + 3].reshape(-1, 3)
-    assert np.linalg.norm(window - colour, axis=-1).min() > 48  # no base pixel near the mark has its colour
-    assert (np.abs(base - colour).max(-1) <= 10).sum() == 0
+    renders = {}
+    for pattern in PATTERNS:  # the same image with each pattern in the box
+        image = sample.image.copy()
+        draw_box(image, bx, by, pattern)
+        renders[pattern] = (np.asarray(image).astype(float), base_tile(image))
+    for a in PATTERNS:
+        for b in PATTERNS:
+            if a != b:
+                full_diff = np.abs(renders[a][0] - renders[b][0]).max(-1)
+                assert (full_diff >= 127).sum() >= 18  # at full resolution half the interior differs or more
+                assert np.abs(renders[a][1] - renders[b][1]).max() <= 50  # in the base tile a faint residue
 
 
-def test_samples_are_deterministic_and_cover_sizes_and_colours() -> None:
+def test_samples_are_deterministic_and_cover_sizes_counts_and_patterns() -> None:
     first = [render_sample(0, "train", i) for i in range(60)]
     again = [render_sample(0, "train", i) for i in range(60)]
     other = [render_sample(1, "train", i) for i in range(60)]
@@ -67,9 +73,12 @@ def test_samples_are_deterministic_and_cover_sizes_and_colours() -> None:
     assert first[0].image.tobytes() != render_sample(0, "eval", 0).image.tobytes()
     assert {s.image.size for s in first} == set(IMAGE_SIZES)
     assert {s.num_shapes for s in first} == {1, 2, 3, 4}
+    assert {s.pattern for s in first} == set(PATTERNS)
     for s in first:
-        assert len({s.background, s.shape_colour, s.mark_colour}) == 3
         assert "." not in s.key
+        cells = np.asarray(s.image.resize((GRID, GRID), Image.BOX)).mean(-1)  # one value per base-tile token
+        background = np.mean(COLOURS[s.background])
+        assert (cells < 0.8 * background).sum() == s.num_shapes  # every shape darkens exactly one cell
 
 
 @pytest.fixture(scope="module")
@@ -87,16 +96,21 @@ def test_shards_read_back_with_webdataset(synth_dir: Path) -> None:
     urls = [str(p) for p in sorted(synth_dir.glob("train-*.tar"))]
     samples = list(wds.WebDataset(urls, shardshuffle=False).decode("pil"))
     assert len(samples) == 25
-    assert len(list(wds.WebDataset(str(synth_dir / "eval-000000.tar"), shardshuffle=False))) == 7
+    held_out = list(wds.WebDataset(str(synth_dir / "eval-000000.tar"), shardshuffle=False).decode("pil"))
+    assert [s["json"] for s in held_out] == [render_sample(5, "eval", i).record() for i in range(7)]
+    assert all(len(s["json"]["conversations"]) == 2 for s in held_out)  # held-out samples ask one question
     types = Counter()
     for i, sample in enumerate(samples):
         expected = render_sample(5, "train", i)
         assert sample["__key__"] == expected.key
         record = sample["json"]
-        assert record == expected.record()
-        human, gpt = record["conversations"]
-        assert human["from"] == "human" and human["value"].startswith("<image>\n") and gpt["from"] == "gpt"
-        assert len(gpt["value"].split()) == 1
+        assert record == expected.record(all_questions=True)  # training samples ask all three questions
+        turns = record["conversations"]
+        assert [t["from"] for t in turns] == ["human", "gpt"] * 3
+        assert turns[0]["value"] == f"<image>\n{expected.question}" and turns[1]["value"] == expected.answer
+        assert sum("<image>" in t["value"] for t in turns) == 1
+        assert sorted(t["value"] for t in turns[1::2]) == sorted(expected.answers().values())
+        assert all(len(t["value"].split()) == 1 for t in turns[1::2])
         image = sample["png"]
         assert image.mode == "RGB" and np.array_equal(np.asarray(image), np.asarray(expected.image))
         types[record["question_type"]] += 1
