@@ -27,7 +27,7 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -248,7 +248,7 @@ def main() -> None:
     parser.add_argument("--write", type=Path, help="Markdown file whose quality section is replaced.")
     args = parser.parse_args()
     base = SMOKE if args.smoke else FULL
-    scale = Scale(base.train, base.eval, base.policy, base.shard_size, (*base.overrides, *args.overrides))
+    scale = replace(base, overrides=(*base.overrides, *args.overrides))
     with tempfile.TemporaryDirectory() as tmp:
         workdir = (args.workdir or Path(tmp)).resolve()
         workdir.mkdir(parents=True, exist_ok=True)

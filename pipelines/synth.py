@@ -76,42 +76,44 @@ CHANCE = {"coarse": 1 / len(COLOURS), "counting": 1 / len(COUNTS), "fine": 1 / l
 class Sample:
     """One rendered sample; ``box_xy`` is the top-left pixel of the 8x8 box (a multiple of ``PATCH``).
 
-    ``question_type``, ``question`` and ``answer`` are this sample's own (first) question; :meth:`answers`
-    has every question type's answer.
+    ``question_type`` is this sample's own (first) question; :meth:`answers` has every question type's answer.
     """
 
     key: str
     image: Image.Image
     question_type: str
-    question: str
-    answer: str
     background: str
     num_shapes: int
     pattern: str
     box_xy: tuple[int, int]
 
+    @property
+    def question(self) -> str:
+        return QUESTIONS[self.question_type]
+
+    @property
+    def answer(self) -> str:
+        return self.answers()[self.question_type]
+
     def answers(self) -> dict[str, str]:
         """The answer to every question type about this image."""
-        return _answers(self.background, self.num_shapes, self.pattern)
+        return {"coarse": self.background, "counting": COUNTS[self.num_shapes - 1], "fine": self.pattern}
 
     def record(self, all_questions: bool = False) -> dict[str, Any]:
         """The LLaVA-conversation JSON stored next to the image: one turn (this sample's question), or with
         ``all_questions`` three turns — this sample's question type first, then the others in cyclic order."""
         first = QUESTION_TYPES.index(self.question_type)
-        kinds = [QUESTION_TYPES[(first + i) % len(QUESTION_TYPES)] for i in range(len(QUESTION_TYPES))]
+        kinds = (QUESTION_TYPES[first:] + QUESTION_TYPES[:first]) if all_questions else (self.question_type,)
+        answers = self.answers()
         conversations: list[dict] = []
-        for i, kind in enumerate(kinds if all_questions else kinds[:1]):
+        for i, kind in enumerate(kinds):
             question = QUESTIONS[kind] if i else f"<image>\n{QUESTIONS[kind]}"
-            conversations += [{"from": "human", "value": question}, {"from": "gpt", "value": self.answers()[kind]}]
+            conversations += [{"from": "human", "value": question}, {"from": "gpt", "value": answers[kind]}]
         return {
             "conversations": conversations,
             "question_type": self.question_type,
             "difficulty": DIFFICULTY[self.question_type],
         }
-
-
-def _answers(background: str, num_shapes: int, pattern: str) -> dict[str, str]:
-    return {"coarse": background, "counting": COUNTS[num_shapes - 1], "fine": pattern}
 
 
 def vocabulary() -> list[str]:
@@ -161,8 +163,7 @@ def render_sample(seed: int, split: str, index: int) -> Sample:
         shape((x, y, x + side - 1, y + side - 1), fill=BLACK)
 
     return Sample(
-        key=f"{split}{index:08d}", image=image, question_type=question_type, question=QUESTIONS[question_type],
-        answer=_answers(background, num_shapes, pattern)[question_type], background=background,
+        key=f"{split}{index:08d}", image=image, question_type=question_type, background=background,
         num_shapes=num_shapes, pattern=pattern, box_xy=(bx, by),
     )
 
