@@ -2,6 +2,8 @@
 
 * Tracking URI: the config's, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``
   (an absolute path, so Ray workers started elsewhere write to the same store).
+* An experiment created in a SQLite store keeps its artifacts in ``mlruns/<experiment>/``
+  beside the database file (MLflow's default is ``./mlruns`` of whichever process creates it).
 * A run carries the tag ``visor.run_name``; a job started again with the same
   name resumes the newest unfinished run of that name instead of opening a new one
   (a finished run is never reopened: the next job with that name starts afresh).
@@ -50,26 +52,43 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def experiment_id(uri: str, name: str) -> str:
+    """The id of experiment ``name`` in the store at ``uri``, created if missing, and made the active one."""
+    from mlflow.exceptions import MlflowException
+
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        location = None
+        if uri.startswith("sqlite:///"):
+            folder = re.sub(r"[^\w.-]", "_", name)
+            location = (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlruns" / folder).as_uri()
+        try:
+            client.create_experiment(name, artifact_location=location)
+        except MlflowException:  # another worker created it first
+            pass
+        found = client.get_experiment_by_name(name)
+    return mlflow.set_experiment(experiment_id=found.experiment_id).experiment_id
+
+
 def start_or_resume_run(uri: str, experiment: str, run_name: str, tags: dict[str, str]) -> Run:
     """The newest unfinished run named ``run_name`` in ``experiment`` (marked running again), or a new one."""
-    mlflow.set_tracking_uri(uri)
-    experiment_id = mlflow.set_experiment(experiment).experiment_id
+    experiment = experiment_id(uri, experiment)
     client = MlflowClient(uri)
     found = client.search_runs(
-        [experiment_id], f"tags.`{RUN_NAME_TAG}` = '{run_name}' and attributes.status != 'FINISHED'",
+        [experiment], f"tags.`{RUN_NAME_TAG}` = '{run_name}' and attributes.status != 'FINISHED'",
         order_by=["attributes.start_time DESC"], max_results=1,
     )
     if found:
         client.update_run(found[0].info.run_id, status="RUNNING")
         return client.get_run(found[0].info.run_id)
-    return client.create_run(experiment_id, run_name=run_name, tags={RUN_NAME_TAG: run_name, **tags})
+    return client.create_run(experiment, run_name=run_name, tags={RUN_NAME_TAG: run_name, **tags})
 
 
 def create_run(uri: str, experiment: str, run_name: str, tags: dict[str, str]) -> str:
     """A new run (not made the active fluent run, so jobs run inside it can open their own nested runs)."""
-    mlflow.set_tracking_uri(uri)
-    experiment_id = mlflow.set_experiment(experiment).experiment_id
-    return MlflowClient(uri).create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+    return MlflowClient(uri).create_run(experiment_id(uri, experiment), run_name=run_name, tags=tags).info.run_id
 
 
 def register(uri: str, model_uri: str, name: str, alias: str, tags: dict[str, str]) -> str:
@@ -85,12 +104,12 @@ def register(uri: str, model_uri: str, name: str, alias: str, tags: dict[str, st
 
 def start_job_run(uri: str, experiment: str, run_name: str, tags: dict[str, str], parent_run_id: str | None = None):
     """``mlflow.start_run`` for a job: in ``experiment``, or nested under ``parent_run_id`` (in its experiment)."""
-    mlflow.set_tracking_uri(uri)
     if parent_run_id is None:
-        experiment_id = mlflow.set_experiment(experiment).experiment_id
+        experiment = experiment_id(uri, experiment)
     else:
-        experiment_id = MlflowClient(uri).get_run(parent_run_id).info.experiment_id
-    return mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags, parent_run_id=parent_run_id)
+        mlflow.set_tracking_uri(uri)
+        experiment = MlflowClient(uri).get_run(parent_run_id).info.experiment_id
+    return mlflow.start_run(experiment_id=experiment, run_name=run_name, tags=tags, parent_run_id=parent_run_id)
 
 
 def alias_version(client: MlflowClient, name: str, alias: str):
