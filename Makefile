@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # The local pipeline (jobs/demo.py): synthetic shards -> train on local Ray -> policy -> evaluate ->
-# register -> promote, tracked in sqlite:///mlflow.db (artifacts ./mlruns, checkpoints ./runs).
+# register -> promote, tracked in sqlite:///mlflow.db (artifacts ./mlruns/<experiment>, checkpoints ./runs).
 demo: setup
 	$(BIN)/visor demo
 
