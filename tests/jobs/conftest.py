@@ -40,7 +40,7 @@ def registry(tmp_path_factory, ray_local) -> Registry:
     """Shards (train/eval/policy) and ``models:/visor/1`` (alias challenger) in a fresh SQLite store."""
     import mlflow
 
-    from jobs.tracking import register
+    from jobs.tracking import experiment_id, register
     from pipelines.packaging import log_visor_model, save_model_dir
     from pipelines.shards import data_version, resolve_shards
     from pipelines.synth import write_synth
@@ -50,8 +50,7 @@ def registry(tmp_path_factory, ray_local) -> Registry:
     write_synth(data, 24, 36, 12, seed=4, policy=48)
     model, processor = _train_briefly(data)
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("visor-train")
+    experiment_id(uri, "visor-train")  # artifacts beside the store, not in the current directory
     with mlflow.start_run():
         info = log_visor_model(save_model_dir(model, processor, root / "model"))
     version = register(uri, info.model_uri, "visor", "challenger", {
