@@ -65,7 +65,7 @@ def _against_chance(report: dict) -> str:
 
 
 def markdown(result: dict, command: str) -> str:
-    from jobs.evaluate import format_report
+    from jobs.evaluation.evaluate import format_report
 
     order = ("train", "policy", "evaluate", "promote")
     stages = ", ".join(f"{name} {result['stages'][name]:.0f} s" for name in order if name in result["stages"])

@@ -65,11 +65,11 @@ def variants(num_layers: int) -> dict[str, list[str]]:
 
 def run(scale: Scale, workdir: Path, seed: int) -> dict:
     """Data → three trainings → policy → evaluation; returns the evaluation report plus stage times."""
-    from jobs.evaluate import evaluate
-    from jobs.scoring import ScoreOptions
-    from jobs.train_config import load_train_config
-    from jobs.train_policy import PolicyOptions, run_policy_job
-    from jobs.train_visor import run_training
+    from jobs.evaluation.evaluate import evaluate
+    from jobs.evaluation.policy import PolicyOptions, run_policy_job
+    from jobs.evaluation.scoring import ScoreOptions
+    from jobs.train.config import load_train_config
+    from jobs.train.driver import run_training
     from pipelines.synth import write_synth
 
     times: dict[str, float] = {}
@@ -192,7 +192,7 @@ def analysis(result: dict) -> list[str]:
 
 def save_plots(result: dict, folder: Path) -> list[str]:
     """Pareto plot and budget histogram as PNG files in ``folder``; returns their file names."""
-    from jobs.evaluate import histogram_figure, pareto_figure
+    from jobs.evaluation.evaluate import histogram_figure, pareto_figure
 
     folder.mkdir(parents=True, exist_ok=True)
     report = result["report"]

@@ -18,8 +18,8 @@ class Registry:
 
 def _train_briefly(data: Path, steps: int = 40):
     """A tiny VISOR model trained in-process (no Ray) on a fixed batch, so its answers are not all random."""
-    from jobs.train_config import ModelConfig, OptimConfig
-    from jobs.training import budgets_for_step, build_model, freeze, make_optimizer, optimizer_step
+    from jobs.train.config import ModelConfig, OptimConfig
+    from jobs.train.steps import budgets_for_step, build_model, freeze, make_optimizer, optimizer_step
     from visor_model.processing import VisorProcessor
 
     from .batches import fixed_batch
@@ -40,8 +40,8 @@ def registry(tmp_path_factory, ray_local) -> Registry:
     """Shards (train/eval/policy) and ``models:/visor/1`` (alias challenger) in a fresh SQLite store."""
     import mlflow
 
-    from jobs.tracking import experiment_id, register
-    from pipelines.packaging import log_visor_model, save_model_dir
+    from jobs.registry.model_format import log_visor_model, save_model_dir
+    from jobs.registry.tracking import experiment_id, register
     from pipelines.shards import data_version, resolve_shards
     from pipelines.synth import write_synth
 

@@ -1,0 +1,85 @@
+"""``visor data ...``: data tools (synthetic benchmark shards, inspecting a shard set)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+data_app = typer.Typer(help="Data tools: synthetic VQA shards, shard statistics.", no_args_is_help=True)
+
+
+@data_app.command()
+def synth(
+    out: Path = typer.Option(..., help="Directory for the shards, tokenizer/, processor/ and manifest.json."),
+    train: int = typer.Option(3000, min=0, help="Number of training samples."),
+    eval: int = typer.Option(300, "--eval", min=0, help="Number of evaluation samples."),
+    policy: int = typer.Option(0, min=0, help="Number of held-out samples for the policy job (policy-*.tar)."),
+    shard_size: int = typer.Option(1000, min=1, help="Samples per shard."),
+    seed: int = typer.Option(0, help="Random seed; the same seed writes byte-identical shards."),
+) -> None:
+    """Write deterministic synthetic fine-grained VQA shards (coarse / counting / fine questions): train-*.tar,
+    eval-*.tar and policy-*.tar splits, tokenizer/, processor/ and manifest.json."""
+    from pipelines.synth import write_synth
+
+    manifest = write_synth(out, train, eval, shard_size, seed, policy)
+    typer.echo(json.dumps({split: info["samples"] for split, info in manifest["splits"].items()}))
+    typer.echo(f"wrote {out}")
+
+
+def default_processor_dir(spec: str) -> Path | None:
+    """``<spec>/processor`` (or the parent's, for a file or glob spec) when it exists: where
+    ``visor data synth`` writes the matching processor."""
+    if spec.startswith("s3://"):
+        return None
+    path = Path(spec.split("*")[0].split("{")[0])
+    for directory in (path, path.parent):
+        if (directory / "processor").is_dir():
+            return directory / "processor"
+    return None
+
+
+@data_app.command()
+def inspect(
+    spec: list[str] = typer.Argument(..., help="Shard spec(s): file, directory, glob, brace pattern or s3://…"),
+    processor: Path | None = typer.Option(None, help="Saved VisorProcessor (default: SPEC/processor)."),
+    max_length: int = typer.Option(2048, min=1, help="Longest sequence accepted, in tokens."),
+    max_image_pixels: int = typer.Option(50_000_000, min=1, help="Largest image accepted, in pixels."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (for scripts and CI)."),
+    render: Path | None = typer.Option(None, help="Draw a few samples with their tiles to PNGs in this directory."),
+    render_count: int = typer.Option(4, min=1, help="How many samples --render draws."),
+    report: Path | None = typer.Option(None, help="Write the quarantine report (JSON lines) here."),
+) -> None:
+    """Sample count, question types, token and tile distributions, bad samples by reason, data version."""
+    from jobs.cluster.ray_env import init_ray
+    from pipelines.dataset import ReadOptions
+    from pipelines.inspect import inspect_shards, render_samples
+    from visor_model.processing import VisorProcessor
+
+    source = processor or default_processor_dir(spec[0])
+    if source is None:
+        raise typer.BadParameter("no processor/ next to the shards; pass --processor DIR", param_hint="--processor")
+    try:
+        loaded = VisorProcessor.from_pretrained(source)
+    except (OSError, ValueError) as err:
+        raise typer.BadParameter(f"cannot load a processor from {source}: {err}", param_hint="--processor") from err
+    options = ReadOptions(max_length=max_length, max_image_pixels=max_image_pixels)
+    init_ray()
+    try:
+        stats = inspect_shards(spec, loaded, options, report_path=report)
+        rendered = render_samples(spec, loaded, render, render_count, options) if render else []
+    except (ValueError, OSError) as err:
+        raise typer.BadParameter(str(err), param_hint="SPEC") from err
+    if as_json:
+        typer.echo(json.dumps(stats))
+        return
+    typer.echo(f"data version {stats['data_version']} — {stats['shards']} shards")
+    typer.echo(f"samples {stats['samples']}: {stats['valid']} valid, {sum(stats['quarantined'].values())} quarantined")
+    for reason, count in stats["quarantined"].items():
+        typer.echo(f"  quarantined {reason}: {count}")
+    typer.echo(f"question types: {stats['question_types']}")
+    typer.echo(f"tokens: {stats['tokens']}")
+    typer.echo(f"tiles per sample: {stats['tiles']}")
+    for path in rendered:
+        typer.echo(f"rendered {path}")

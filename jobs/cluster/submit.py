@@ -1,0 +1,94 @@
+"""``visor submit`` and ``visor jobs …``: the same jobs on a Ray cluster through the Ray Jobs API.
+
+:func:`submit` stages the project (the packages and ``pyproject.toml``, not
+``.venv``, data, runs or stores) plus the given config file into a temporary
+``working_dir``, and submits ``python -m jobs.cli <job> <args>`` with a
+``runtime_env`` carrying it and the environment a job needs on the cluster
+(``MLFLOW_TRACKING_URI``, ``AWS_*``, ``VISOR_API_TOKEN``…, whichever are set
+here). The cluster's image must have the dependencies installed (see
+``infra/Dockerfile``); the code comes with the job, so a change needs no new image.
+
+The entry points are the ordinary ``visor`` commands: the same line runs under
+``ray job submit`` and as a KubeRay ``RayJob`` entrypoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from ray.job_submission import JobStatus, JobSubmissionClient
+
+PROJECT = Path(__file__).resolve().parents[2]
+STAGED = ("visor_model", "pipelines", "jobs", "pyproject.toml")
+SUBMITTABLE = ("train", "train-policy", "evaluate", "retrain", "promote")
+FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+                 "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION",
+                 "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "VISOR_API_TOKEN")
+CONFIG_NAME = "submitted-config.yaml"
+TERMINAL = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
+
+
+def default_address() -> str:
+    """``$RAY_ADDRESS`` when it is a dashboard URL, else the local head's dashboard."""
+    address = os.environ.get("RAY_ADDRESS", "")
+    return address if address.startswith("http") else "http://127.0.0.1:8265"
+
+
+def stage(config: Path | None) -> Path:
+    """A temporary working_dir with the packages (and ``config`` as ``submitted-config.yaml``)."""
+    directory = Path(tempfile.mkdtemp(prefix="visor-submit-"))
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    for name in STAGED:
+        source = PROJECT / name
+        if source.is_dir():
+            shutil.copytree(source, directory / name, ignore=ignore)
+        else:
+            shutil.copy2(source, directory / name)
+    if config is not None:
+        shutil.copy2(config, directory / CONFIG_NAME)
+    return directory
+
+
+def submit(job: str, address: str, args: list[str], config: str | None = None) -> tuple[JobSubmissionClient, str]:
+    """Submit ``visor <job> [--config …] <args>``; returns the client and the submission id.
+
+    ``config`` may be a local file (shipped with the job) or a preset name (resolved on the cluster).
+    """
+    if job not in SUBMITTABLE:
+        raise ValueError(f"cannot submit {job!r}; choose one of {', '.join(SUBMITTABLE)}")
+    config_file = Path(config) if config and Path(config).is_file() else None
+    working_dir = stage(config_file)
+    command = ["python", "-m", "jobs.cli", job]
+    if config is not None:
+        command += ["--config", CONFIG_NAME if config_file else config]
+    command += args
+    env = {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)}
+    client = JobSubmissionClient(address)
+    submission = client.submit_job(
+        entrypoint=shlex.join(command),
+        runtime_env={"working_dir": str(working_dir), "env_vars": env},
+        metadata={"visor_job": job},
+    )
+    shutil.rmtree(working_dir, ignore_errors=True)
+    return client, submission
+
+
+def follow(client: JobSubmissionClient, submission: str, echo=print, poll_s: float = 1.0) -> JobStatus:
+    """Print the job's logs as they come and return its final status."""
+    async def tail() -> None:
+        async for lines in client.tail_job_logs(submission):
+            echo(lines.rstrip("\n"))
+
+    try:
+        asyncio.run(tail())
+    except Exception:  # tailing is best effort; the status below is what counts
+        pass
+    while (status := client.get_job_status(submission)) not in TERMINAL:
+        time.sleep(poll_s)
+    return status

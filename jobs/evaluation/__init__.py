@@ -1,0 +1,8 @@
+"""Scoring every budget on every sample and what is built on it: the policy job (``visor train-policy``)
+and the evaluation job (``visor evaluate``).
+
+``scoring`` is the batch inference (Ray Data actors holding the model); ``policy`` labels budget
+sufficiency, trains the policy head and picks τ; ``evaluate`` reports accuracy, FLOPs and latency per
+budget and under the policy. May import ``jobs.registry.tracking`` and ``jobs.registry.model_format``,
+``jobs.cluster.ray_env``, ``pipelines`` and ``visor_model`` — never train, serving or the CLI.
+"""

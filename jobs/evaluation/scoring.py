@@ -1,0 +1,190 @@
+"""Scoring every budget on every sample: the batch inference behind the policy and evaluation jobs.
+
+:func:`score_batch` runs one collated batch (rows of :mod:`pipelines.dataset`)
+through the model once per budget with the reference answer as labels and
+returns, per sample:
+
+==================  ============================================================
+``loss``            float ``[K]`` — mean answer-token loss at each budget
+``correct``         bool ``[K]`` — every answer token is the argmax (= greedy decoding
+                    reproduces the answer exactly)
+``flops``           float ``[K]`` — total prefill FLOPs of the prompt at each budget
+                    (``visor_model.flops`` with the sample's own visual and prompt-text
+                    token counts); ``language_flops`` the language-model part
+``baseline_flops``  float — LLaVA-OneVision's prefill FLOPs for the same sample (every layer
+                    over all tokens; the denominator of the savings)
+``latency``         float ``[K]`` — forward seconds per sample (batch time / batch size)
+``features``        float ``[2D]`` — the policy's input, from the prompt alone (``[0]`` for a
+                    one-budget plan, e.g. full attention)
+``policy_prob``     float ``[K]`` — the policy's sufficiency probabilities (NaN if untrained)
+``chosen``          int — the budget the policy picks at the model's τ (-1 if untrained)
+==================  ============================================================
+
+The answer never leaks into the policy's input: features are computed with the
+attention mask cut at the first answer token. Correctness under the policy is
+``correct[chosen]``: a batch with per-sample budgets computes exactly what each
+sample would alone (tested in ``visor_model``).
+
+:class:`Scorer` is the same as a Ray Data ``map_batches`` class: each actor loads
+the model once from the MLflow URI; :func:`score_split` scores a whole shard set with it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipelines.dataset import Collator, ReadOptions
+from pipelines.shards import S3Options
+from visor_model import VisorForConditionalGeneration
+from visor_model.flops import baseline_flops, visor_flops
+from visor_model.policy import choose_budget
+
+PASS_THROUGH = ("key", "url", "question_type", "num_tiles")
+
+
+def prompt_mask(attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``attention_mask`` with every column from the first labelled token on set to 0."""
+    columns = torch.arange(labels.shape[1], device=labels.device)
+    first = torch.where(labels != -100, columns, labels.shape[1]).amin(1, keepdim=True)
+    return attention_mask * (columns < first)
+
+
+@torch.no_grad()
+def score_batch(
+    model: VisorForConditionalGeneration, batch: dict[str, torch.Tensor], num_tiles: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """Per-sample scores of a collated batch at every budget (see the module docstring); ``num_tiles``
+    (per sample) makes the vision-tower FLOPs exact, else they are estimated from the token count."""
+    model.eval()
+    config = model.config
+    num_budgets = model.plan.num_budgets
+    size = batch["input_ids"].shape[0]
+    prompt = prompt_mask(batch["attention_mask"], batch["labels"])
+    image = batch["input_ids"] == config.image_token_id
+    prompt_text = ((prompt > 0) & ~image).sum(1)
+    features = (  # a one-budget plan (e.g. full attention) has nothing to choose: no policy input, [B, 0]
+        model.policy_features(batch["input_ids"], prompt, batch.get("pixel_values"), batch.get("image_sizes"))
+        if model.plan.num_budgets > 1 else torch.zeros(size, 0)
+    )
+    loss = np.zeros((size, num_budgets), np.float32)
+    correct = np.zeros((size, num_budgets), bool)
+    latency = np.zeros((size, num_budgets), np.float32)
+    flops = np.zeros((size, num_budgets), np.float64)
+    language = np.zeros((size, num_budgets), np.float64)
+    baseline = np.zeros(size, np.float64)
+    for budget in range(num_budgets):
+        started = time.perf_counter()
+        out = model(**batch, budget=budget)
+        latency[:, budget] = (time.perf_counter() - started) / size
+        loss[:, budget] = out.loss_per_sample.float().cpu().numpy()
+        correct[:, budget] = out.correct_per_sample.cpu().numpy()
+        for i in range(size):
+            tiles = None if num_tiles is None else int(num_tiles[i])
+            counts = (int(out.num_visual_tokens[i]), int(prompt_text[i]), tiles)
+            cost = visor_flops(config, budget, *counts)
+            flops[i, budget], language[i, budget] = cost["total"], cost["language"]
+            if budget == 0:
+                baseline[i] = baseline_flops(config, *counts)["total"]
+    if config.policy_trained:
+        logits = model.policy(features)
+        policy_prob = torch.sigmoid(logits.float()).cpu().numpy()
+        chosen = choose_budget(logits, config.policy_tau).cpu().numpy()
+    else:
+        policy_prob = np.full((size, num_budgets), np.nan, np.float32)
+        chosen = np.full(size, -1, np.int64)
+    return {"loss": loss, "correct": correct, "flops": flops, "language_flops": language,
+            "baseline_flops": baseline, "latency": latency,
+            "features": features.float().cpu().numpy(), "policy_prob": policy_prob, "chosen": chosen}
+
+
+class Scorer:
+    """Ray Data ``map_batches`` class: loads ``model_uri`` (an MLflow URI) once per actor, scores batches.
+
+    ``tracking_uri`` is passed explicitly: actors may run where ``MLFLOW_TRACKING_URI`` is unset.
+    """
+
+    def __init__(self, model_uri: str, tracking_uri: str, tau: float | None = None):
+        import mlflow
+
+        from jobs.registry.model_format import load_visor
+
+        mlflow.set_tracking_uri(tracking_uri)
+        self.model, processor = load_visor(model_uri)
+        if tau is not None:
+            self.model.config.policy_tau = tau
+        self.collate = Collator(processor.tokenizer.pad_token_id)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        scores = score_batch(self.model, self.collate(batch), batch["num_tiles"])
+        return {**{name: batch[name] for name in PASS_THROUGH}, **scores}
+
+
+@dataclass
+class ScoreOptions:
+    """How a split is scored: preprocessing (``read``), rows per model call, scorer actors and their CPUs."""
+
+    read: ReadOptions = field(default_factory=ReadOptions)
+    batch_size: int = 16
+    actors: int = 1
+    cpus_per_actor: float = 1.0
+    tau: float | None = None
+
+
+@dataclass
+class Scores:
+    """Every column of :func:`score_batch` over a whole split (``N`` rows), plus where it came from."""
+
+    columns: dict[str, np.ndarray]
+    data_version: str
+    quarantine: dict
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.columns["key"])
+
+
+def model_dir(model_uri: str) -> Path:
+    """The local model directory (weights, config, processor) of a logged VISOR model (downloaded once)."""
+    import mlflow.artifacts
+
+    from jobs.registry.model_format import MODEL_ARTIFACT
+
+    return Path(mlflow.artifacts.download_artifacts(model_uri)) / "artifacts" / MODEL_ARTIFACT
+
+
+def score_split(
+    model_uri: str, spec: str | list[str], tracking_uri: str, options: ScoreOptions | None = None,
+    storage: S3Options | None = None,
+) -> Scores:
+    """Score every valid sample of ``spec`` at every budget with Ray Data actors (see :class:`Scorer`)."""
+    import mlflow
+    import ray
+
+    from pipelines.dataset import build_split
+    from pipelines.quarantine import QuarantineLedger
+    from visor_model.processing import VisorProcessor
+
+    options = options or ScoreOptions()
+    mlflow.set_tracking_uri(tracking_uri)
+    processor = VisorProcessor.from_pretrained(model_dir(model_uri))
+    ledger = QuarantineLedger.remote()
+    split = build_split(spec, processor, options.read, ledger, storage)
+    scored = split.dataset.map_batches(
+        Scorer, fn_constructor_kwargs={"model_uri": model_uri, "tracking_uri": tracking_uri, "tau": options.tau},
+        batch_size=options.batch_size, batch_format="numpy", concurrency=options.actors,
+        num_cpus=options.cpus_per_actor,
+    )
+    parts: dict[str, list[np.ndarray]] = {}
+    for batch in scored.iter_batches(batch_size=256, batch_format="numpy"):
+        for name, values in batch.items():
+            parts.setdefault(name, []).append(values)
+    if not parts:
+        raise ValueError(f"no valid sample to score in {spec!r}")
+    columns = {name: np.concatenate(values) for name, values in parts.items()}
+    report = ray.get(ledger.report.remote())
+    return Scores(columns, split.version, report.summary())

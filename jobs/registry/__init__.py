@@ -1,0 +1,10 @@
+"""The MLflow side of the pipeline: where runs go, how a model is stored and registered, and how a new
+model becomes the champion.
+
+``tracking`` holds the conventions every job follows (tracking URI, experiments, run names, registering
+a version); ``model_format`` is how a VISOR model is logged to and loaded from MLflow; ``promote`` moves
+the ``champion`` alias (``visor promote``); ``retrain`` runs train → policy → evaluate → promote when
+the data changed (``visor retrain``). ``tracking``, ``model_format`` and ``promote`` import only MLflow
+and ``visor_model`` (every other job package builds on them); ``retrain`` alone drives the other
+packages (``jobs.train``, ``jobs.evaluation``).
+"""

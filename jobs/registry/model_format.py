@@ -1,0 +1,145 @@
+"""How a VISOR model is stored in MLflow and loaded back.
+
+A logged model is an ``mlflow.pyfunc`` model whose artifact ``model/`` is the
+model directory (``save_pretrained``: safetensors weights, ``config.json`` with
+the layer plan, and the processor files) and whose code (``visor_model``, and
+``jobs`` for this module's :class:`VisorPyfunc`) travels with it, so a fresh process
+needs only the URI:
+
+* ``mlflow.pyfunc.load_model("models:/visor@champion").predict(df)`` — rows of
+  ``question`` (str), ``image`` (base64-encoded PNG/JPEG, ``""`` for none),
+  ``budget`` (``"auto"`` or an integer as a string) and ``max_new_tokens`` →
+  ``answer``, ``budget``, ``flops`` (total), ``language_flops``, ``visual_tokens``;
+* :func:`load_visor` — the ``VisorForConditionalGeneration`` and ``VisorProcessor``
+  themselves (what serving and evaluation use).
+
+Logging does not run ``pip`` (the requirements are listed explicitly), so it works offline.
+Models logged before this module moved here (it was ``pipelines.packaging``) name their class
+``pipelines.packaging.VisorPyfunc``; importing this module lets the running process load them.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import mlflow.pyfunc
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from visor_model import VisorForConditionalGeneration
+    from visor_model.processing import VisorProcessor
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+CODE_PATHS = [str(PACKAGE_ROOT / "visor_model"), str(PACKAGE_ROOT / "jobs")]
+MODEL_ARTIFACT = "model"
+sys.modules.setdefault("pipelines.packaging", sys.modules[__name__])  # the class path of older logged models
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in ("torch", "transformers", "safetensors", "pillow", "tokenizers")]
+
+
+def encode_image(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+class VisorPyfunc(mlflow.pyfunc.PythonModel):
+    """The pyfunc face of a VISOR model (see the module docstring)."""
+
+    def load_context(self, context: Any) -> None:
+        self.model, self.processor = load_model_dir(context.artifacts[MODEL_ARTIFACT])
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        import pandas as pd
+        import torch
+        from PIL import Image
+
+        from visor_model import flops
+
+        answers = []
+        for row in model_input.to_dict("records"):
+            image = Image.open(io.BytesIO(base64.b64decode(row["image"]))).convert("RGB") if row.get("image") else None
+            budget = str(row.get("budget", "auto"))
+            inputs = dict(self.processor(text=[self.processor.prompt(row["question"], image is not None)],
+                                         images=[image] if image is not None else None, return_tensors="pt"))
+            inputs.pop("batch_num_images", None)
+            with torch.no_grad():
+                result = self.model.generate(
+                    **inputs, budget="auto" if budget == "auto" else int(budget),
+                    max_new_tokens=int(row.get("max_new_tokens", 16)), return_dict_in_generate=True,
+                )
+            prompt_len = inputs["input_ids"].shape[1]
+            used = int(result.budget[0])
+            cost = flops.visor_flops(self.model.config, used, int(result.num_visual_tokens[0]),
+                                     int(result.num_text_tokens[0]))
+            answers.append({
+                "answer": self.processor.tokenizer.decode(result.sequences[0, prompt_len:],
+                                                          skip_special_tokens=True).strip(),
+                "budget": used, "flops": cost["total"], "language_flops": cost["language"],
+                "visual_tokens": int(result.num_visual_tokens[0]),
+            })
+        return pd.DataFrame(answers)
+
+
+def load_model_dir(path: str | Path) -> tuple[VisorForConditionalGeneration, VisorProcessor]:
+    """Model (eval mode, float32) and processor from a directory written by :func:`save_model_dir`."""
+    from visor_model import VisorForConditionalGeneration
+    from visor_model.processing import VisorProcessor
+
+    model = VisorForConditionalGeneration.from_pretrained(path, local_files_only=True).eval()
+    return model, VisorProcessor.from_pretrained(path)
+
+
+def save_model_dir(model: VisorForConditionalGeneration, processor: VisorProcessor, path: str | Path) -> Path:
+    """Write the model (safetensors) and its processor into one directory."""
+    path = Path(path)
+    model.save_pretrained(path, safe_serialization=True)
+    processor.save_pretrained(path)
+    return path
+
+
+def _input_example(processor: VisorProcessor) -> pd.DataFrame:
+    import pandas as pd
+    from PIL import Image
+
+    size = processor.image_processor.size
+    buffer = io.BytesIO()
+    Image.new("RGB", (int(size["width"]), int(size["height"])), (200, 30, 30)).save(buffer, format="PNG")
+    return pd.DataFrame([{"question": "what colour is the background ?", "image": encode_image(buffer.getvalue()),
+                          "budget": "0", "max_new_tokens": 4}])
+
+
+def log_visor_model(model_dir: str | Path, name: str = "visor") -> mlflow.models.model.ModelInfo:
+    """Log the model directory as a pyfunc model in the active run; returns MLflow's ``ModelInfo``."""
+    from mlflow.models import infer_signature
+
+    os.environ.setdefault("MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK", "true")
+    wrapper = VisorPyfunc()
+    wrapper.load_context(type("Context", (), {"artifacts": {MODEL_ARTIFACT: str(model_dir)}})())
+    example = _input_example(wrapper.processor)
+    signature = infer_signature(example, wrapper.predict(None, example))
+    return mlflow.pyfunc.log_model(
+        name=name,
+        python_model=VisorPyfunc(),
+        artifacts={MODEL_ARTIFACT: str(model_dir)},
+        code_paths=CODE_PATHS,
+        pip_requirements=_requirements(),
+        signature=signature,
+        input_example=example,
+    )
+
+
+def load_visor(model_uri: str) -> tuple[VisorForConditionalGeneration, VisorProcessor]:
+    """The model and processor of a logged/registered VISOR model (``models:/visor@champion``, ``runs:/…``)."""
+    wrapper = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+    if not isinstance(wrapper, VisorPyfunc):
+        raise ValueError(f"{model_uri} is not a VISOR model (its pyfunc is {type(wrapper).__name__})")
+    return wrapper.model, wrapper.processor

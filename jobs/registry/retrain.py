@@ -1,0 +1,206 @@
+"""``visor retrain --config FILE``: train → policy → evaluate → promote, only when the data changed.
+
+1. The data version of the training shards is computed; if the champion was trained
+   on that version, nothing happens (status ``skipped``).
+2. A lock file (``lock_dir/retrain-<registered model>.lock``, created atomically)
+   keeps a second retrain from starting while one runs; it names the holder, and
+   a lock left by a dead process on this host is taken over.
+3. One MLflow parent run (experiment ``visor-retrain``) holds the stages as nested
+   runs: training (:mod:`jobs.train.driver`), the policy (:mod:`jobs.evaluation.policy`),
+   evaluation of the new challenger and, when needed, of the champion on the same
+   data (:mod:`jobs.evaluation.evaluate`), and promotion (:mod:`jobs.registry.promote`).
+4. A failing stage marks the parent run ``FAILED`` with the stage and the error in its
+   tags and leaves the champion where it was. The parent run records each stage's
+   wall time as ``stage_seconds/<stage>``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from jobs.train.config import ConfigError, apply_override, config_path, describe_errors
+
+EXPERIMENT = "visor-retrain"
+STAGES = ("train", "policy", "evaluate", "promote")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PolicySection(_Section):
+    data: list[str] = Field(min_length=1)
+    loss_tolerance: float = Field(0.05, ge=0)
+    heldout_fraction: float = Field(0.25, gt=0, lt=1)
+    accuracy_target: float = Field(0.99, gt=0, le=1)
+    epochs: int = Field(300, ge=1)
+
+
+class PromoteSection(_Section):
+    accuracy_tolerance: float = Field(0.0, ge=0)
+    flops_tolerance: float = Field(0.0, ge=0)
+
+
+class RetrainConfig(_Section):
+    """``train_config`` is a training config file or preset, ``train_overrides`` its ``--set`` items."""
+
+    train_config: str
+    train_overrides: list[str] = []
+    policy: PolicySection
+    eval_data: list[str] = Field(min_length=1)
+    promote: PromoteSection = PromoteSection()
+    score_batch_size: int = Field(16, ge=1)
+    lock_dir: str = "runs"
+    fail_stage: str | None = None  # testing aid: raise at the start of this stage
+
+
+class AlreadyRunning(RuntimeError):
+    """Another retrain holds the lock."""
+
+
+@dataclass
+class RetrainOutcome:
+    status: str  # skipped | promoted | rejected
+    reason: str
+    data_version: str
+    parent_run_id: str | None = None
+    challenger: str | None = None
+    champion: str | None = None
+    report: dict | None = None
+
+
+def load_retrain_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> RetrainConfig:
+    """Read a retrain config file or preset (``retrain-demo``), apply ``key.sub=value`` overrides, validate."""
+    path = config_path(name_or_path)
+    data = yaml.safe_load(path.read_text()) or {}
+    for item in overrides:
+        apply_override(data, item)
+    try:
+        return RetrainConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"{path}: {describe_errors(err)}") from err
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def retrain_lock(path: Path):
+    """Hold ``path`` exclusively (see the module docstring); raises :class:`AlreadyRunning`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                holder = json.loads(path.read_text() or "{}")
+            except (OSError, json.JSONDecodeError):
+                holder = {}
+            if holder.get("host") == me["host"] and holder.get("pid") and not _alive(int(holder["pid"])):
+                path.unlink(missing_ok=True)  # left by a process that died
+                continue
+            raise AlreadyRunning(
+                f"a retrain is already running (lock {path} held by pid {holder.get('pid')} on "
+                f"{holder.get('host')} since {holder.get('started')})"
+            ) from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        break
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def run_retrain(config: RetrainConfig) -> RetrainOutcome:
+    """The whole retrain (see the module docstring)."""
+    from mlflow.tracking import MlflowClient
+
+    from jobs.evaluation.evaluate import evaluate
+    from jobs.evaluation.policy import PolicyOptions, run_policy_job
+    from jobs.evaluation.scoring import ScoreOptions
+    from jobs.registry.promote import PromotionRule, promote
+    from jobs.registry.tracking import alias_version, create_run, git_commit, tracking_uri
+    from jobs.train.config import load_train_config
+    from jobs.train.driver import check_shards, run_training, storage_options
+    from pipelines.shards import data_version
+
+    train_config = load_train_config(config.train_config, config.train_overrides)
+    version = data_version(check_shards(train_config, storage_options(train_config)))
+    uri = tracking_uri(train_config.mlflow.tracking_uri)
+    name = train_config.mlflow.registered_model
+    lock = Path(config.lock_dir).expanduser().resolve() / f"retrain-{name}.lock"
+    with retrain_lock(lock):
+        client = MlflowClient(uri)
+        champion = alias_version(client, name, "champion")
+        if champion is not None and champion.tags.get("data_version") == version:
+            return RetrainOutcome("skipped", f"champion version {champion.version} was trained on data version "
+                                  f"{version}: nothing to do", version, champion=str(champion.version))
+        parent_id = create_run(uri, EXPERIMENT, "retrain", {"job": "retrain", "data_version": version,
+                                                            "git_commit": git_commit()})
+        stage, clock = "train", time.perf_counter()
+
+        def finished(name: str) -> str:  # log the stage that just ended, return the next one's name
+            nonlocal clock
+            client.log_metric(parent_id, f"stage_seconds/{stage}", time.perf_counter() - clock)
+            clock = time.perf_counter()
+            return name
+
+        try:
+            _maybe_fail(config, stage)
+            trained = run_training(train_config, parent_run_id=parent_id)
+            stage = finished("policy")
+            _maybe_fail(config, stage)
+            score = ScoreOptions(batch_size=config.score_batch_size)
+            policy = run_policy_job(
+                f"models:/{name}/{trained.registered_version}", config.policy.data, uri,
+                PolicyOptions(loss_tolerance=config.policy.loss_tolerance,
+                              heldout_fraction=config.policy.heldout_fraction,
+                              accuracy_target=config.policy.accuracy_target, epochs=config.policy.epochs,
+                              registered_model=name, score=score),
+                parent_run_id=parent_id,
+            )
+            stage = finished("evaluate")
+            _maybe_fail(config, stage)
+            report = evaluate(f"models:/{name}/{policy.registered_version}", config.eval_data, uri, score,
+                              parent_run_id=parent_id).report
+            if champion is not None and f"eval/{report['data_version']}/accuracy" not in champion.tags:
+                evaluate(f"models:/{name}/{champion.version}", config.eval_data, uri, score, parent_run_id=parent_id)
+            stage = finished("promote")
+            _maybe_fail(config, stage)
+            decision = promote(uri, name, PromotionRule(config.promote.accuracy_tolerance,
+                                                        config.promote.flops_tolerance))
+            finished("done")
+        except BaseException as err:
+            client.set_tag(parent_id, "failed_stage", stage)
+            client.set_tag(parent_id, "error", f"{type(err).__name__}: {err}"[:5000])
+            client.set_terminated(parent_id, "FAILED")
+            raise
+        client.set_tag(parent_id, "decision", "promoted" if decision.promoted else "rejected")
+        client.set_tag(parent_id, "decision_reason", decision.reason)
+        client.set_terminated(parent_id, "FINISHED")
+        final = alias_version(client, name, "champion")
+        return RetrainOutcome("promoted" if decision.promoted else "rejected", decision.reason, version, parent_id,
+                              decision.challenger, None if final is None else str(final.version), report)
+
+
+def _maybe_fail(config: RetrainConfig, stage: str) -> None:
+    if config.fail_stage == stage:
+        raise RuntimeError(f"injected failure in stage {stage} (config fail_stage)")

@@ -1,0 +1,170 @@
+"""The Ray Serve endpoint over real HTTP on 127.0.0.1: the openai client, streaming, 4xx answers, batching under
+load, bearer tokens, and reloading when the champion moves."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+from openai import OpenAI
+from PIL import Image
+from ray import serve
+
+from jobs.registry.model_format import load_visor
+from jobs.serving.openai_protocol import Limits, image_data_url, user_messages
+from jobs.serving.serve import ServeConfig, build_app
+from pipelines.synth import render_sample
+from tests.conftest import random_image
+from tests.pipelines.helpers import bomb_png
+
+QUESTION = "what colour is the background ?"
+
+
+def messages(image: Image.Image | None = None, question: str = QUESTION) -> list[dict]:
+    return user_messages(question, image)
+
+
+@pytest.fixture(scope="module")
+def server(registry):
+    """The app on a free port, serving models:/visor@champion (version 1)."""
+    client = MlflowClient(registry.uri)
+    client.set_registered_model_alias("visor", "champion", "1")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = ServeConfig(tracking_uri=registry.uri, port=port, cpus_per_replica=0.5, max_batch_size=8,
+                         batch_wait_timeout_s=0.05, limits=Limits(max_image_bytes=200_000, max_new_tokens=32))
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(config), name="visor", route_prefix="/", blocking=False)
+    secured = ServeConfig(tracking_uri=registry.uri, port=port, cpus_per_replica=0.25, api_token="s3cret")
+    serve.run(build_app(secured), name="visor-secured", route_prefix="/secured", blocking=False)
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+
+
+def test_openai_client_answers_like_generate_and_streams(server, registry) -> None:
+    image = render_sample(4, "eval", 1).image
+    client = OpenAI(base_url=f"{server}/v1", api_key="unused")
+    response = client.chat.completions.create(model="visor", messages=messages(image), temperature=0, max_tokens=4,
+                                              extra_body={"visor_budget": 1})
+    answer = response.choices[0].message.content
+    visor = response.model_extra["visor"]
+    assert visor["budget"] == 1 and visor["model_version"] == "1" and visor["saving_vs_full_attention"] > 1
+    assert response.usage.prompt_tokens > 100
+
+    mlflow.set_tracking_uri(registry.uri)
+    model, processor = load_visor("models:/visor/1")
+    inputs = dict(processor(text=[processor.prompt(QUESTION)], images=[image], return_tensors="pt"))
+    inputs.pop("batch_num_images", None)
+    tokens = model.generate(**inputs, budget=1, max_new_tokens=4)[0, inputs["input_ids"].shape[1]:].tolist()
+    eos = processor.tokenizer.eos_token_id
+    tokens = tokens[: tokens.index(eos)] if eos in tokens else tokens
+    assert answer == processor.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+
+    chunks = list(client.chat.completions.create(model="visor", messages=messages(image), temperature=0,
+                                                 max_tokens=4, stream=True, extra_body={"visor_budget": 1}))
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert streamed.strip() == answer and chunks[-1].choices[0].finish_reason in ("stop", "length")
+    text_only = client.chat.completions.create(model="visor", messages=messages(None), temperature=0, max_tokens=3)
+    assert text_only.model_extra["visor"]["budget"] in (0, 1)
+    models = client.models.list()
+    assert [m.id for m in models.data] == ["visor"] and models.data[0].model_extra["version"] == "1"
+
+
+def bad_requests(image: Image.Image) -> list[tuple[str, object, int, str]]:
+    big = random_image(300, 300, 0)  # ~270 kB of PNG: random pixels do not compress
+    two = messages(image)
+    two[0]["content"].append({"type": "image_url", "image_url": {"url": image_data_url(image)}})
+    return [
+        ("malformed JSON", b"{not json", 400, "not valid JSON"),
+        ("missing messages", {"model": "visor"}, 400, "'messages' is required"),
+        ("two images", {"messages": two}, 400, "at most 1 per request"),
+        ("image too large", {"messages": messages(big)}, 413, "larger than 200000 bytes"),
+        ("decompression bomb", {"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(bomb_png(20000))
+                                                .decode()}}, {"type": "text", "text": QUESTION}]}]}, 400,
+         "max_pixels"),
+        ("not an image", {"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(b"hello")
+                                                .decode()}}, {"type": "text", "text": QUESTION}]}]}, 400,
+         "image rejected"),
+        ("unknown budget", {"messages": messages(image), "visor_budget": 7}, 400, "visor_budget must be"),
+        ("http image URL", {"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "http://127.0.0.1:9/x.png"}},
+            {"type": "text", "text": QUESTION}]}]}, 400, "disabled on this server"),
+        ("prompt too long", {"messages": messages(image, " ".join(["what"] * 5000))}, 400, "exceeds the model's"),
+        ("unknown model", {"model": "gpt-4", "messages": messages(image)}, 404, "not served here"),
+    ]
+
+
+def test_bad_requests_get_4xx_in_openai_format(server) -> None:
+    image = render_sample(4, "eval", 2).image
+    with httpx.Client(base_url=server, timeout=60) as http:
+        for name, body, status, message in bad_requests(image):
+            content = body if isinstance(body, bytes) else json.dumps(body).encode()
+            response = http.post("/v1/chat/completions", content=content,
+                                 headers={"content-type": "application/json"})
+            assert response.status_code == status, (name, response.text)
+            error = response.json()["error"]
+            assert message in error["message"] and error["type"] == "invalid_request_error", name
+        ok = http.post("/v1/chat/completions", json={"messages": messages(image), "max_tokens": 2})
+        assert ok.status_code == 200  # still serving
+
+
+def test_load_with_mixed_budgets_is_batched(server) -> None:
+    images = [render_sample(4, "eval", i).image for i in range(8)]
+    bodies = [{"messages": messages(images[i % 8]), "max_tokens": 3, "temperature": 0,
+               "visor_budget": ["auto", 0, 1][i % 3]} for i in range(200)]
+    with httpx.Client(base_url=server, timeout=120) as http:
+        before = http.get("/admin/stats").json()
+        with ThreadPoolExecutor(16) as pool:
+            statuses = list(pool.map(lambda b: http.post("/v1/chat/completions", json=b).status_code, bodies))
+        after = http.get("/admin/stats").json()
+    assert statuses == [200] * 200
+    assert after["requests"] - before["requests"] == 200
+    assert max(int(k) for k in after["batch_sizes"]) > 1  # several requests shared one forward
+
+
+def test_token_guards_every_route_but_health(server) -> None:
+    with httpx.Client(base_url=f"{server}/secured", timeout=60) as http:
+        assert http.get("/health").status_code == 200
+        for method, path in (("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("POST", "/admin/reload")):
+            response = http.request(method, path, json={"messages": messages(None)})
+            assert response.status_code == 401 and response.json()["error"]["type"] == "authentication_error"
+        good = http.get("/v1/models", headers={"Authorization": "Bearer s3cret"})
+        assert good.status_code == 200
+        wrong = http.get("/v1/models", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+
+
+def test_reload_after_promotion_keeps_requests_in_flight(server, registry) -> None:
+    client = MlflowClient(registry.uri)
+    source = client.get_model_version("visor", "1").source
+    mlflow.set_tracking_uri(registry.uri)
+    new = str(mlflow.register_model(source, "visor").version)
+    image = render_sample(4, "eval", 3).image
+    results = []
+    with httpx.Client(base_url=server, timeout=120) as http:
+        def ask() -> None:
+            results.append(http.post("/v1/chat/completions", json={"messages": messages(image), "max_tokens": 32,
+                                                                   "temperature": 0}))
+        threads = [threading.Thread(target=ask) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        client.set_registered_model_alias("visor", "champion", new)
+        reload = http.post("/admin/reload").json()
+        for thread in threads:
+            thread.join()
+        assert reload == {"reloaded": True, "version": new}
+        assert [r.status_code for r in results] == [200] * 4
+        assert http.get("/v1/models").json()["data"][0]["version"] == new
+        assert http.post("/admin/reload").json() == {"reloaded": False, "version": new}
+        answer = http.post("/v1/chat/completions", json={"messages": messages(image), "max_tokens": 2}).json()
+        assert answer["visor"]["model_version"] == new
