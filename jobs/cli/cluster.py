@@ -1,9 +1,12 @@
-"""``visor jobs …``: thin wrappers over the Ray Jobs API (list, status, logs, stop)."""
+"""``visor submit``, ``visor jobs …`` and ``visor infra render``: running on a cluster (:mod:`jobs.cluster`)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
+commands = typer.Typer()
 jobs_app = typer.Typer(help="Jobs on a Ray cluster: list, status, logs, stop.", no_args_is_help=True)
 ADDRESS = typer.Option(None, help="Ray dashboard URL (default: $RAY_ADDRESS or http://127.0.0.1:8265).")
 
@@ -42,3 +45,52 @@ def logs(submission_id: str, address: str | None = ADDRESS) -> None:
 def stop(submission_id: str, address: str | None = ADDRESS) -> None:
     """Ask a running job to stop."""
     typer.echo("stopping" if _client(address).stop_job(submission_id) else "not running")
+
+
+@commands.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def submit(
+    ctx: typer.Context,
+    job: str = typer.Argument(..., help="train, train-policy, evaluate, retrain or promote."),
+    address: str | None = typer.Option(None, help="Ray dashboard URL (default: $RAY_ADDRESS or "
+                                       "http://127.0.0.1:8265)."),
+    config: str | None = typer.Option(None, help="Config file (shipped with the job) or preset name."),
+    wait: bool = typer.Option(False, help="Follow the logs and exit with the job's status."),
+) -> None:
+    """Submit a job to a Ray cluster (Ray Jobs API); arguments after the options go to the job."""
+    from jobs.cluster.submit import default_address, follow
+    from jobs.cluster.submit import submit as submit_job
+
+    try:
+        client, submission = submit_job(job, address or default_address(), list(ctx.args), config)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="JOB") from err
+    typer.echo(f"submitted {submission}")
+    if wait:
+        status = follow(client, submission, typer.echo)
+        typer.echo(f"job {submission}: {status.value}")
+        if status.value != "SUCCEEDED":
+            raise typer.Exit(1)
+
+
+infra_app = typer.Typer(help="Cluster manifests (KubeRay, MLflow server, scheduled retraining).",
+                        no_args_is_help=True)
+
+
+@infra_app.command()
+def render(
+    values: Path = typer.Option(Path("infra/values.yaml"), exists=True, dir_okay=False, help="Values file."),
+    out: Path = typer.Option(Path("infra/rendered"), help="Directory for the manifests."),
+) -> None:
+    """Render every manifest from the values file (namespace, image, bucket and URIs set in one place)."""
+    from pydantic import ValidationError
+
+    from jobs.cluster.infra import load_values
+    from jobs.cluster.infra import render as render_manifests
+    from jobs.train.config import describe_errors
+
+    try:
+        loaded = load_values(values)
+    except ValidationError as err:
+        raise typer.BadParameter(f"{values}: {describe_errors(err)}", param_hint="--values") from err
+    for path in render_manifests(loaded, out):
+        typer.echo(f"wrote {path}")

@@ -19,7 +19,8 @@ class Registry:
 def _train_briefly(data: Path, steps: int = 40):
     """A tiny VISOR model trained in-process (no Ray) on a fixed batch, so its answers are not all random."""
     from jobs.train.config import ModelConfig, OptimConfig
-    from jobs.train.steps import budgets_for_step, build_model, freeze, make_optimizer, optimizer_step
+    from jobs.train.model_setup import build_model, freeze
+    from jobs.train.steps import budgets_for_step, make_optimizer, optimizer_step
     from visor_model.processing import VisorProcessor
 
     from .batches import fixed_batch

@@ -21,7 +21,7 @@ from jobs.evaluation.scoring import ScoreOptions, score_batch
 from jobs.registry.model_format import load_visor
 from jobs.registry.promote import PromotionError, PromotionRule, decide, promote
 from jobs.train.config import ModelConfig
-from jobs.train.steps import build_model
+from jobs.train.model_setup import build_model
 from pipelines.synth import render_sample, write_synth
 from visor_model.flops import visor_flops
 from visor_model.processing import VisorProcessor

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from jobs.train.config import ModelConfig, OptimConfig
-from jobs.train.steps import budgets_for_step, build_model, freeze, lr_factor, make_optimizer, optimizer_step
+from jobs.train.model_setup import build_model, freeze
+from jobs.train.steps import budgets_for_step, lr_factor, make_optimizer, optimizer_step
 from pipelines.synth import write_synth
 from visor_model.processing import VisorProcessor
 

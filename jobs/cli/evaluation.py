@@ -1,0 +1,70 @@
+"""``visor train-policy`` and ``visor evaluate``: the evaluation jobs (:mod:`jobs.evaluation`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+commands = typer.Typer()
+
+
+@commands.command("train-policy")
+def train_policy(
+    model: str = typer.Option(..., help="The universal model, e.g. models:/visor/1."),
+    data: list[str] = typer.Option(..., help="Shard spec(s) to label and train the policy on (repeatable)."),
+    loss_tolerance: float = typer.Option(0.05, min=0, help="A budget within this loss of the best is sufficient."),
+    accuracy_target: float = typer.Option(0.99, min=0, max=1, help="τ keeps this share of the top accuracy."),
+    epochs: int = typer.Option(300, min=1, help="Policy-head training epochs (full batch)."),
+    tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI (default: env or ./mlflow.db)."),
+    registered_model: str = typer.Option("visor", help="Registered model receiving the new version."),
+) -> None:
+    """Label budget sufficiency with the universal model, train the policy head, pick τ, register a challenger."""
+    from jobs.evaluation.policy import PolicyOptions, run_policy_job
+    from jobs.registry.tracking import tracking_uri as resolve_uri
+
+    options = PolicyOptions(loss_tolerance=loss_tolerance, accuracy_target=accuracy_target, epochs=epochs,
+                            registered_model=registered_model)
+    try:
+        outcome = run_policy_job(model, data, resolve_uri(tracking_uri), options)
+    except (ValueError, OSError) as err:
+        raise typer.BadParameter(str(err)) from err
+    typer.echo(f"τ = {outcome.tau}; held-out accuracy {outcome.heldout['accuracy']:.3f} at "
+               f"{outcome.heldout['mean_flops'] / 1e9:.4f} GFLOPs (largest budget "
+               f"{outcome.heldout['largest_budget_accuracy']:.3f} at "
+               f"{outcome.heldout['largest_budget_flops'] / 1e9:.4f}); "
+               f"budgets chosen {outcome.heldout['budget_counts']}")
+    if outcome.registered_version:
+        typer.echo(f"registered models:/{registered_model}/{outcome.registered_version} (alias challenger)")
+
+
+@commands.command()
+def evaluate(
+    model: str = typer.Option(..., help="MLflow model URI, e.g. models:/visor@challenger or models:/visor/3."),
+    data: list[str] = typer.Option(..., help="Shard spec(s) of the evaluation data (repeatable)."),
+    baseline: list[str] = typer.Option([], help="NAME=URI of a model to compare against (repeatable)."),
+    out: Path | None = typer.Option(None, help="Also write the JSON report here."),
+    batch_size: int = typer.Option(16, min=1, help="Samples per model call."),
+    actors: int = typer.Option(1, min=1, help="Scoring actors (each holds a copy of the model)."),
+    tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI (default: env or ./mlflow.db)."),
+) -> None:
+    """Accuracy (overall and per question type), FLOPs and latency per budget and under the policy."""
+    from jobs.evaluation.evaluate import evaluate as run_evaluate
+    from jobs.evaluation.evaluate import format_report
+    from jobs.evaluation.scoring import ScoreOptions
+    from jobs.registry.tracking import tracking_uri as resolve_uri
+
+    baselines = {}
+    for item in baseline:
+        label, sep, uri = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"{item!r}: expected NAME=URI", param_hint="--baseline")
+        baselines[label] = uri
+    try:
+        outcome = run_evaluate(model, data, resolve_uri(tracking_uri),
+                               ScoreOptions(batch_size=batch_size, actors=actors), baselines, out)
+    except (ValueError, OSError) as err:
+        raise typer.BadParameter(str(err)) from err
+    typer.echo(format_report(outcome.report))
+    typer.echo(f"data version {outcome.report['data_version']}, {outcome.report['samples']} samples; "
+               f"MLflow run {outcome.run_id}")
