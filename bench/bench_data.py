@@ -35,12 +35,13 @@ def throughput(data: Path, cpus: int) -> dict:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
-    from pipelines.dataset import ReadOptions, build_split
+    from pipelines.dataset import build_split
+    from pipelines.options import ReadOptions
     from visor_model.processing import VisorProcessor
 
     ray.init(num_cpus=cpus, include_dashboard=False, configure_logging=False, log_to_driver=False)
     processor = VisorProcessor.from_pretrained(data / "processor")
-    split = build_split(str(data / "train-*.tar"), processor, ReadOptions(batch_size=32, num_cpus=1))
+    split = build_split(str(data / "train-*.tar"), processor, ReadOptions(preprocess_batch_size=32, preprocess_cpus=1))
     start = time.perf_counter()
     stamps, lengths = [], []
     for batch in split.dataset.iter_batches(batch_size=32, batch_format="numpy"):

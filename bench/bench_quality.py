@@ -65,9 +65,9 @@ def variants(num_layers: int) -> dict[str, list[str]]:
 
 def run(scale: Scale, workdir: Path, seed: int) -> dict:
     """Data → three trainings → policy → evaluation; returns the evaluation report plus stage times."""
+    from jobs.evaluation.config import PolicyOptions, ScoreOptions
     from jobs.evaluation.evaluate import evaluate
-    from jobs.evaluation.policy import PolicyOptions, run_policy_job
-    from jobs.evaluation.scoring import ScoreOptions
+    from jobs.evaluation.policy import run_policy_job
     from jobs.train.config import load_train_config
     from jobs.train.driver import run_training
     from pipelines.synth import write_synth

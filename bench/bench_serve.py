@@ -40,8 +40,9 @@ def load_test(requests: int, clients: int, max_batch_size: int) -> dict:
     from jobs.cluster.ray_env import init_ray
     from jobs.registry.model_format import log_visor_model, save_model_dir
     from jobs.registry.tracking import register
+    from jobs.serving.config import ServeConfig
     from jobs.serving.openai_protocol import user_messages
-    from jobs.serving.serve import ServeConfig, build_app
+    from jobs.serving.serve import build_app
     from pipelines.synth import render_sample, write_synth
     from tests.jobs.conftest import _train_briefly  # the tests' small trained model, reused as is
 

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
 
+from .options import ReadOptions
 from .reader import ShardDatasource
 from .shards import S3Options, ShardInfo, data_version, resolve_shards
 from .validate import Rejected, parse_sample
@@ -47,26 +48,6 @@ if TYPE_CHECKING:
 
 TENSOR_COLUMNS = ("input_ids", "labels", "pixel_values", "image_sizes")
 OUTPUT_COLUMNS = ("key", "url", *TENSOR_COLUMNS, "num_tiles", "length", "question_type", "metadata")
-
-
-@dataclass(frozen=True)
-class ReadOptions:
-    """How a split is read and preprocessed.
-
-    ``max_length`` (tokens) and ``max_image_pixels`` are validation limits;
-    ``batch_size`` samples go through one ``map_batches`` call; ``num_cpus`` is
-    reserved by each read and preprocessing task (fractions let them share a
-    core with training workers); ``concurrency`` caps the number of
-    preprocessing tasks at once (None: Ray decides); ``rows_per_block`` is the
-    reader's block size.
-    """
-
-    max_length: int = 2048
-    max_image_pixels: int = 50_000_000
-    batch_size: int = 16
-    num_cpus: float = 1.0
-    concurrency: int | None = None
-    rows_per_block: int = 64
 
 
 @dataclass
@@ -177,14 +158,14 @@ def build_split(
     source = ShardDatasource(
         paths, filesystem=filesystem, rows_per_block=options.rows_per_block, url_scheme="s3://" if remote else ""
     )
-    dataset = ray.data.read_datasource(source, num_cpus=options.num_cpus, override_num_blocks=len(paths))
+    dataset = ray.data.read_datasource(source, num_cpus=options.preprocess_cpus, override_num_blocks=len(paths))
     dataset = dataset.map_batches(
         preprocess_batch,
         fn_kwargs={"processor": processor, "options": options, "ledger": ledger},
-        batch_size=options.batch_size,
+        batch_size=options.preprocess_batch_size,
         batch_format="pyarrow",
-        num_cpus=options.num_cpus,
-        concurrency=options.concurrency,
+        num_cpus=options.preprocess_cpus,
+        concurrency=options.preprocess_concurrency,
     )
     return Split(dataset, shards)
 

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .dataset import ReadOptions, build_split
+from .dataset import build_split
+from .options import ReadOptions
 from .quarantine import QuarantineLedger
 from .shards import S3Options
 

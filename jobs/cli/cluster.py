@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from jobs.cli.options import load
+
 commands = typer.Typer()
 jobs_app = typer.Typer(help="Jobs on a Ray cluster: list, status, logs, stop.", no_args_is_help=True)
 ADDRESS = typer.Option(None, help="Ray dashboard URL (default: $RAY_ADDRESS or http://127.0.0.1:8265).")
@@ -51,8 +53,7 @@ def stop(submission_id: str, address: str | None = ADDRESS) -> None:
 def submit(
     ctx: typer.Context,
     job: str = typer.Argument(..., help="train, train-policy, evaluate, retrain or promote."),
-    address: str | None = typer.Option(None, help="Ray dashboard URL (default: $RAY_ADDRESS or "
-                                       "http://127.0.0.1:8265)."),
+    address: str | None = ADDRESS,
     config: str | None = typer.Option(None, help="Config file (shipped with the job) or preset name."),
     wait: bool = typer.Option(False, help="Follow the logs and exit with the job's status."),
 ) -> None:
@@ -82,15 +83,8 @@ def render(
     out: Path = typer.Option(Path("infra/rendered"), help="Directory for the manifests."),
 ) -> None:
     """Render every manifest from the values file (namespace, image, bucket and URIs set in one place)."""
-    from pydantic import ValidationError
-
-    from jobs.cluster.infra import load_values
+    from jobs.cluster.infra import Values
     from jobs.cluster.infra import render as render_manifests
-    from jobs.train.config import describe_errors
 
-    try:
-        loaded = load_values(values)
-    except ValidationError as err:
-        raise typer.BadParameter(f"{values}: {describe_errors(err)}", param_hint="--values") from err
-    for path in render_manifests(loaded, out):
+    for path in render_manifests(load(Values, values, param_hint="--values"), out):
         typer.echo(f"wrote {path}")

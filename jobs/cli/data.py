@@ -7,6 +7,9 @@ from pathlib import Path
 
 import typer
 
+from jobs.cli.options import load, option
+from jobs.sections import ReadSection
+
 data_app = typer.Typer(help="Data tools: synthetic VQA shards, shard statistics.", no_args_is_help=True)
 
 
@@ -44,8 +47,8 @@ def default_processor_dir(spec: str) -> Path | None:
 def inspect(
     spec: list[str] = typer.Argument(..., help="Shard spec(s): file, directory, glob, brace pattern or s3://…"),
     processor: Path | None = typer.Option(None, help="Saved VisorProcessor (default: SPEC/processor)."),
-    max_length: int = typer.Option(2048, min=1, help="Longest sequence accepted, in tokens."),
-    max_image_pixels: int = typer.Option(50_000_000, min=1, help="Largest image accepted, in pixels."),
+    max_length: int = option(ReadSection, "max_length"),
+    max_image_pixels: int = option(ReadSection, "max_image_pixels"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (for scripts and CI)."),
     render: Path | None = typer.Option(None, help="Draw a few samples with their tiles to PNGs in this directory."),
     render_count: int = typer.Option(4, min=1, help="How many samples --render draws."),
@@ -53,7 +56,6 @@ def inspect(
 ) -> None:
     """Sample count, question types, token and tile distributions, bad samples by reason, data version."""
     from jobs.cluster.ray_env import init_ray
-    from pipelines.dataset import ReadOptions
     from pipelines.inspect import inspect_shards, render_samples
     from visor_model.processing import VisorProcessor
 
@@ -64,7 +66,7 @@ def inspect(
         loaded = VisorProcessor.from_pretrained(source)
     except (OSError, ValueError) as err:
         raise typer.BadParameter(f"cannot load a processor from {source}: {err}", param_hint="--processor") from err
-    options = ReadOptions(max_length=max_length, max_image_pixels=max_image_pixels)
+    options = load(ReadSection, {"max_length": max_length, "max_image_pixels": max_image_pixels}).read_options()
     init_ray()
     try:
         stats = inspect_shards(spec, loaded, options, report_path=report)

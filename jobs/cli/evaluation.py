@@ -6,6 +6,9 @@ from pathlib import Path
 
 import typer
 
+from jobs.cli.options import TRACKING_URI, load, option
+from jobs.evaluation.config import PolicyOptions, ScoreOptions
+
 commands = typer.Typer()
 
 
@@ -13,18 +16,18 @@ commands = typer.Typer()
 def train_policy(
     model: str = typer.Option(..., help="The universal model, e.g. models:/visor/1."),
     data: list[str] = typer.Option(..., help="Shard spec(s) to label and train the policy on (repeatable)."),
-    loss_tolerance: float = typer.Option(0.05, min=0, help="A budget within this loss of the best is sufficient."),
-    accuracy_target: float = typer.Option(0.99, min=0, max=1, help="τ keeps this share of the top accuracy."),
-    epochs: int = typer.Option(300, min=1, help="Policy-head training epochs (full batch)."),
-    tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI (default: env or ./mlflow.db)."),
-    registered_model: str = typer.Option("visor", help="Registered model receiving the new version."),
+    loss_tolerance: float = option(PolicyOptions, "loss_tolerance"),
+    accuracy_target: float = option(PolicyOptions, "accuracy_target"),
+    epochs: int = option(PolicyOptions, "epochs"),
+    tracking_uri: str | None = TRACKING_URI,
+    registered_model: str = option(PolicyOptions, "registered_model"),
 ) -> None:
     """Label budget sufficiency with the universal model, train the policy head, pick τ, register a challenger."""
-    from jobs.evaluation.policy import PolicyOptions, run_policy_job
+    from jobs.evaluation.policy import run_policy_job
     from jobs.registry.tracking import tracking_uri as resolve_uri
 
-    options = PolicyOptions(loss_tolerance=loss_tolerance, accuracy_target=accuracy_target, epochs=epochs,
-                            registered_model=registered_model)
+    options = load(PolicyOptions, {"loss_tolerance": loss_tolerance, "accuracy_target": accuracy_target,
+                                   "epochs": epochs, "registered_model": registered_model})
     try:
         outcome = run_policy_job(model, data, resolve_uri(tracking_uri), options)
     except (ValueError, OSError) as err:
@@ -44,14 +47,13 @@ def evaluate(
     data: list[str] = typer.Option(..., help="Shard spec(s) of the evaluation data (repeatable)."),
     baseline: list[str] = typer.Option([], help="NAME=URI of a model to compare against (repeatable)."),
     out: Path | None = typer.Option(None, help="Also write the JSON report here."),
-    batch_size: int = typer.Option(16, min=1, help="Samples per model call."),
-    actors: int = typer.Option(1, min=1, help="Scoring actors (each holds a copy of the model)."),
-    tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI (default: env or ./mlflow.db)."),
+    batch_size: int = option(ScoreOptions, "batch_size"),
+    actors: int = option(ScoreOptions, "actors"),
+    tracking_uri: str | None = TRACKING_URI,
 ) -> None:
     """Accuracy (overall and per question type), FLOPs and latency per budget and under the policy."""
     from jobs.evaluation.evaluate import evaluate as run_evaluate
     from jobs.evaluation.evaluate import format_report
-    from jobs.evaluation.scoring import ScoreOptions
     from jobs.registry.tracking import tracking_uri as resolve_uri
 
     baselines = {}
@@ -60,9 +62,9 @@ def evaluate(
         if not sep:
             raise typer.BadParameter(f"{item!r}: expected NAME=URI", param_hint="--baseline")
         baselines[label] = uri
+    options = load(ScoreOptions, {"batch_size": batch_size, "actors": actors})
     try:
-        outcome = run_evaluate(model, data, resolve_uri(tracking_uri),
-                               ScoreOptions(batch_size=batch_size, actors=actors), baselines, out)
+        outcome = run_evaluate(model, data, resolve_uri(tracking_uri), options, baselines, out)
     except (ValueError, OSError) as err:
         raise typer.BadParameter(str(err)) from err
     typer.echo(format_report(outcome.report))

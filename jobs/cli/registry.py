@@ -4,25 +4,30 @@ from __future__ import annotations
 
 import typer
 
+from jobs.cli.options import SET, TRACKING_URI, load, option, renamed_flag
+from jobs.registry.config import PromotionRule
+from jobs.sections import TrackingSection
+
 commands = typer.Typer()
 
 
 @commands.command()
 def promote(
-    name: str = typer.Option("visor", help="Registered model."),
-    accuracy_tolerance: float = typer.Option(0.0, min=0, help="Accuracy the challenger may lose."),
-    flops_tolerance: float = typer.Option(0.0, min=0, help="Relative extra mean FLOPs the challenger may cost."),
+    registered_model: str = option(TrackingSection, "registered_model"),
+    name: str | None = renamed_flag("--name", "--registered-model"),
+    accuracy_tolerance: float = option(PromotionRule, "accuracy_tolerance"),
+    flops_tolerance: float = option(PromotionRule, "flops_tolerance"),
     dry_run: bool = typer.Option(False, help="Decide and print, change nothing."),
-    tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI (default: env or ./mlflow.db)."),
+    tracking_uri: str | None = TRACKING_URI,
 ) -> None:
     """Move the 'champion' alias to the 'challenger' if it is at least as accurate at no more FLOPs."""
-    from jobs.registry.promote import PromotionError, PromotionRule
+    from jobs.registry.promote import PromotionError
     from jobs.registry.promote import promote as run_promote
     from jobs.registry.tracking import tracking_uri as resolve_uri
 
+    rule = load(PromotionRule, {"accuracy_tolerance": accuracy_tolerance, "flops_tolerance": flops_tolerance})
     try:
-        decision = run_promote(resolve_uri(tracking_uri), name, PromotionRule(accuracy_tolerance, flops_tolerance),
-                               dry_run)
+        decision = run_promote(resolve_uri(tracking_uri), name or registered_model, rule, dry_run)
     except PromotionError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from err
@@ -34,14 +39,16 @@ def promote(
 @commands.command()
 def retrain(
     config: str = typer.Option(..., help="Retrain config file, or the preset retrain-demo."),
-    set_: list[str] = typer.Option([], "--set", help="Override a config value (repeatable)."),
+    set_: list[str] = SET,
 ) -> None:
     """Train → policy → evaluate → promote when the training data changed; skip otherwise."""
-    from jobs.registry.retrain import AlreadyRunning, load_retrain_config, run_retrain
-    from jobs.train.config import ConfigError
+    from jobs.config import ConfigError
+    from jobs.registry.config import RetrainConfig
+    from jobs.registry.retrain import AlreadyRunning, run_retrain
 
+    loaded = load(RetrainConfig, config, set_, "--config/--set")
     try:
-        outcome = run_retrain(load_retrain_config(config, set_))
+        outcome = run_retrain(loaded)
     except (ConfigError, ValueError) as err:
         raise typer.BadParameter(str(err), param_hint="--config/--set") from err
     except AlreadyRunning as err:

@@ -4,35 +4,36 @@ from __future__ import annotations
 
 import typer
 
+from jobs.cli.options import load, option, renamed_flag
+from jobs.serving.config import Limits, ServeConfig
+
 commands = typer.Typer()
 
 
 @commands.command()
 def serve(
-    model: str = typer.Option("models:/visor@champion", help="MLflow model URI to serve."),
-    host: str = typer.Option("127.0.0.1", help="Address of the HTTP proxy."),
-    port: int = typer.Option(8000, help="Port of the HTTP proxy."),
-    max_batch_size: int = typer.Option(8, min=1, help="Requests per generate batch."),
-    max_ongoing_requests: int = typer.Option(32, min=1, help="In-flight requests per replica."),
-    replicas: int = typer.Option(1, min=1, help="Model replicas."),
-    reload_poll: float = typer.Option(0.0, min=0, help="Seconds between checks of the alias (0: only on "
-                                      "POST /admin/reload)."),
-    allow_image_urls: bool = typer.Option(False, help="Also accept http(s) image URLs (default: data URLs only)."),
-    tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI (default: env or ./mlflow.db)."),
+    model: str = option(ServeConfig, "model"),
+    host: str = option(ServeConfig, "host"),
+    port: int = option(ServeConfig, "port"),
+    max_batch_size: int = option(ServeConfig, "max_batch_size"),
+    max_ongoing_requests: int = option(ServeConfig, "max_ongoing_requests"),
+    replicas: int = option(ServeConfig, "replicas"),
+    reload_poll_seconds: float = option(ServeConfig, "reload_poll_seconds"),
+    reload_poll: float | None = renamed_flag("--reload-poll", "--reload-poll-seconds"),
+    allow_image_urls: bool = option(Limits, "allow_image_urls"),
+    tracking_uri: str | None = option(ServeConfig, "tracking_uri"),
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API on Ray Serve (set VISOR_API_TOKEN to require a token)."""
     import time
 
-    from jobs.serving.openai_protocol import Limits
-    from jobs.serving.serve import ServeConfig, start
+    from jobs.serving.serve import start
 
-    try:
-        config = ServeConfig(model_uri=model, tracking_uri=tracking_uri, host=host, port=port,
-                             num_replicas=replicas, max_batch_size=max_batch_size,
-                             max_ongoing_requests=max_ongoing_requests, reload_poll_s=reload_poll,
-                             limits=Limits(allow_image_urls=allow_image_urls))
-    except ValueError as err:
-        raise typer.BadParameter(str(err)) from err
+    config = load(ServeConfig, {
+        "model": model, "host": host, "port": port, "max_batch_size": max_batch_size,
+        "max_ongoing_requests": max_ongoing_requests, "replicas": replicas, "tracking_uri": tracking_uri,
+        "reload_poll_seconds": reload_poll_seconds if reload_poll is None else reload_poll,
+        "limits": {"allow_image_urls": allow_image_urls},
+    })
     start(config)
     typer.echo(f"serving {model} at http://{host}:{port}/v1 (Ctrl-C to stop)")
     try:

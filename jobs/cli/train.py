@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import typer
 
+from jobs.cli.options import SET, load
+
 commands = typer.Typer()
 
 
 @commands.command()
 def train(
     config: str = typer.Option(..., help="A config file, or a preset: demo-tiny, llava-ov-0.5b, llava-ov-7b."),
-    set_: list[str] = typer.Option([], "--set", help="Override a config value: --set optim.lr=3e-4 (repeatable)."),
+    set_: list[str] = SET,
 ) -> None:
     """Train the universal VISOR network over all budgets on Ray Train; log to MLflow; register a challenger."""
-    from jobs.train.config import ConfigError, load_train_config
+    from jobs.train.config import TrainConfig
     from jobs.train.driver import run_training
 
-    try:
-        loaded = load_train_config(config, set_)
-    except ConfigError as err:
-        raise typer.BadParameter(str(err), param_hint="--config/--set") from err
+    loaded = load(TrainConfig, config, set_, "--config/--set")
     try:
         outcome = run_training(loaded)
     except ValueError as err:

@@ -13,7 +13,10 @@
 * ``mlflow.yaml`` — the MLflow tracking server (``Deployment`` + ``Service``), PostgreSQL
   backend from a secret, artifacts proxied to S3 (``--artifacts-destination``).
 
-Every command in them is a ``visor`` sub-command (the tests run each one's ``--help``).
+Every command in them is a ``visor`` sub-command (the tests run each one's ``--help``). The values
+file is a :class:`jobs.config.Section` schema like every config, in camelCase (Kubernetes style): a
+setting it shares with a job has the job's name (``serve.reloadPollSeconds`` is the endpoint's
+``reload_poll_seconds``), constraints and default.
 """
 
 from __future__ import annotations
@@ -23,14 +26,18 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from jobs.config import Section, field_of
+from jobs.sections import REGISTERED_MODEL
+from jobs.serving.config import ServeConfig
 
-class _Values(BaseModel):
+
+class _Values(Section):
     """Fields are snake_case here and camelCase in the values file (Kubernetes style)."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel)
+    model_config = ConfigDict(populate_by_name=True, alias_generator=to_camel)
 
 
 class Resources(_Values):
@@ -69,23 +76,35 @@ class TrainValues(_Values):
 
 class PolicyValues(_Values):
     data: str
-    model: str = "models:/visor@challenger"
+    model: str = f"models:/{REGISTERED_MODEL}@challenger"
+
+
+class RetrainPolicyValues(_Values):
+    data: list[str]
 
 
 class RetrainValues(_Values):
+    """The nightly retrain: its schedule, where its config is mounted, and that config's fields
+    (:class:`jobs.registry.config.RetrainConfig`, written into a ConfigMap)."""
+
+    renamed = {"policyData": "policy.data"}
+
     config: str = "/config/retrain.yaml"
     schedule: str
     train_config: str = "llava-ov-0.5b"
     train_overrides: list[str] = []
-    policy_data: list[str]
+    policy: RetrainPolicyValues
     eval_data: list[str]
 
 
 class ServeValues(_Values):
-    model: str = "models:/visor@champion"
-    replicas: int = 1
-    max_batch_size: int = 8
-    reload_poll_seconds: float = 300
+    """The RayService: the endpoint's own settings (:class:`jobs.serving.config.ServeConfig`) and the secret
+    holding ``VISOR_API_TOKEN``."""
+
+    model: str = field_of(ServeConfig, "model")
+    replicas: int = field_of(ServeConfig, "replicas")
+    max_batch_size: int = field_of(ServeConfig, "max_batch_size")
+    reload_poll_seconds: float = field_of(ServeConfig, "reload_poll_seconds")
     token_secret: str | None = None
 
 
@@ -102,10 +121,6 @@ class Values(_Values):
     retrain: RetrainValues
     serve: ServeValues
     job_ttl_seconds: int = 86400
-
-
-def load_values(path: str | Path) -> Values:
-    return Values.model_validate(yaml.safe_load(Path(path).read_text()))
 
 
 # ------------------------------------------------------------------------------------------------ pieces
@@ -179,15 +194,15 @@ def _ray_job(values: Values, name: str, entrypoint: str) -> dict:
 def manifests(values: Values) -> dict[str, list[dict]]:
     """File name → the manifests (dicts) it holds."""
     cluster_address = f"http://{values.cluster.name}-head-svc.{values.namespace}.svc.cluster.local:8265"
-    serve_args = {"model_uri": values.serve.model, "tracking_uri": _tracking_uri(values),
-                  "num_replicas": values.serve.replicas, "max_batch_size": values.serve.max_batch_size,
+    serve_args = {"model": values.serve.model, "tracking_uri": _tracking_uri(values),
+                  "replicas": values.serve.replicas, "max_batch_size": values.serve.max_batch_size,
                   "max_ongoing_requests": 4 * values.serve.max_batch_size,
-                  "reload_poll_s": values.serve.reload_poll_seconds, "host": "0.0.0.0"}
+                  "reload_poll_seconds": values.serve.reload_poll_seconds, "host": "0.0.0.0"}
     serve_config = {"applications": [{"name": "visor", "route_prefix": "/",
                                       "import_path": "jobs.serving.serve:app_builder", "args": serve_args}]}
     retrain_config = {
         "train_config": values.retrain.train_config, "train_overrides": values.retrain.train_overrides,
-        "policy": {"data": values.retrain.policy_data}, "eval_data": values.retrain.eval_data,
+        "policy": {"data": values.retrain.policy.data}, "eval_data": values.retrain.eval_data,
         "lock_dir": "/tmp/visor-locks",
     }
     ray_service_head = _ray_cluster_spec(values)

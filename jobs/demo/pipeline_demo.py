@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from jobs.sections import REGISTERED_MODEL
+
 DATA = Path("demo-data")
 SPLITS = {"train": 3000, "eval": 300, "policy": 300}
 SHARD_SIZE, SEED = 500, 0
@@ -31,7 +33,7 @@ def ensure_data(out: Path = DATA) -> None:
     write_synth(out, SPLITS["train"], SPLITS["eval"], SHARD_SIZE, SEED, policy=SPLITS["policy"])
 
 
-def champion_summary(tracking_uri: str, name: str = "visor") -> str:
+def champion_summary(tracking_uri: str, name: str = REGISTERED_MODEL) -> str:
     """The champion's evaluation table (from its evaluation run) and where to look next."""
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -64,8 +66,9 @@ def serve_one_request(tracking_uri: str) -> str:
     from openai import OpenAI
     from ray import serve
 
+    from jobs.serving.config import ServeConfig
     from jobs.serving.openai_protocol import user_messages
-    from jobs.serving.serve import ServeConfig, start
+    from jobs.serving.serve import start
     from pipelines.synth import render_sample
 
     with socket.socket() as probe:
@@ -87,11 +90,13 @@ def serve_one_request(tracking_uri: str) -> str:
 
 
 def run_demo() -> str:
-    from jobs.registry.retrain import load_retrain_config, run_retrain
+    from jobs.config import load_config
+    from jobs.registry.config import RetrainConfig
+    from jobs.registry.retrain import run_retrain
     from jobs.registry.tracking import tracking_uri
 
     ensure_data()
-    outcome = run_retrain(load_retrain_config("retrain-demo"))
+    outcome = run_retrain(load_config(RetrainConfig, "retrain-demo"))
     uri = tracking_uri()
     return "\n\n".join([f"retrain: {outcome.status} — {outcome.reason}", serve_one_request(uri),
                          champion_summary(uri)])

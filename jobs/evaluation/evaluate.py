@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from jobs.evaluation.scoring import ScoreOptions, Scores, score_split
+from jobs.evaluation.config import ScoreOptions
+from jobs.evaluation.scoring import Scores, score_split
 
 EXPERIMENT = "visor-eval"
 

@@ -20,31 +20,17 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from jobs.evaluation.scoring import ScoreOptions, Scores, score_split
+from jobs.evaluation.config import PolicyOptions, PolicyTraining
+from jobs.evaluation.scoring import Scores, score_split
 
 EXPERIMENT = "visor-policy"
 TAU_GRID = tuple(round(t, 2) for t in np.arange(0.05, 1.0, 0.05))
-
-
-@dataclass
-class PolicyOptions:
-    """Policy-job settings (see the module docstring)."""
-
-    loss_tolerance: float = 0.05
-    heldout_fraction: float = 0.25
-    accuracy_target: float = 0.99
-    epochs: int = 300
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    seed: int = 0
-    registered_model: str = "visor"
-    score: ScoreOptions = field(default_factory=ScoreOptions)
 
 
 @dataclass
@@ -70,7 +56,7 @@ def heldout_mask(keys: np.ndarray, urls: np.ndarray, fraction: float) -> np.ndar
     return np.array([bucket(str(u), str(k)) < fraction for u, k in zip(urls, keys, strict=True)])
 
 
-def train_head(head: torch.nn.Module, features: np.ndarray, labels: np.ndarray, options: PolicyOptions) -> list[float]:
+def train_head(head: torch.nn.Module, features: np.ndarray, labels: np.ndarray, options: PolicyTraining) -> list[float]:
     """Full-batch AdamW on BCE-with-logits per budget; returns the loss per epoch."""
     x, y = torch.as_tensor(features, dtype=torch.float32), torch.as_tensor(labels)
     optimizer = torch.optim.AdamW(head.parameters(), lr=options.lr, weight_decay=options.weight_decay)
@@ -105,7 +91,7 @@ def choose_tau(probs: np.ndarray, correct: np.ndarray, flops: np.ndarray, target
                  "budget_counts": counts.tolist()}
 
 
-def fit_policy(scores: Scores, hidden_size: int, policy_hidden_size: int, options: PolicyOptions):
+def fit_policy(scores: Scores, hidden_size: int, policy_hidden_size: int, options: PolicyTraining):
     """Train a ``BudgetPolicy`` on ``scores`` and pick τ; returns (head, τ, held-out summary, labels)."""
     from visor_model.policy import BudgetPolicy
 
@@ -151,8 +137,7 @@ def run_policy_job(
     tags = {"job": "train-policy", "model_uri": model_uri, "policy_data_version": scores.data_version,
             "git_commit": git_commit()}
     with start_job_run(tracking_uri, EXPERIMENT, "train-policy", tags, parent_run_id) as run:
-        mlflow.log_params({"loss_tolerance": options.loss_tolerance, "heldout_fraction": options.heldout_fraction,
-                           "accuracy_target": options.accuracy_target, "epochs": options.epochs, "lr": options.lr})
+        mlflow.log_params(options.model_dump(include=set(PolicyTraining.model_fields)))
         mlflow.log_metrics({"tau": tau, "heldout_accuracy": summary["accuracy"],
                             "heldout_mean_gflops": summary["mean_flops"] / 1e9, "final_bce": summary["final_bce"],
                             **{f"label_rate/budget_{b}": r for b, r in enumerate(summary["label_rate_per_budget"])}})

@@ -32,13 +32,14 @@ the model once from the MLflow URI; :func:`score_split` scores a whole shard set
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipelines.dataset import Collator, ReadOptions
+from jobs.evaluation.config import ScoreOptions
+from pipelines.dataset import Collator
 from pipelines.shards import S3Options
 from visor_model import VisorForConditionalGeneration
 from visor_model.flops import baseline_flops, visor_flops
@@ -125,17 +126,6 @@ class Scorer:
 
 
 @dataclass
-class ScoreOptions:
-    """How a split is scored: preprocessing (``read``), rows per model call, scorer actors and their CPUs."""
-
-    read: ReadOptions = field(default_factory=ReadOptions)
-    batch_size: int = 16
-    actors: int = 1
-    cpus_per_actor: float = 1.0
-    tau: float | None = None
-
-
-@dataclass
 class Scores:
     """Every column of :func:`score_batch` over a whole split (``N`` rows), plus where it came from."""
 
@@ -173,7 +163,7 @@ def score_split(
     mlflow.set_tracking_uri(tracking_uri)
     processor = VisorProcessor.from_pretrained(model_dir(model_uri))
     ledger = QuarantineLedger.remote()
-    split = build_split(spec, processor, options.read, ledger, storage)
+    split = build_split(spec, processor, options.read.read_options(), ledger, storage)
     scored = split.dataset.map_batches(
         Scorer, fn_constructor_kwargs={"model_uri": model_uri, "tracking_uri": tracking_uri, "tau": options.tau},
         batch_size=options.batch_size, batch_format="numpy", concurrency=options.actors,

@@ -20,17 +20,13 @@ from dataclasses import dataclass
 
 from mlflow.tracking import MlflowClient
 
+from jobs.registry.config import PromotionRule
 from jobs.registry.tracking import alias_version
+from jobs.sections import REGISTERED_MODEL
 
 
 class PromotionError(RuntimeError):
     """Promotion cannot be decided (no challenger, no evaluation); the message says what to do."""
-
-
-@dataclass(frozen=True)
-class PromotionRule:
-    accuracy_tolerance: float = 0.0
-    flops_tolerance: float = 0.0
 
 
 @dataclass
@@ -65,7 +61,7 @@ def decide(challenger: dict, champion: dict, rule: PromotionRule) -> tuple[bool,
     return False, f"{' and '.join(problems)}: {detail}"
 
 
-def promote(tracking_uri: str, name: str = "visor", rule: PromotionRule | None = None,
+def promote(tracking_uri: str, name: str = REGISTERED_MODEL, rule: PromotionRule | None = None,
             dry_run: bool = False) -> Decision:
     """Decide on the current challenger of ``name`` and, unless ``dry_run``, act on it."""
     rule = rule or PromotionRule()

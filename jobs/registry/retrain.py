@@ -24,43 +24,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from jobs.train.config import ConfigError, apply_override, config_path, describe_errors
+from jobs.faults import fail_stage
+from jobs.registry.config import RetrainConfig
 
 EXPERIMENT = "visor-retrain"
 STAGES = ("train", "policy", "evaluate", "promote")
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class PolicySection(_Section):
-    data: list[str] = Field(min_length=1)
-    loss_tolerance: float = Field(0.05, ge=0)
-    heldout_fraction: float = Field(0.25, gt=0, lt=1)
-    accuracy_target: float = Field(0.99, gt=0, le=1)
-    epochs: int = Field(300, ge=1)
-
-
-class PromoteSection(_Section):
-    accuracy_tolerance: float = Field(0.0, ge=0)
-    flops_tolerance: float = Field(0.0, ge=0)
-
-
-class RetrainConfig(_Section):
-    """``train_config`` is a training config file or preset, ``train_overrides`` its ``--set`` items."""
-
-    train_config: str
-    train_overrides: list[str] = []
-    policy: PolicySection
-    eval_data: list[str] = Field(min_length=1)
-    promote: PromoteSection = PromoteSection()
-    score_batch_size: int = Field(16, ge=1)
-    lock_dir: str = "runs"
-    fail_stage: str | None = None  # testing aid: raise at the start of this stage
 
 
 class AlreadyRunning(RuntimeError):
@@ -76,18 +44,6 @@ class RetrainOutcome:
     challenger: str | None = None
     champion: str | None = None
     report: dict | None = None
-
-
-def load_retrain_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> RetrainConfig:
-    """Read a retrain config file or preset (``retrain-demo``), apply ``key.sub=value`` overrides, validate."""
-    path = config_path(name_or_path)
-    data = yaml.safe_load(path.read_text()) or {}
-    for item in overrides:
-        apply_override(data, item)
-    try:
-        return RetrainConfig.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(f"{path}: {describe_errors(err)}") from err
 
 
 def _alive(pid: int) -> bool:
@@ -135,8 +91,7 @@ def run_retrain(config: RetrainConfig) -> RetrainOutcome:
 
     from jobs.evaluation.evaluate import evaluate
     from jobs.evaluation.policy import PolicyOptions, run_policy_job
-    from jobs.evaluation.scoring import ScoreOptions
-    from jobs.registry.promote import PromotionRule, promote
+    from jobs.registry.promote import promote
     from jobs.registry.tracking import alias_version, create_run, git_commit, tracking_uri
     from jobs.train.config import load_train_config
     from jobs.train.driver import check_shards, run_training, storage_options
@@ -164,29 +119,24 @@ def run_retrain(config: RetrainConfig) -> RetrainOutcome:
             return name
 
         try:
-            _maybe_fail(config, stage)
+            fail_stage(stage)
             trained = run_training(train_config, parent_run_id=parent_id)
             stage = finished("policy")
-            _maybe_fail(config, stage)
-            score = ScoreOptions(batch_size=config.score_batch_size)
-            policy = run_policy_job(
-                f"models:/{name}/{trained.registered_version}", config.policy.data, uri,
-                PolicyOptions(loss_tolerance=config.policy.loss_tolerance,
-                              heldout_fraction=config.policy.heldout_fraction,
-                              accuracy_target=config.policy.accuracy_target, epochs=config.policy.epochs,
-                              registered_model=name, score=score),
-                parent_run_id=parent_id,
-            )
+            fail_stage(stage)
+            options = PolicyOptions(**config.policy.model_dump(exclude={"data"}), registered_model=name,
+                                    score=config.score)
+            policy = run_policy_job(f"models:/{name}/{trained.registered_version}", config.policy.data, uri,
+                                    options, parent_run_id=parent_id)
             stage = finished("evaluate")
-            _maybe_fail(config, stage)
-            report = evaluate(f"models:/{name}/{policy.registered_version}", config.eval_data, uri, score,
+            fail_stage(stage)
+            report = evaluate(f"models:/{name}/{policy.registered_version}", config.eval_data, uri, config.score,
                               parent_run_id=parent_id).report
             if champion is not None and f"eval/{report['data_version']}/accuracy" not in champion.tags:
-                evaluate(f"models:/{name}/{champion.version}", config.eval_data, uri, score, parent_run_id=parent_id)
+                evaluate(f"models:/{name}/{champion.version}", config.eval_data, uri, config.score,
+                         parent_run_id=parent_id)
             stage = finished("promote")
-            _maybe_fail(config, stage)
-            decision = promote(uri, name, PromotionRule(config.promote.accuracy_tolerance,
-                                                        config.promote.flops_tolerance))
+            fail_stage(stage)
+            decision = promote(uri, name, config.promote)
             finished("done")
         except BaseException as err:
             client.set_tag(parent_id, "failed_stage", stage)
@@ -199,8 +149,3 @@ def run_retrain(config: RetrainConfig) -> RetrainOutcome:
         final = alias_version(client, name, "champion")
         return RetrainOutcome("promoted" if decision.promoted else "rejected", decision.reason, version, parent_id,
                               decision.challenger, None if final is None else str(final.version), report)
-
-
-def _maybe_fail(config: RetrainConfig, stage: str) -> None:
-    if config.fail_stage == stage:
-        raise RuntimeError(f"injected failure in stage {stage} (config fail_stage)")

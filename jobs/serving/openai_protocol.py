@@ -24,6 +24,7 @@ from typing import Any
 
 from PIL import Image
 
+from jobs.serving.config import Limits
 from pipelines.validate import Rejected, decode_image
 
 
@@ -35,15 +36,6 @@ class ApiError(Exception):
         super().__init__(message)
         self.status = status
         self.body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_image_bytes: int = 10_000_000
-    max_image_pixels: int = 50_000_000
-    max_new_tokens: int = 512
-    allow_image_urls: bool = False
-    max_images: int = 1
 
 
 @dataclass

@@ -22,11 +22,10 @@ Ray Serve's metrics endpoint exports ``visor_requests``, ``visor_request_latency
 
 import asyncio
 import json
-import os
 import time
 import uuid
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,31 +34,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
-from jobs.serving.openai_protocol import ApiError, ChatRequest, Limits, parse_chat_request
-
-TOKEN_ENV = "VISOR_API_TOKEN"
-
-
-@dataclass
-class ServeConfig:
-    """Server settings; ``api_token`` defaults to ``$VISOR_API_TOKEN`` (None: no authentication)."""
-
-    model_uri: str = "models:/visor@champion"
-    tracking_uri: str | None = None
-    host: str = "127.0.0.1"
-    port: int = 8000
-    num_replicas: int = 1
-    cpus_per_replica: float = 1.0
-    max_ongoing_requests: int = 32
-    max_batch_size: int = 8
-    batch_wait_timeout_s: float = 0.02
-    reload_poll_s: float = 0.0  # > 0: check the alias this often
-    api_token: str | None = field(default_factory=lambda: os.environ.get(TOKEN_ENV) or None)
-    limits: Limits = field(default_factory=Limits)
-
-    def __post_init__(self) -> None:
-        if self.max_ongoing_requests < self.max_batch_size:
-            raise ValueError("max_ongoing_requests must be >= max_batch_size, or batches can never fill")
+from jobs.serving.config import ServeConfig
+from jobs.serving.openai_protocol import ApiError, ChatRequest, parse_chat_request
 
 
 @dataclass
@@ -203,14 +179,13 @@ def _error(err: ApiError) -> JSONResponse:
 @serve.deployment
 @serve.ingress(app)
 class VisorServer:
-    """The Serve deployment (see the module docstring); constructed with ``asdict(ServeConfig)``."""
+    """The Serve deployment (see the module docstring), constructed with its :class:`ServeConfig`."""
 
-    def __init__(self, config: dict):
+    def __init__(self, config: ServeConfig):
         from ray.serve import metrics
 
-        limits = Limits(**config.pop("limits"))
-        self.config = ServeConfig(**config, limits=limits)
-        self.current = _load(self.config.model_uri, self.config.tracking_uri)
+        self.config = config
+        self.current = _load(config.model, config.tracking_uri)
         self.batch_sizes: Counter[int] = Counter()
         self.requests = metrics.Counter("visor_requests", "Chat requests by HTTP status", tag_keys=("status",))
         self.latency = metrics.Histogram("visor_request_latency_s", "Chat request latency (s)",
@@ -221,7 +196,7 @@ class VisorServer:
         self.generate_batch.set_max_batch_size(self.config.max_batch_size)
         self.generate_batch.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
         self._reload_lock = asyncio.Lock()
-        if self.config.reload_poll_s > 0:
+        if self.config.reload_poll_seconds > 0:
             self._poller = asyncio.get_event_loop().create_task(self._poll())
 
     # ------------------------------------------------------------------ helpers
@@ -241,21 +216,21 @@ class VisorServer:
 
     async def _poll(self) -> None:
         while True:
-            await asyncio.sleep(self.config.reload_poll_s)
+            await asyncio.sleep(self.config.reload_poll_seconds)
             try:
                 await self.reload_if_moved()
             except Exception as err:  # a registry hiccup must not stop the poller
                 print(f"[visor serve] reload check failed: {err}")
 
     async def reload_if_moved(self) -> dict:
-        """Load the version ``model_uri`` resolves to now, if it differs; swap it in between batches."""
+        """Load the version ``config.model`` resolves to now, if it differs; swap it in between batches."""
         from jobs.registry.tracking import registered_version
 
         async with self._reload_lock:
-            resolved = await asyncio.to_thread(registered_version, self.config.model_uri, self.config.tracking_uri)
+            resolved = await asyncio.to_thread(registered_version, self.config.model, self.config.tracking_uri)
             if resolved is None or resolved[1] == self.current.version:
                 return {"reloaded": False, "version": self.current.version}
-            self.current = await asyncio.to_thread(_load, self.config.model_uri, self.config.tracking_uri)
+            self.current = await asyncio.to_thread(_load, self.config.model, self.config.tracking_uri)
             return {"reloaded": True, "version": self.current.version}
 
     @serve.batch
@@ -326,21 +301,20 @@ class VisorServer:
 def build_app(config: ServeConfig):
     """The Serve application for ``config`` (``serve.run`` it)."""
     return VisorServer.options(
-        num_replicas=config.num_replicas, max_ongoing_requests=config.max_ongoing_requests,
+        num_replicas=config.replicas, max_ongoing_requests=config.max_ongoing_requests,
         ray_actor_options={"num_cpus": config.cpus_per_replica},
-    ).bind(asdict(config))
+    ).bind(config)
 
 
 def app_builder(args: dict):
     """Ray Serve application builder (``import_path: jobs.serving.serve:app_builder`` in a ``serveConfigV2``):
-    ``args`` are :class:`ServeConfig` fields; ``limits`` may be a mapping of :class:`Limits` fields."""
+    ``args`` are :class:`ServeConfig` fields (``limits`` a mapping of :class:`~jobs.serving.config.Limits`
+    fields), validated by :func:`jobs.config.load_config`."""
+    from jobs.config import load_config
     from jobs.registry.tracking import tracking_uri
 
-    args = dict(args)
-    limits = Limits(**args.pop("limits", {}))
-    config = ServeConfig(**args, limits=limits)
-    config.tracking_uri = tracking_uri(config.tracking_uri)
-    return build_app(config)
+    config = load_config(ServeConfig, args)
+    return build_app(config.model_copy(update={"tracking_uri": tracking_uri(config.tracking_uri)}))
 
 
 def start(config: ServeConfig, name: str = "visor", route_prefix: str = "/") -> None:
@@ -348,7 +322,7 @@ def start(config: ServeConfig, name: str = "visor", route_prefix: str = "/") -> 
     from jobs.cluster.ray_env import init_ray
     from jobs.registry.tracking import tracking_uri
 
-    config.tracking_uri = tracking_uri(config.tracking_uri)
     init_ray()
     serve.start(http_options={"host": config.host, "port": config.port})
-    serve.run(build_app(config), name=name, route_prefix=route_prefix, blocking=False)
+    app = build_app(config.model_copy(update={"tracking_uri": tracking_uri(config.tracking_uri)}))
+    serve.run(app, name=name, route_prefix=route_prefix, blocking=False)

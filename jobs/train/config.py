@@ -1,26 +1,35 @@
-"""The training job's configuration: a YAML file validated by pydantic, with ``--set key=value`` overrides.
+"""The training job's configuration: ``visor train --config FILE|PRESET [--set key.sub=value …]``.
 
-``load_train_config("demo-tiny")`` reads a shipped preset (``jobs/configs/<name>.yaml``);
-any other argument is a path. Every section rejects unknown keys, so a typo
-fails before Ray starts, with the dotted name of the field in the message.
-Relative local paths (shard specs, storage, processor) are resolved against
-the working directory of the driver.
+:func:`load_train_config` is the one loader of :mod:`jobs.config` with this schema: ``demo-tiny``
+names a shipped preset (``jobs/configs/<name>.yaml``), anything else a file. Every section rejects
+unknown keys, so a typo fails before Ray starts, with the dotted name of the field in the message.
+Relative local paths (shard specs, storage, processor) are resolved against the working directory of
+the driver. The sections stand alone — where the weights come from (``model``), the data (``data``),
+the optimizer (``optim``), the budget draws (``budgets``), the frozen groups (``freeze``), the workers
+(``scaling``), checkpoints (``run``), tracking (``mlflow``) — so a recipe can combine them.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
-CONFIG_DIR = Path(__file__).parent / "configs"
+from jobs.config import Section, load_config
+from jobs.sections import ReadSection, S3Section, TrackingSection
+
 FREEZABLE = ("vision_tower", "projector", "language_model", "lm_head", "cross_attention")
 
 
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def _some_left_to_train(groups: list[str]) -> list[str]:
+    if set(groups) >= set(FREEZABLE):
+        raise ValueError("freeze lists every parameter group: nothing would be trained")
+    return sorted(set(groups))
+
+
+Freeze = Annotated[list[Literal[FREEZABLE]], AfterValidator(_some_left_to_train)]  # type: ignore[valid-type]
+"""Parameter groups to freeze (sorted, unique); the policy head is always frozen (it has its own job)."""
 
 
 class TinyShape(Section):
@@ -62,30 +71,17 @@ class ModelConfig(Section):
         return self
 
 
-class S3Config(Section):
-    """An S3-compatible store; unset fields fall back to the ``AWS_*`` environment variables.
-    Credentials are never read from the config (use the environment or an instance role)."""
-
-    endpoint_url: str | None = None
-    region: str | None = None
-
-
-class DataSection(Section):
-    """Training shard specs (see ``pipelines.shards``) and how they are read (see
-    ``pipelines.dataset.ReadOptions``). Held-out data is for ``visor evaluate`` / ``visor train-policy``.
+class DataSection(ReadSection):
+    """Training shard specs (see ``pipelines.shards``), how they are read (:class:`jobs.sections.ReadSection`)
+    and reached (``s3``). Held-out data is for ``visor evaluate`` / ``visor train-policy``.
 
     ``batch_size`` is per worker and per micro-step.
     """
 
     train: list[str] = Field(min_length=1)
     batch_size: int = Field(8, ge=1)
-    max_length: int = Field(2048, ge=8)
-    max_image_pixels: int = Field(50_000_000, ge=1)
-    preprocess_batch_size: int = Field(16, ge=1)
-    preprocess_cpus: float = Field(1.0, gt=0)
-    preprocess_concurrency: int | None = Field(None, ge=1)
     shuffle_buffer: int = Field(0, ge=0)
-    s3: S3Config = S3Config()
+    s3: S3Section = Field(default_factory=S3Section)
 
 
 class OptimConfig(Section):
@@ -145,93 +141,30 @@ class RunSection(Section):
     sample_log: bool = False
 
 
-class MlflowSection(Section):
-    """Tracking (default: ``MLFLOW_TRACKING_URI`` or ``sqlite:///mlflow.db`` in the working directory)
-    and the registered model that receives the trained version with alias ``challenger``."""
+class MlflowSection(TrackingSection):
+    """Tracking (default: ``MLFLOW_TRACKING_URI`` or ``sqlite:///mlflow.db`` in the working directory),
+    the experiment of the run, and whether the trained model joins ``registered_model`` as a new version
+    with alias ``challenger``."""
 
-    tracking_uri: str | None = None
     experiment: str = "visor-train"
-    registered_model: str = "visor"
     register_model: bool = True
 
 
-class FaultInjection(Section):
-    """Testing aid: the worker of rank ``rank`` raises once, at optimizer step ``fail_at_step``."""
-
-    fail_at_step: int | None = Field(None, ge=1)
-    rank: int = Field(0, ge=0)
-
-
 class TrainConfig(Section):
+    """A training run (see the module docstring)."""
+
     name: str = Field("visor", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     seed: int = 0
     model: ModelConfig = ModelConfig()
     data: DataSection
     optim: OptimConfig = OptimConfig()
     budgets: BudgetConfig = BudgetConfig()
-    freeze: list[Literal[FREEZABLE]] = []  # type: ignore[valid-type]
+    freeze: Freeze = []
     scaling: ScalingSection = ScalingSection()
     run: RunSection = RunSection()
     mlflow: MlflowSection = MlflowSection()
-    fault: FaultInjection = FaultInjection()
-
-    @field_validator("freeze")
-    @classmethod
-    def _freeze_unique(cls, value: list[str]) -> list[str]:
-        if set(value) >= set(FREEZABLE):
-            raise ValueError("freeze lists every parameter group: nothing would be trained")
-        return sorted(set(value))
 
 
-class ConfigError(ValueError):
-    """A configuration that cannot run; the message names the field(s)."""
-
-
-def apply_override(data: dict, item: str) -> None:
-    """Apply one ``key.sub=value`` override (the value parsed as YAML) to a config mapping in place."""
-    dotted, sep, raw = item.partition("=")
-    dotted = dotted.strip()
-    if not sep or not dotted:
-        raise ConfigError(f"--set {item!r}: expected key.sub=value")
-    node = data
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        if not isinstance(node.setdefault(part, {}), dict):
-            raise ConfigError(f"--set {dotted}: {part} is not a section")
-        node = node[part]
-    node[leaf] = yaml.safe_load(raw)
-
-
-def config_path(name_or_path: str) -> Path:
-    """A shipped preset's YAML (``demo-tiny``, ``llava-ov-0.5b``, ``llava-ov-7b``) or a file path."""
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    preset = CONFIG_DIR / f"{name_or_path}.yaml"
-    if preset.is_file():
-        return preset
-    names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-    raise ConfigError(f"config {name_or_path!r} is neither a file nor a preset (presets: {', '.join(names)})")
-
-
-def load_train_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """Read, override (``key.sub=value``, the value parsed as YAML) and validate a training config."""
-    path = config_path(name_or_path)
-    data: Any = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    for item in overrides:
-        apply_override(data, item)
-    return validate_config(data, str(path))
-
-
-def validate_config(data: dict, source: str = "config") -> TrainConfig:
-    try:
-        return TrainConfig.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(f"{source}: {describe_errors(err)}") from err
-
-
-def describe_errors(err: ValidationError) -> str:
-    """``field.path: message; …`` for every problem pydantic found."""
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in err.errors())
+def load_train_config(source: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """A training config file or preset, with ``key.sub=value`` overrides, validated (see :mod:`jobs.config`)."""
+    return load_config(TrainConfig, source, overrides)

@@ -27,7 +27,6 @@ from typing import Any
 from jobs.train.config import TrainConfig
 from pipelines.shards import S3Options, data_version, resolve_shards
 
-FAULT_MESSAGE = "injected fault (config fault.fail_at_step)"
 RAY_RUN_TAG = "visor.ray_run"  # the Ray Train run (checkpoint directory name) of an MLflow run
 
 
@@ -47,10 +46,7 @@ class TrainOutcome:
 
 
 def storage_options(config: TrainConfig) -> S3Options:
-    options = S3Options()
-    options.endpoint_url = config.data.s3.endpoint_url or options.endpoint_url
-    options.region = config.data.s3.region or options.region
-    return options
+    return config.data.s3.options()
 
 
 def check_shards(config: TrainConfig, storage: S3Options) -> list:
@@ -90,10 +86,11 @@ def run_training(config: TrainConfig, parent_run_id: str | None = None) -> Train
     from ray.train.torch import TorchTrainer
 
     from jobs.cluster.ray_env import init_ray
+    from jobs.faults import train_fault
     from jobs.registry.tracking import flatten, git_commit, start_or_resume_run, tracking_uri
     from jobs.train.model_setup import build_processor
     from jobs.train.worker import train_loop
-    from pipelines.dataset import ReadOptions, build_split
+    from pipelines.dataset import build_split
     from pipelines.quarantine import QuarantineLedger
 
     storage = storage_options(config)
@@ -106,12 +103,7 @@ def run_training(config: TrainConfig, parent_run_id: str | None = None) -> Train
 
     init_ray()
     ledger = QuarantineLedger.remote()
-    read = ReadOptions(
-        max_length=config.data.max_length, max_image_pixels=config.data.max_image_pixels,
-        batch_size=config.data.preprocess_batch_size, num_cpus=config.data.preprocess_cpus,
-        concurrency=config.data.preprocess_concurrency,
-    )
-    split = build_split(config.data.train, processor, read, ledger, storage)
+    split = build_split(config.data.train, processor, config.data.read_options(), ledger, storage)
 
     uri = tracking_uri(config.mlflow.tracking_uri)
     tags = {"data_version": version, "git_commit": git_commit(), "job": "train"}
@@ -131,7 +123,6 @@ def run_training(config: TrainConfig, parent_run_id: str | None = None) -> Train
     _log_params(client, run_id, params)
 
     storage_path, filesystem = _storage(config)
-    fault_marker = Path(tempfile.gettempdir()) / f"visor-fault-{run_id}"
     resources = {"CPU": config.scaling.cpus_per_worker}
     if config.scaling.use_gpu:
         resources["GPU"] = config.scaling.gpus_per_worker
@@ -139,7 +130,7 @@ def run_training(config: TrainConfig, parent_run_id: str | None = None) -> Train
         train_loop,
         train_loop_config={
             "config": config.model_dump(mode="json"), "processor": processor, "run_id": run_id,
-            "tracking_uri": uri, "fault_marker": str(fault_marker),
+            "tracking_uri": uri, "fault": train_fault(run_id),
             "sample_log_dir": str(Path(storage_path) / ray_run) if filesystem is None else None,
         },
         scaling_config=ray.train.ScalingConfig(

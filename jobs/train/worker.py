@@ -23,7 +23,6 @@ from typing import Any
 import torch
 
 from jobs.train.config import TrainConfig
-from jobs.train.driver import FAULT_MESSAGE
 
 
 @dataclass
@@ -123,7 +122,8 @@ def train_loop(loop_config: dict) -> None:
         budgets = budgets_for_step(config.budgets.strategy, num_budgets, config.budgets.seed, step)
         result = optimizer_step(model, micro, budgets, optimizer, scheduler, config.optim.grad_clip, autocast)
         step += 1
-        _maybe_fail(loop_config, config, rank, step)
+        if loop_config["fault"] is not None:
+            loop_config["fault"].maybe_fail(rank, step)
         losses = _mean_across_workers([result.losses[b] for b in budgets] + [waited, result.samples])
         meter.wait += losses[-2]
         meter.total += time.perf_counter() - started
@@ -156,17 +156,6 @@ def _sample_log(loop_config: dict, config: TrainConfig, rank: int):
     directory = Path(loop_config["sample_log_dir"])
     directory.mkdir(parents=True, exist_ok=True)
     return open(directory / f"samples-rank{rank}.jsonl", "a")  # noqa: SIM115 (closed at the end of the loop)
-
-
-def _maybe_fail(loop_config: dict, config: TrainConfig, rank: int, step: int) -> None:
-    """Fault injection for tests: raise once (a marker file remembers) at the configured step and rank."""
-    if config.fault.fail_at_step != step or config.fault.rank != rank:
-        return
-    marker = Path(loop_config["fault_marker"])
-    if marker.exists():
-        return
-    marker.write_text(str(step))
-    raise RuntimeError(f"{FAULT_MESSAGE} at step {step} on rank {rank}")
 
 
 class _RankZeroTracker:

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.dataset import Collator, ReadOptions, build_split
+from pipelines.dataset import Collator, build_split
+from pipelines.options import ReadOptions
 from pipelines.quarantine import QuarantineLedger
 from pipelines.shards import data_version, resolve_shards
 from pipelines.synth import write_synth
@@ -99,8 +100,8 @@ def collect(split, pad_id: int = 0) -> list[dict]:
 def test_planted_bad_samples_are_quarantined_by_reason(ray_local, processor, tmp_path: Path) -> None:
     expected = write_planted(tmp_path / "shards")
     ledger = QuarantineLedger.remote()
-    split = build_split(str(tmp_path / "shards"), processor, ReadOptions(max_length=MAX_LENGTH, batch_size=4),
-                        ledger)
+    options = ReadOptions(max_length=MAX_LENGTH, preprocess_batch_size=4)
+    split = build_split(str(tmp_path / "shards"), processor, options, ledger)
     rows = collect(split)
     report = ray_local.get(ledger.report.remote())
 
@@ -129,7 +130,7 @@ def test_planted_bad_samples_are_quarantined_by_reason(ray_local, processor, tmp
 
 def test_rows_match_the_processor_and_collate_pads(ray_local, processor, tmp_path: Path) -> None:
     write_synth(tmp_path, 12, 0, 5, seed=1)
-    split = build_split(str(tmp_path / "train-*.tar"), processor, ReadOptions(batch_size=5))
+    split = build_split(str(tmp_path / "train-*.tar"), processor, ReadOptions(preprocess_batch_size=5))
     rows = sorted(collect(split), key=lambda r: r["key"])
     assert len(rows) == 12 and split.version == data_version(resolve_shards(str(tmp_path / "train-*.tar")))
 

@@ -141,7 +141,7 @@ def test_concurrent_retrains_against_a_tracking_server_run_once(mlflow_server, m
         "train_config": "demo-tiny",
         "train_overrides": [o for o in train_overrides(tmp_path) if o != "--set" and "mlflow" not in o],
         "policy": {"data": [f"{tmp_path}/data/policy-*.tar"], "epochs": 50},
-        "eval_data": [f"{tmp_path}/data/eval-*.tar"], "score_batch_size": 12, "lock_dir": str(tmp_path / "locks"),
+        "eval_data": [f"{tmp_path}/data/eval-*.tar"], "score": {"batch_size": 12}, "lock_dir": str(tmp_path / "locks"),
     }))
     env = {"MLFLOW_TRACKING_URI": mlflow_server}  # clients need no S3 credentials: the server proxies artifacts
     first = subprocess.Popen([VISOR, "retrain", "--config", str(config)], cwd=tmp_path, env=environment(**env),

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import importlib
 import shlex
+import warnings
 from pathlib import Path
 
 import yaml
 from typer.testing import CliRunner
 
 from jobs.cli import app
-from jobs.cluster.infra import load_values
+from jobs.cluster.infra import Values
+from jobs.config import load_config
+from jobs.serving.config import ServeConfig
 
 VALUES = Path(__file__).resolve().parents[3] / "infra" / "values.yaml"
 KINDS = {
@@ -86,13 +89,17 @@ def test_manifests_parse_with_the_right_kinds_and_fields(tmp_path: Path) -> None
     (application,) = serve_config["applications"]
     module, attribute = application["import_path"].split(":")
     assert callable(getattr(importlib.import_module(module), attribute))
-    assert application["args"]["model_uri"] == "models:/visor@champion"
+    assert application["args"]["model"] == "models:/visor@champion"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the rendered args use the current names
+        served = load_config(ServeConfig, application["args"])
+    assert served.replicas == 2 and served.reload_poll_seconds == 300
     deployment, service = files["mlflow.yaml"]
     command = deployment["spec"]["template"]["spec"]["containers"][0]["command"][-1]
     assert "--artifacts-destination s3://visor/mlflow-artifacts" in command and "MLFLOW_BACKEND_STORE_URI" in command
     assert service["spec"]["ports"][0]["port"] == 5000
     retrain = yaml.safe_load(files["retrain-config.yaml"][0]["data"]["retrain.yaml"])
-    from jobs.registry.retrain import RetrainConfig
+    from jobs.registry.config import RetrainConfig
     RetrainConfig.model_validate(retrain)  # the ConfigMap holds a valid retrain config
 
 
@@ -113,7 +120,7 @@ def test_the_cronjob_and_everything_follow_the_values(tmp_path: Path) -> None:
                      retrain__schedule="30 4 * * 1", mlflow__port=5500)
     (cron,) = changed["cronjob-retrain.yaml"]
     assert cron["spec"]["schedule"] == "30 4 * * 1" and cron["spec"]["concurrencyPolicy"] == "Forbid"
-    assert base["cronjob-retrain.yaml"][0]["spec"]["schedule"] == load_values(VALUES).retrain.schedule
+    assert base["cronjob-retrain.yaml"][0]["spec"]["schedule"] == load_config(Values, VALUES).retrain.schedule
     for name, documents in changed.items():
         for doc in documents:
             if doc["kind"] != "Namespace":

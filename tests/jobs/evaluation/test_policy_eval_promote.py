@@ -15,11 +15,13 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from jobs.evaluation.config import PolicyOptions, ScoreOptions
 from jobs.evaluation.evaluate import evaluate
-from jobs.evaluation.policy import PolicyOptions, choose_tau, fit_policy, run_policy_job, sufficiency
-from jobs.evaluation.scoring import ScoreOptions, score_batch
+from jobs.evaluation.policy import choose_tau, fit_policy, run_policy_job, sufficiency
+from jobs.evaluation.scoring import score_batch
+from jobs.registry.config import PromotionRule
 from jobs.registry.model_format import load_visor
-from jobs.registry.promote import PromotionError, PromotionRule, decide, promote
+from jobs.registry.promote import PromotionError, decide, promote
 from jobs.train.config import ModelConfig
 from jobs.train.model_setup import build_model
 from pipelines.synth import render_sample, write_synth

@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from jobs.registry.retrain import AlreadyRunning, RetrainConfig, retrain_lock, run_retrain
+from jobs.registry.config import RetrainConfig
+from jobs.registry.retrain import AlreadyRunning, retrain_lock, run_retrain
 from pipelines.synth import write_split, write_synth
 
 
-def retrain_config(root: Path, **extra) -> RetrainConfig:
+def retrain_config(root: Path) -> RetrainConfig:
     data = root / "data"
     return RetrainConfig.model_validate({
         "train_config": "demo-tiny",
@@ -28,9 +29,8 @@ def retrain_config(root: Path, **extra) -> RetrainConfig:
         ],
         "policy": {"data": [f"{data}/policy-*.tar"], "epochs": 50},
         "eval_data": [f"{data}/eval-*.tar"],
-        "score_batch_size": 12,
+        "score": {"batch_size": 12},
         "lock_dir": str(root / "locks"),
-        **extra,
     })
 
 
@@ -39,7 +39,8 @@ def training_runs(client: MlflowClient) -> list:
     return client.search_runs([experiment.experiment_id], "tags.job = 'train'")
 
 
-def test_retrain_only_when_the_data_changes_and_never_breaks_the_champion(ray_local, tmp_path: Path) -> None:
+def test_retrain_only_when_the_data_changes_and_never_breaks_the_champion(ray_local, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     write_synth(tmp_path / "data", 24, 24, 12, seed=6, policy=24)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
 
@@ -55,9 +56,10 @@ def test_retrain_only_when_the_data_changes_and_never_breaks_the_champion(ray_lo
     assert again.status == "skipped" and again.champion == first.champion and len(training_runs(client)) == 1
 
     write_split(tmp_path / "data", "train", 36, 12, seed=7)  # new training data: a new data version
-    failing = retrain_config(tmp_path, fail_stage="policy")
+    monkeypatch.setenv("VISOR_TEST_FAULT", "retrain:stage=policy")
     with pytest.raises(RuntimeError, match="injected failure in stage policy"):
-        run_retrain(failing)
+        run_retrain(retrain_config(tmp_path))
+    monkeypatch.delenv("VISOR_TEST_FAULT")
     failed = client.search_runs([parent.info.experiment_id], "tags.job = 'retrain' and attributes.status = 'FAILED'")
     assert len(failed) == 1 and failed[0].data.tags["failed_stage"] == "policy"
     assert str(client.get_model_version_by_alias("visor", "champion").version) == first.champion

@@ -18,8 +18,9 @@ from PIL import Image
 from ray import serve
 
 from jobs.registry.model_format import load_visor
-from jobs.serving.openai_protocol import Limits, image_data_url, user_messages
-from jobs.serving.serve import ServeConfig, build_app
+from jobs.serving.config import Limits, ServeConfig
+from jobs.serving.openai_protocol import image_data_url, user_messages
+from jobs.serving.serve import build_app
 from pipelines.synth import render_sample
 from tests.conftest import random_image
 from tests.pipelines.helpers import bomb_png

@@ -10,9 +10,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from jobs.config import ConfigError, load_config
 from jobs.registry.model_format import load_visor
 from jobs.train.checkpoint import STATE_FILE
-from jobs.train.config import ConfigError, load_train_config, validate_config
+from jobs.train.config import TrainConfig, load_train_config
 from jobs.train.driver import run_training
 from pipelines.synth import write_synth
 
@@ -35,9 +36,11 @@ def tiny_config(data_dir: Path, tmp_path: Path, *overrides: str):
     ])
 
 
-def test_two_worker_run_resumes_after_a_fault_and_registers_a_challenger(ray_local, data_dir, tmp_path) -> None:
+def test_two_worker_run_resumes_after_a_fault_and_registers_a_challenger(ray_local, data_dir, tmp_path,
+                                                                       monkeypatch) -> None:
     config = tiny_config(data_dir, tmp_path, "name=fault-run", "optim.max_steps=6", "run.checkpoint_every=2",
-                         "fault.fail_at_step=3", "fault.rank=1", "budgets.strategy=sandwich")
+                         "budgets.strategy=sandwich")
+    monkeypatch.setenv("VISOR_TEST_FAULT", "train:rank=1:step=3")  # read by the driver, handed to the workers
     outcome = run_training(config)
 
     assert outcome.steps == 6 and outcome.registered_version == "1"
@@ -106,14 +109,15 @@ def test_bad_config_fails_before_any_worker(ray_local, data_dir, tmp_path) -> No
     with pytest.raises(ConfigError, match="neither a file nor a preset"):
         load_train_config("no-such-config")
     with pytest.raises(ConfigError, match="data: Field required"):
-        validate_config({"name": "x"})
+        load_config(TrainConfig, {"name": "x"})
     with pytest.raises(ConfigError, match="expected key.sub=value"):
         load_train_config("demo-tiny", ["optim.lr"])
 
 
-def test_a_new_driver_resumes_an_unfinished_run(ray_local, data_dir, tmp_path) -> None:
+def test_a_new_driver_resumes_an_unfinished_run(ray_local, data_dir, tmp_path, monkeypatch) -> None:
     config = tiny_config(data_dir, tmp_path, "name=driver-run", "optim.max_steps=4", "run.checkpoint_every=2",
-                         "fault.fail_at_step=3", "run.max_failures=0", "mlflow.register_model=false")
+                         "run.max_failures=0", "mlflow.register_model=false")
+    monkeypatch.setenv("VISOR_TEST_FAULT", "train:rank=0:step=3")
     with pytest.raises(Exception, match="injected fault"):
         run_training(config)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -1,0 +1,144 @@
+"""The one way every job is configured: a pydantic schema built from :class:`Section` and one loader,
+:func:`load_config`.
+
+* A schema is a tree of :class:`Section` subclasses. Unknown keys are errors (``extra="forbid"``);
+  every default is written once, in its field; a field's ``description`` is also the ``--help`` text
+  of the command-line flag that sets it (see ``jobs.cli.options``).
+* :func:`load_config` takes YAML from a file or a shipped preset (``jobs/configs/<name>.yaml``), or an
+  already parsed mapping (command-line flags, a Serve application's ``args``), applies ``--set
+  key.sub=value`` overrides (the value parsed as YAML) and validates it. A :class:`ConfigError` names
+  the source and every bad field by its dotted name (``optim.lr: Input should be greater than 0``).
+* Renaming a key: the section lists it in ``renamed`` (``{"old": "new"}``, the new name may be dotted
+  to move the value into a sub-section). For one release the old name is still accepted, moved to the
+  new one, with a :class:`ConfigDeprecationWarning`; giving both is an error.
+* :func:`field_of` and :func:`default_of` let another schema declare the same setting (the infra values
+  file, a section that takes a pipeline's defaults) without writing its default again.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import warnings
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic.fields import FieldInfo
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the source and the field(s)."""
+
+
+class ConfigDeprecationWarning(FutureWarning):
+    """A setting was given by a name that is still accepted for one release (FutureWarning: shown to users)."""
+
+
+def warn_renamed(old: str, new: str, where: str = "") -> None:
+    """Tell the user that ``old`` is now called ``new`` (``where``: the schema or command it belongs to)."""
+    prefix = f"{where}: " if where else ""
+    warnings.warn(f"{prefix}{old!r} is deprecated and will be removed in the next release; use {new!r}",
+                  ConfigDeprecationWarning, stacklevel=3)
+
+
+class Section(BaseModel):
+    """Base of every config schema: unknown keys rejected, renamed keys accepted for one release."""
+
+    model_config = ConfigDict(extra="forbid")
+    renamed: ClassVar[Mapping[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _accept_renamed(cls, data: Any) -> Any:
+        if not cls.renamed or not isinstance(data, Mapping):
+            return data
+        data = dict(data)
+        for old, new in cls.renamed.items():
+            if old not in data:
+                continue
+            warn_renamed(old, new, cls.__name__)
+            value = data.pop(old)
+            *parents, leaf = new.split(".")
+            node = data
+            for part in parents:
+                child = node.get(part, {})
+                if not isinstance(child, Mapping):
+                    raise ValueError(f"{old!r} (deprecated) cannot move into {part!r}, which is not a mapping")
+                node[part] = node = dict(child)
+            if leaf in node:
+                raise ValueError(f"both {old!r} (deprecated) and {new!r} are given; keep only {new!r}")
+            node[leaf] = value
+        return data
+
+
+S = TypeVar("S", bound=Section)
+
+
+def config_path(name_or_path: str | Path) -> Path:
+    """A file path, or a shipped preset's YAML (``jobs/configs/<name>.yaml``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    preset = CONFIG_DIR / f"{name_or_path}.yaml"
+    if preset.is_file():
+        return preset
+    names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    raise ConfigError(f"config {str(name_or_path)!r} is neither a file nor a preset (presets: {', '.join(names)})")
+
+
+def apply_override(data: dict, item: str) -> None:
+    """Apply one ``key.sub=value`` override (the value parsed as YAML) to a config mapping in place."""
+    dotted, sep, raw = item.partition("=")
+    dotted = dotted.strip()
+    if not sep or not dotted:
+        raise ConfigError(f"--set {item!r}: expected key.sub=value")
+    node = data
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        if not isinstance(node.setdefault(part, {}), dict):
+            raise ConfigError(f"--set {dotted}: {part} is not a section")
+        node = node[part]
+    node[leaf] = yaml.safe_load(raw)
+
+
+def describe_errors(err: ValidationError) -> str:
+    """``field.path: message; …`` for every problem pydantic found."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in err.errors())
+
+
+def load_config(schema: type[S], source: str | Path | Mapping[str, Any] | None = None,
+                overrides: Iterable[str] = ()) -> S:
+    """Read ``source`` (a YAML file, a shipped preset's name, a mapping, or None for all defaults), apply the
+    ``key.sub=value`` ``overrides`` and validate against ``schema``; raises :class:`ConfigError`."""
+    if source is None or isinstance(source, Mapping):
+        data, origin = copy.deepcopy(dict(source or {})), schema.__name__
+    else:
+        path = config_path(source)
+        data, origin = yaml.safe_load(path.read_text()) or {}, str(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: expected a mapping at the top level")
+    for item in overrides:
+        apply_override(data, item)
+    try:
+        return schema.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"{origin}: {describe_errors(err)}") from err
+
+
+def field_of(schema: type[BaseModel], name: str) -> FieldInfo:
+    """A copy of field ``name`` of ``schema`` (default, constraints, description), to declare the same setting
+    in another schema: ``replicas: int = field_of(ServeConfig, "replicas")``."""
+    return copy.copy(schema.model_fields[name])
+
+
+def default_of(owner: type, name: str) -> Any:
+    """The default of field ``name`` of a pydantic model or a dataclass (a new value from a factory)."""
+    if issubclass(owner, BaseModel):
+        return owner.model_fields[name].get_default(call_default_factory=True)
+    (found,) = (f for f in dataclasses.fields(owner) if f.name == name)
+    return found.default_factory() if found.default is dataclasses.MISSING else found.default

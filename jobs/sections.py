@@ -1,0 +1,55 @@
+"""Config sections that several jobs share: where MLflow runs and models go (:class:`TrackingSection`), how
+shards are read (:class:`ReadSection`) and how an S3-compatible store is reached (:class:`S3Section`)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from jobs.config import Section, default_of
+from pipelines.options import ReadOptions
+from pipelines.shards import S3Options
+
+
+class TrackingSection(Section):
+    """The MLflow store (``tracking_uri``, resolved by :func:`jobs.registry.tracking.tracking_uri`) and the
+    registered model that trained versions join and whose aliases are promoted and served."""
+
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
+                                     "./mlflow.db).")
+    registered_model: str = Field("visor", description="Registered model (new versions join it; its aliases are "
+                                  "promoted and served).")
+
+
+REGISTERED_MODEL: str = default_of(TrackingSection, "registered_model")
+
+
+class ReadSection(Section):
+    """How shards are read and preprocessed (``pipelines.options.ReadOptions``, whose defaults these are)."""
+
+    max_length: int = Field(default_of(ReadOptions, "max_length"), ge=8,
+                            description="Longest sequence accepted, in tokens.")
+    max_image_pixels: int = Field(default_of(ReadOptions, "max_image_pixels"), ge=1,
+                                  description="Largest image accepted, in pixels.")
+    preprocess_batch_size: int = Field(default_of(ReadOptions, "preprocess_batch_size"), ge=1,
+                                       description="Samples per preprocessing (map_batches) call.")
+    preprocess_cpus: float = Field(default_of(ReadOptions, "preprocess_cpus"), gt=0,
+                                   description="CPUs reserved by each read and preprocessing task.")
+    preprocess_concurrency: int | None = Field(default_of(ReadOptions, "preprocess_concurrency"), ge=1,
+                                               description="Preprocessing tasks at once (None: Ray decides).")
+
+    def read_options(self) -> ReadOptions:
+        return ReadOptions(**{name: getattr(self, name) for name in ReadSection.model_fields})
+
+
+class S3Section(Section):
+    """An S3-compatible store; unset fields fall back to the ``AWS_*`` environment variables.
+    Credentials are never read from the config (use the environment or an instance role)."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+
+    def options(self) -> S3Options:
+        options = S3Options()
+        options.endpoint_url = self.endpoint_url or options.endpoint_url
+        options.region = self.region or options.region
+        return options

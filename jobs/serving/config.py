@@ -1,0 +1,55 @@
+"""Settings of the endpoint (:class:`ServeConfig`, :class:`Limits`), as :class:`jobs.config.Section` schemas.
+
+``visor serve`` takes its flags' defaults and help from these fields, a Ray Serve ``serveConfigV2``
+passes them as the application's ``args`` (:func:`jobs.serving.serve.app_builder`), and the infra values
+file declares the same fields (``serve:``) for the RayService it renders.
+"""
+
+from __future__ import annotations
+
+import os
+
+from pydantic import Field, model_validator
+
+from jobs.config import Section, default_of, field_of
+from jobs.sections import REGISTERED_MODEL, TrackingSection
+from pipelines.options import ReadOptions
+
+TOKEN_ENV = "VISOR_API_TOKEN"
+
+
+class Limits(Section):
+    """What a request may ask for; anything beyond is answered with a 4xx."""
+
+    max_image_bytes: int = Field(10_000_000, ge=1, description="Largest encoded image accepted, in bytes.")
+    max_image_pixels: int = Field(default_of(ReadOptions, "max_image_pixels"), ge=1,
+                                  description="Largest image accepted, in pixels (decompression bombs).")
+    max_new_tokens: int = Field(512, ge=1, description="Largest max_tokens a request may ask for.")
+    allow_image_urls: bool = Field(False, description="Also accept http(s) image URLs (default: data URLs only).")
+    max_images: int = Field(1, ge=1, description="Images per request.")
+
+
+class ServeConfig(Section):
+    """Server settings; ``api_token`` defaults to ``$VISOR_API_TOKEN`` (None: no authentication)."""
+
+    renamed = {"model_uri": "model", "num_replicas": "replicas", "reload_poll_s": "reload_poll_seconds"}
+
+    model: str = Field(f"models:/{REGISTERED_MODEL}@champion", description="MLflow model URI to serve.")
+    tracking_uri: str | None = field_of(TrackingSection, "tracking_uri")
+    host: str = Field("127.0.0.1", description="Address of the HTTP proxy.")
+    port: int = Field(8000, ge=0, le=65535, description="Port of the HTTP proxy.")
+    replicas: int = Field(1, ge=1, description="Model replicas.")
+    cpus_per_replica: float = Field(1.0, gt=0, description="CPUs reserved by each replica.")
+    max_ongoing_requests: int = Field(32, ge=1, description="In-flight requests per replica.")
+    max_batch_size: int = Field(8, ge=1, description="Requests per generate batch.")
+    batch_wait_timeout_s: float = Field(0.02, ge=0, description="Longest wait for a batch to fill, in seconds.")
+    reload_poll_seconds: float = Field(0.0, ge=0, description="Seconds between checks of the alias (0: only on "
+                                       "POST /admin/reload).")
+    api_token: str | None = Field(default_factory=lambda: os.environ.get(TOKEN_ENV) or None, repr=False)
+    limits: Limits = Field(default_factory=Limits)
+
+    @model_validator(mode="after")
+    def _batches_can_fill(self) -> ServeConfig:
+        if self.max_ongoing_requests < self.max_batch_size:
+            raise ValueError("max_ongoing_requests must be >= max_batch_size, or batches can never fill")
+        return self
