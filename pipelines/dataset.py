@@ -1,6 +1,6 @@
 """The one data path of every job: shards → Ray Data → validated, tiled, tokenized rows.
 
-``build_split`` resolves a shard spec, reads it with :class:`pipelines.reader.ShardDatasource`
+``build_split`` reads a shard set (or lists a spec) with :class:`pipelines.reader.ShardDatasource`
 (raw bytes, streaming, one read task per shard file) and runs
 :func:`preprocess_batch` in ``map_batches``: each sample is validated
 (:func:`pipelines.validate.parse_sample`) and turned into model inputs by
@@ -27,8 +27,9 @@ Output rows (one per valid sample):
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -36,7 +37,7 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 
 from .options import ReadOptions
 from .reader import ShardDatasource
-from .shards import S3Options, ShardInfo, data_version, resolve_shards
+from .shards import ShardSet
 from .validate import Rejected, parse_sample
 
 if TYPE_CHECKING:
@@ -55,19 +56,23 @@ class Split:
     """A lazily read, preprocessed split: its Ray ``dataset`` and the ``shards`` it reads."""
 
     dataset: ray.data.Dataset
-    shards: list[ShardInfo]
+    shards: ShardSet
 
     @property
     def version(self) -> str:
-        return data_version(self.shards)
+        return self.shards.version
 
 
 def _quarantine(row: dict, reason: str, detail: str) -> dict:
     return {"url": row["url"], "key": row["key"], "reason": reason, "detail": detail[:500]}
 
 
-def _empty_output() -> dict[str, np.ndarray]:
-    return {name: np.empty(0, dtype=object) for name in OUTPUT_COLUMNS}
+def object_column(values: Sequence[Any]) -> np.ndarray:
+    """A 1-D object array with one element per value (``np.array`` would stack equal-shaped arrays into one
+    block): how variable-shape tensors travel in a Ray Data column."""
+    column = np.empty(len(values), dtype=object)
+    column[:] = values
+    return column
 
 
 def preprocess_batch(
@@ -120,13 +125,9 @@ def preprocess_batch(
 
         ray.get(ledger.add.remote(batch.num_rows, len(out["key"]), rejected))
     if not out["key"]:
-        return _empty_output()
-    result = {name: np.array(values) for name, values in out.items() if name not in TENSOR_COLUMNS}
-    for name in TENSOR_COLUMNS:
-        column = np.empty(len(out[name]), dtype=object)
-        column[:] = out[name]
-        result[name] = column
-    return result
+        return {name: object_column([]) for name in OUTPUT_COLUMNS}
+    return {name: object_column(values) if name in TENSOR_COLUMNS else np.array(values)
+            for name, values in out.items()}
 
 
 def _tile_shape(processor: VisorProcessor) -> tuple[int, int, int]:
@@ -135,26 +136,27 @@ def _tile_shape(processor: VisorProcessor) -> tuple[int, int, int]:
 
 
 def build_split(
-    spec: str | list[str],
+    source: ShardSet | str | Sequence[str],
     processor: VisorProcessor,
     options: ReadOptions | None = None,
     ledger: ActorHandle | None = None,
-    storage: S3Options | None = None,
 ) -> Split:
-    """The preprocessed Ray dataset of the shards named by ``spec`` (lazy; see the module docstring).
+    """The preprocessed Ray dataset of ``source`` — a :class:`~pipelines.shards.ShardSet`, or a spec listed
+    here — lazy; see the module docstring.
 
-    Raises ``ValueError`` / ``FileNotFoundError`` / ``PermissionError`` naming the
-    spec before anything runs when it matches nothing or S3 refuses the listing.
+    Listing a spec raises ``ValueError`` / ``FileNotFoundError`` / ``PermissionError``
+    naming it before anything runs when it matches nothing or S3 refuses the listing.
     """
     import ray.data
 
     options = options or ReadOptions()
-    shards = resolve_shards(spec, storage)
-    remote = [s for s in shards if s.url.startswith("s3://")]
+    shards = ShardSet.of(source)
+    remote = [s for s in shards.shards if s.url.startswith("s3://")]
     if remote and len(remote) != len(shards):
-        raise ValueError(f"shard spec {spec!r} mixes S3 and local shards; read them as separate splits")
-    filesystem = (storage or S3Options()).filesystem() if remote else None
-    paths = [s.url.removeprefix("s3://") for s in shards]
+        raise ValueError(f"{len(remote)} of the {len(shards)} shards are on S3, the others local; read them as "
+                         "separate splits")
+    filesystem = shards.storage.filesystem() if remote else None
+    paths = [s.url.removeprefix("s3://") for s in shards.shards]
     source = ShardDatasource(
         paths, filesystem=filesystem, rows_per_block=options.rows_per_block, url_scheme="s3://" if remote else ""
     )

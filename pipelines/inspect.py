@@ -23,7 +23,7 @@ import numpy as np
 from .dataset import build_split
 from .options import ReadOptions
 from .quarantine import QuarantineLedger
-from .shards import S3Options
+from .shards import ShardSet
 
 if TYPE_CHECKING:
     from visor_model.processing import VisorProcessor
@@ -40,20 +40,20 @@ def _token_stats(lengths: list[int]) -> dict[str, float]:
 
 
 def inspect_shards(
-    spec: str | list[str],
+    source: ShardSet | str | list[str],
     processor: VisorProcessor,
     options: ReadOptions | None = None,
-    storage: S3Options | None = None,
     report_path: Path | None = None,
 ) -> dict:
-    """Statistics of the shards named by ``spec`` (see the module docstring); one pass over the data.
+    """Statistics of the shards of ``source`` (a shard set or a spec; see the module docstring); one pass over
+    the data.
 
     Writes the quarantine report (JSON lines) to ``report_path`` when given.
     """
     import ray
 
     ledger = QuarantineLedger.remote()
-    split = build_split(spec, processor, options, ledger, storage)
+    split = build_split(source, processor, options, ledger)
     types: Counter[str] = Counter()
     tiles: Counter[int] = Counter()
     lengths: list[int] = []
@@ -85,12 +85,11 @@ def _unnormalize(tiles: np.ndarray, processor: VisorProcessor) -> np.ndarray:
 
 
 def render_samples(
-    spec: str | list[str],
+    source: ShardSet | str | list[str],
     processor: VisorProcessor,
     out: Path,
     count: int = 4,
     options: ReadOptions | None = None,
-    storage: S3Options | None = None,
 ) -> list[Path]:
     """Draw the first ``count`` valid samples to ``out/<key>.png``: every tile of the image
     (the base tile first, as the model receives them) and the conversation's text."""
@@ -101,7 +100,7 @@ def render_samples(
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    split = build_split(spec, processor, options, None, storage)
+    split = build_split(source, processor, options)
     paths = []
     for row in split.dataset.limit(count).iter_rows():
         tiles = _unnormalize(np.asarray(row["pixel_values"]), processor) if row["num_tiles"] else []

@@ -10,6 +10,10 @@ The *data version* (:func:`data_version`) hashes, for every shard, its name
 relative to its spec root, its size and the MD5 of its bytes. The MD5 equals the
 S3 ETag of a non-multipart upload, so the same files give the same version
 whether listed locally or from S3; the order of the list does not matter.
+
+A :class:`ShardSet` is a spec listed once, with the S3 options that reach it: a
+job lists its data once and passes the set down (to the split, the data version,
+the processor next to the shards) instead of the spec.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import glob
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -198,7 +203,7 @@ def resolve_shards(spec: str | list[str], storage: S3Options | None = None) -> l
     return shards
 
 
-def data_version(shards: list[ShardInfo]) -> str:
+def data_version(shards: Sequence[ShardInfo]) -> str:
     """16 hex chars of the SHA-256 of the sorted (name, size, content MD5) of ``shards``.
 
     Independent of list order and of where the shards live (local or S3); changes
@@ -206,3 +211,42 @@ def data_version(shards: list[ShardInfo]) -> str:
     """
     rows = sorted((s.name, s.size, s.fingerprint) for s in shards)
     return hashlib.sha256(json.dumps(rows, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    """The shards of a spec, listed once (``shards``, in :func:`resolve_shards` order), and the S3 options
+    (``storage``) that reach them."""
+
+    shards: tuple[ShardInfo, ...]
+    storage: S3Options = field(default_factory=S3Options)
+
+    @classmethod
+    def resolve(cls, spec: str | Sequence[str], storage: S3Options | None = None) -> ShardSet:
+        """List ``spec`` now (raises as :func:`resolve_shards` does)."""
+        storage = storage or S3Options()
+        return cls(tuple(resolve_shards(list(spec) if not isinstance(spec, str) else spec, storage)), storage)
+
+    @classmethod
+    def of(cls, source: ShardSet | str | Sequence[str]) -> ShardSet:
+        """``source`` itself when it is already listed, else its listing (S3 options from the environment)."""
+        return source if isinstance(source, ShardSet) else cls.resolve(source)
+
+    def __len__(self) -> int:
+        return len(self.shards)
+
+    @property
+    def version(self) -> str:
+        """The data version of these shards (:func:`data_version`)."""
+        return data_version(self.shards)
+
+    def processor_dir(self) -> Path | None:
+        """The ``processor/`` directory beside the first local shard — in its folder or the one above, where
+        ``visor data synth`` writes the processor of its shards; None for S3 shards or when there is none."""
+        first = self.shards[0].url
+        if first.startswith("s3://"):
+            return None
+        for folder in Path(first).parents[:2]:
+            if (folder / "processor").is_dir():
+                return folder / "processor"
+        return None

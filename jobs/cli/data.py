@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from jobs.cli.options import load, option
+from jobs.cli.options import load, option, usage_errors
 from jobs.sections import ReadSection
 
 data_app = typer.Typer(help="Data tools: synthetic VQA shards, shard statistics.", no_args_is_help=True)
@@ -31,18 +31,6 @@ def synth(
     typer.echo(f"wrote {out}")
 
 
-def default_processor_dir(spec: str) -> Path | None:
-    """``<spec>/processor`` (or the parent's, for a file or glob spec) when it exists: where
-    ``visor data synth`` writes the matching processor."""
-    if spec.startswith("s3://"):
-        return None
-    path = Path(spec.split("*")[0].split("{")[0])
-    for directory in (path, path.parent):
-        if (directory / "processor").is_dir():
-            return directory / "processor"
-    return None
-
-
 @data_app.command()
 def inspect(
     spec: list[str] = typer.Argument(..., help="Shard spec(s): file, directory, glob, brace pattern or s3://…"),
@@ -57,9 +45,12 @@ def inspect(
     """Sample count, question types, token and tile distributions, bad samples by reason, data version."""
     from jobs.cluster.ray_env import init_ray
     from pipelines.inspect import inspect_shards, render_samples
+    from pipelines.shards import ShardSet
     from visor_model.processing import VisorProcessor
 
-    source = processor or default_processor_dir(spec[0])
+    with usage_errors("SPEC"):
+        shards = ShardSet.resolve(spec)
+    source = processor or shards.processor_dir()
     if source is None:
         raise typer.BadParameter("no processor/ next to the shards; pass --processor DIR", param_hint="--processor")
     try:
@@ -68,11 +59,9 @@ def inspect(
         raise typer.BadParameter(f"cannot load a processor from {source}: {err}", param_hint="--processor") from err
     options = load(ReadSection, {"max_length": max_length, "max_image_pixels": max_image_pixels}).read_options()
     init_ray()
-    try:
-        stats = inspect_shards(spec, loaded, options, report_path=report)
-        rendered = render_samples(spec, loaded, render, render_count, options) if render else []
-    except (ValueError, OSError) as err:
-        raise typer.BadParameter(str(err), param_hint="SPEC") from err
+    with usage_errors("SPEC"):
+        stats = inspect_shards(shards, loaded, options, report_path=report)
+        rendered = render_samples(shards, loaded, render, render_count, options) if render else []
     if as_json:
         typer.echo(json.dumps(stats))
         return

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from jobs.cli.options import TRACKING_URI, load, option
+from jobs.cli.options import TRACKING_URI, load, option, usage_errors
 from jobs.evaluation.config import PolicyOptions, ScoreOptions
 
 commands = typer.Typer()
@@ -28,10 +28,8 @@ def train_policy(
 
     options = load(PolicyOptions, {"loss_tolerance": loss_tolerance, "accuracy_target": accuracy_target,
                                    "epochs": epochs, "registered_model": registered_model})
-    try:
+    with usage_errors():
         outcome = run_policy_job(model, data, resolve_uri(tracking_uri), options)
-    except (ValueError, OSError) as err:
-        raise typer.BadParameter(str(err)) from err
     typer.echo(f"τ = {outcome.tau}; held-out accuracy {outcome.heldout['accuracy']:.3f} at "
                f"{outcome.heldout['mean_flops'] / 1e9:.4f} GFLOPs (largest budget "
                f"{outcome.heldout['largest_budget_accuracy']:.3f} at "
@@ -63,10 +61,8 @@ def evaluate(
             raise typer.BadParameter(f"{item!r}: expected NAME=URI", param_hint="--baseline")
         baselines[label] = uri
     options = load(ScoreOptions, {"batch_size": batch_size, "actors": actors})
-    try:
+    with usage_errors():
         outcome = run_evaluate(model, data, resolve_uri(tracking_uri), options, baselines, out)
-    except (ValueError, OSError) as err:
-        raise typer.BadParameter(str(err)) from err
     typer.echo(format_report(outcome.report))
     typer.echo(f"data version {outcome.report['data_version']}, {outcome.report['samples']} samples; "
                f"MLflow run {outcome.run_id}")

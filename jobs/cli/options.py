@@ -3,19 +3,20 @@
 ``option(ServeConfig, "port")`` is a Typer option whose default and ``--help`` text are those of the
 schema's field; the command then builds its config with :func:`load` (the one loader of
 :mod:`jobs.config`), so the flag's value is checked by the same schema and a bad one is a usage error
-(exit code 2) that names the field. :func:`renamed_flag` keeps an old flag spelling working, with a
-deprecation warning, for one release.
+(exit code 2) that names the field — as is any ``ValueError``/``OSError`` inside :func:`usage_errors`.
+:func:`renamed_flag` keeps an old flag spelling working, with a deprecation warning, for one release.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
 
-from jobs.config import ConfigError, Section, load_config, warn_renamed
+from jobs.config import Section, load_config, warn_renamed
 from jobs.sections import TrackingSection
 
 S = TypeVar("S", bound=Section)
@@ -44,10 +45,18 @@ def renamed_flag(old: str, new: str) -> Any:
     return typer.Option(None, old, hidden=True, callback=warn)
 
 
+@contextmanager
+def usage_errors(param_hint: str | None = None) -> Iterator[None]:
+    """Turn a ``ValueError`` (a bad config included) or ``OSError`` raised inside into a usage error (exit
+    code 2) with its message, attributed to ``param_hint``."""
+    try:
+        yield
+    except (ValueError, OSError) as err:
+        raise typer.BadParameter(str(err), param_hint=param_hint) from err
+
+
 def load(schema: type[S], source: str | Path | Mapping[str, Any] | None = None, overrides: Iterable[str] = (),
          param_hint: str | None = None) -> S:
     """:func:`jobs.config.load_config`, with a bad config turned into a usage error naming the field."""
-    try:
+    with usage_errors(param_hint):
         return load_config(schema, source, overrides)
-    except ConfigError as err:
-        raise typer.BadParameter(str(err), param_hint=param_hint) from err

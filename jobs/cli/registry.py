@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from jobs.cli.options import SET, TRACKING_URI, load, option, renamed_flag
+from jobs.cli.options import SET, TRACKING_URI, load, option, renamed_flag, usage_errors
 from jobs.registry.config import PromotionRule
 from jobs.sections import TrackingSection
 
@@ -42,15 +42,12 @@ def retrain(
     set_: list[str] = SET,
 ) -> None:
     """Train → policy → evaluate → promote when the training data changed; skip otherwise."""
-    from jobs.config import ConfigError
     from jobs.registry.config import RetrainConfig
     from jobs.registry.retrain import AlreadyRunning, run_retrain
 
-    loaded = load(RetrainConfig, config, set_, "--config/--set")
     try:
-        outcome = run_retrain(loaded)
-    except (ConfigError, ValueError) as err:
-        raise typer.BadParameter(str(err), param_hint="--config/--set") from err
+        with usage_errors("--config/--set"):
+            outcome = run_retrain(load(RetrainConfig, config, set_))
     except AlreadyRunning as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(3) from err

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from jobs.cli.options import SET, load
+from jobs.cli.options import SET, load, usage_errors
 
 commands = typer.Typer()
 
@@ -19,10 +19,8 @@ def train(
     from jobs.train.driver import run_training
 
     loaded = load(TrainConfig, config, set_, "--config/--set")
-    try:
+    with usage_errors("--config/--set"):
         outcome = run_training(loaded)
-    except ValueError as err:
-        raise typer.BadParameter(str(err), param_hint="--config/--set") from err
     typer.echo(f"trained {outcome.steps} steps on data version {outcome.data_version}; "
                f"quarantined {outcome.quarantine.get('quarantined') or 'nothing'}")
     typer.echo(f"MLflow run {outcome.run_id} in {outcome.tracking_uri}")

@@ -31,6 +31,7 @@ import numpy as np
 
 from jobs.evaluation.config import ScoreOptions
 from jobs.evaluation.scoring import Scores, score_split
+from pipelines.shards import ShardSet
 
 EXPERIMENT = "visor-eval"
 
@@ -129,22 +130,24 @@ class EvalOutcome:
 
 
 def evaluate(
-    model_uri: str, spec: str | list[str], tracking_uri: str, options: ScoreOptions | None = None,
+    model_uri: str, spec: ShardSet | str | list[str], tracking_uri: str, options: ScoreOptions | None = None,
     baselines: dict[str, str] | None = None, out: Path | None = None, parent_run_id: str | None = None,
 ) -> EvalOutcome:
-    """Score ``model_uri`` (and ``baselines``) on ``spec``; log the report and plots; tag the version."""
+    """Score ``model_uri`` (and ``baselines``) on the shards of ``spec`` (listed once); log the report and
+    plots; tag the version."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
     from jobs.cluster.ray_env import init_ray
     from jobs.registry.tracking import git_commit, registered_version, start_job_run
 
+    data = ShardSet.of(spec)
     init_ray()
-    scores = score_split(model_uri, spec, tracking_uri, options)
+    scores = score_split(model_uri, data, tracking_uri, options)
     rows = summarize(scores)
     point = operating_point(rows)
     for name, uri in (baselines or {}).items():
-        top = operating_point(summarize(score_split(uri, spec, tracking_uri, options)))
+        top = operating_point(summarize(score_split(uri, data, tracking_uri, options)))
         rows.append(dict(top, name=name, baseline=True, model_uri=uri))
     report = {"model_uri": model_uri, "data_version": scores.data_version, "samples": scores.num_samples,
               "quarantine": scores.quarantine, "rows": rows, "operating_point": point["name"]}

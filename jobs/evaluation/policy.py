@@ -28,6 +28,7 @@ import torch
 
 from jobs.evaluation.config import PolicyOptions, PolicyTraining
 from jobs.evaluation.scoring import Scores, score_split
+from pipelines.shards import ShardSet
 
 EXPERIMENT = "visor-policy"
 TAU_GRID = tuple(round(t, 2) for t in np.arange(0.05, 1.0, 0.05))
@@ -112,7 +113,7 @@ def fit_policy(scores: Scores, hidden_size: int, policy_hidden_size: int, option
 
 
 def run_policy_job(
-    model_uri: str, spec: str | list[str], tracking_uri: str, options: PolicyOptions | None = None,
+    model_uri: str, spec: ShardSet | str | list[str], tracking_uri: str, options: PolicyOptions | None = None,
     parent_run_id: str | None = None,
 ) -> PolicyOutcome:
     """The whole job (see the module docstring)."""
@@ -124,7 +125,7 @@ def run_policy_job(
 
     options = options or PolicyOptions()
     init_ray()
-    scores = score_split(model_uri, spec, tracking_uri, options.score)
+    scores = score_split(model_uri, ShardSet.of(spec), tracking_uri, options.score)
     mlflow.set_tracking_uri(tracking_uri)
     model, processor = load_visor(model_uri)
     text = model.config.text_config

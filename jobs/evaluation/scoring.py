@@ -40,7 +40,7 @@ import torch
 
 from jobs.evaluation.config import ScoreOptions
 from pipelines.dataset import Collator
-from pipelines.shards import S3Options
+from pipelines.shards import ShardSet
 from visor_model import VisorForConditionalGeneration
 from visor_model.flops import baseline_flops, visor_flops
 from visor_model.policy import choose_budget
@@ -147,11 +147,8 @@ def model_dir(model_uri: str) -> Path:
     return Path(mlflow.artifacts.download_artifacts(model_uri)) / "artifacts" / MODEL_ARTIFACT
 
 
-def score_split(
-    model_uri: str, spec: str | list[str], tracking_uri: str, options: ScoreOptions | None = None,
-    storage: S3Options | None = None,
-) -> Scores:
-    """Score every valid sample of ``spec`` at every budget with Ray Data actors (see :class:`Scorer`)."""
+def score_split(model_uri: str, data: ShardSet, tracking_uri: str, options: ScoreOptions | None = None) -> Scores:
+    """Score every valid sample of ``data`` at every budget with Ray Data actors (see :class:`Scorer`)."""
     import mlflow
     import ray
 
@@ -163,7 +160,7 @@ def score_split(
     mlflow.set_tracking_uri(tracking_uri)
     processor = VisorProcessor.from_pretrained(model_dir(model_uri))
     ledger = QuarantineLedger.remote()
-    split = build_split(spec, processor, options.read.read_options(), ledger, storage)
+    split = build_split(data, processor, options.read.read_options(), ledger)
     scored = split.dataset.map_batches(
         Scorer, fn_constructor_kwargs={"model_uri": model_uri, "tracking_uri": tracking_uri, "tau": options.tau},
         batch_size=options.batch_size, batch_format="numpy", concurrency=options.actors,
@@ -174,7 +171,7 @@ def score_split(
         for name, values in batch.items():
             parts.setdefault(name, []).append(values)
     if not parts:
-        raise ValueError(f"no valid sample to score in {spec!r}")
+        raise ValueError(f"no valid sample to score in the {len(data)} shard(s) starting with {data.shards[0].url}")
     columns = {name: np.concatenate(values) for name, values in parts.items()}
     report = ray.get(ledger.report.remote())
     return Scores(columns, split.version, report.summary())

@@ -94,11 +94,12 @@ def run_retrain(config: RetrainConfig) -> RetrainOutcome:
     from jobs.registry.promote import promote
     from jobs.registry.tracking import alias_version, create_run, git_commit, tracking_uri
     from jobs.train.config import load_train_config
-    from jobs.train.driver import check_shards, run_training, storage_options
-    from pipelines.shards import data_version
+    from jobs.train.driver import resolve_training_data, run_training
+    from pipelines.shards import ShardSet
 
     train_config = load_train_config(config.train_config, config.train_overrides)
-    version = data_version(check_shards(train_config, storage_options(train_config)))
+    data = resolve_training_data(train_config)  # listed once: its version decides, the training reads it
+    version = data.version
     uri = tracking_uri(train_config.mlflow.tracking_uri)
     name = train_config.mlflow.registered_model
     lock = Path(config.lock_dir).expanduser().resolve() / f"retrain-{name}.lock"
@@ -120,7 +121,7 @@ def run_retrain(config: RetrainConfig) -> RetrainOutcome:
 
         try:
             fail_stage(stage)
-            trained = run_training(train_config, parent_run_id=parent_id)
+            trained = run_training(train_config, parent_run_id=parent_id, data=data)
             stage = finished("policy")
             fail_stage(stage)
             options = PolicyOptions(**config.policy.model_dump(exclude={"data"}), registered_model=name,
@@ -129,11 +130,11 @@ def run_retrain(config: RetrainConfig) -> RetrainOutcome:
                                     options, parent_run_id=parent_id)
             stage = finished("evaluate")
             fail_stage(stage)
-            report = evaluate(f"models:/{name}/{policy.registered_version}", config.eval_data, uri, config.score,
+            eval_data = ShardSet.resolve(config.eval_data)  # the challenger and the champion score one listing
+            report = evaluate(f"models:/{name}/{policy.registered_version}", eval_data, uri, config.score,
                               parent_run_id=parent_id).report
             if champion is not None and f"eval/{report['data_version']}/accuracy" not in champion.tags:
-                evaluate(f"models:/{name}/{champion.version}", config.eval_data, uri, config.score,
-                         parent_run_id=parent_id)
+                evaluate(f"models:/{name}/{champion.version}", eval_data, uri, config.score, parent_run_id=parent_id)
             stage = finished("promote")
             fail_stage(stage)
             decision = promote(uri, name, config.promote)

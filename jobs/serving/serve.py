@@ -102,23 +102,17 @@ def run_batch(items: list[Item]) -> list[dict]:
     return results
 
 
-def _column(values: list) -> np.ndarray:
-    column = np.empty(len(values), dtype=object)
-    column[:] = values
-    return column
-
-
 @torch.no_grad()
 def _generate(items: list[Item]) -> list[dict]:
-    from pipelines.dataset import Collator
+    from pipelines.dataset import Collator, object_column
     from visor_model.flops import baseline_flops, visor_flops
     from visor_model.policy import choose_budget
 
     loaded = items[0].loaded
     model, tokenizer = loaded.model, loaded.processor.tokenizer
     batch = Collator(tokenizer.pad_token_id, padding_side="left")(
-        {name: _column([item.inputs[name] for item in items]) for name in ("input_ids", "pixel_values",
-                                                                            "image_sizes")}
+        {name: object_column([item.inputs[name] for item in items]) for name in ("input_ids", "pixel_values",
+                                                                                  "image_sizes")}
     )
     budgets = torch.tensor([0 if item.request.budget == "auto" else int(item.request.budget) for item in items])
     auto = [i for i, item in enumerate(items) if item.request.budget == "auto"]

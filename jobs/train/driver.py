@@ -1,18 +1,18 @@
 """``visor train``: budget-sampled training of the universal VISOR network on Ray Train, tracked in MLflow.
 
-Driver (:func:`run_training`): validates everything that can be checked
-before a worker starts (config, shard specs, processor), builds the Ray Data
-split, opens the MLflow run and logs the config as params, runs the
-``TorchTrainer``, then logs the quarantine report and the final model and
-registers it as a new version with alias ``challenger``.
+Driver (:func:`run_training`): checks everything that can be checked before a
+worker starts — the shards are listed once (:func:`resolve_training_data`; the
+data version, the split and the default processor all come from that listing),
+the processor loads — builds the Ray Data split, opens the MLflow run and logs
+the config as params, hands every worker its :class:`~jobs.train.worker.WorkerInputs`
+and runs the ``TorchTrainer``, then logs the quarantine report and the final
+model and registers it as a new version with alias ``challenger``.
 
 Resuming: workers lost during a run are replaced and continue from the latest
 checkpoint (``run.max_failures``). If the driver itself dies, starting the
 same job again (same ``name``) finds the unfinished MLflow run, reads the Ray
 Train run it used (tag ``visor.ray_run``) and resumes it from its latest
 checkpoint; once a run has finished, the same command trains a new model.
-
-The workers run :func:`jobs.train.worker.train_loop`.
 """
 
 from __future__ import annotations
@@ -22,10 +22,13 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobs.train.config import TrainConfig
-from pipelines.shards import S3Options, data_version, resolve_shards
+from pipelines.shards import S3Options, ShardSet
+
+if TYPE_CHECKING:
+    from visor_model.processing import VisorProcessor
 
 RAY_RUN_TAG = "visor.ray_run"  # the Ray Train run (checkpoint directory name) of an MLflow run
 
@@ -45,94 +48,92 @@ class TrainOutcome:
     metrics: dict = field(default_factory=dict)
 
 
-def storage_options(config: TrainConfig) -> S3Options:
-    return config.data.s3.options()
-
-
-def check_shards(config: TrainConfig, storage: S3Options) -> list:
-    """Resolve the training shard specs now, naming the config field when one fails."""
+def resolve_training_data(config: TrainConfig) -> ShardSet:
+    """The training shards, listed once for the whole run, with the S3 options (``data.s3``) that reach them
+    and the run's storage; a spec that matches nothing or cannot be listed names ``data.train``."""
     try:
-        return resolve_shards(config.data.train, storage)
+        return ShardSet.resolve(config.data.train, config.data.s3.options())
     except (ValueError, OSError) as err:
         raise ValueError(f"data.train: {err}") from err
 
 
-def default_processor_dir(shards: list) -> Path | None:
-    """``<directory of the first local training shard>/processor`` when it exists."""
-    first = shards[0].url
-    if first.startswith("s3://"):
-        return None
-    candidate = Path(first).parent / "processor"
-    return candidate if candidate.is_dir() else None
+def _processor(config: TrainConfig, data: ShardSet) -> VisorProcessor:
+    from jobs.train.model_setup import build_processor
+
+    try:
+        return build_processor(config.model, data.processor_dir())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"model.processor: cannot load a processor ({err})") from err
 
 
-def _storage(config: TrainConfig) -> tuple[str, Any]:
-    """``RunConfig`` storage path and filesystem (an explicit one for S3, built from the S3 config)."""
-    path = config.run.storage_path
+def _run_storage(path: str, storage: S3Options) -> tuple[str, Any]:
+    """``RunConfig`` storage path and filesystem (an explicit one for ``s3://``, from the data's S3 options)."""
     if not path.startswith("s3://"):
         return str(Path(path).expanduser().resolve()), None
     import pyarrow.fs
 
-    filesystem = pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(storage_options(config).filesystem()))
-    return path.removeprefix("s3://"), filesystem
+    return path.removeprefix("s3://"), pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(storage.filesystem()))
 
 
-def run_training(config: TrainConfig, parent_run_id: str | None = None) -> TrainOutcome:
-    """Run the whole job (see the module docstring); raises before starting workers on a bad config.
+def _open_run(config: TrainConfig, uri: str, data_version: str, parent_run_id: str | None) -> tuple[str, str]:
+    """The MLflow run (new, or the unfinished one of this ``name``) with the config logged as params, and the
+    name of its Ray Train run (new, or the one to resume); nested under ``parent_run_id`` when given."""
+    from mlflow.tracking import MlflowClient
 
-    With ``parent_run_id`` (the retrain job) the run is nested under that run, in its experiment.
-    """
-    import ray.train
-    from ray.train.torch import TorchTrainer
+    from jobs.registry.tracking import flatten, git_commit, start_or_resume_run
 
-    from jobs.cluster.ray_env import init_ray
-    from jobs.faults import train_fault
-    from jobs.registry.tracking import flatten, git_commit, start_or_resume_run, tracking_uri
-    from jobs.train.model_setup import build_processor
-    from jobs.train.worker import train_loop
-    from pipelines.dataset import build_split
-    from pipelines.quarantine import QuarantineLedger
-
-    storage = storage_options(config)
-    shards = check_shards(config, storage)
-    try:
-        processor = build_processor(config.model, default_processor_dir(shards))
-    except (OSError, ValueError) as err:
-        raise ValueError(f"model.processor: cannot load a processor ({err})") from err
-    version = data_version(shards)
-
-    init_ray()
-    ledger = QuarantineLedger.remote()
-    split = build_split(config.data.train, processor, config.data.read_options(), ledger, storage)
-
-    uri = tracking_uri(config.mlflow.tracking_uri)
-    tags = {"data_version": version, "git_commit": git_commit(), "job": "train"}
+    client = MlflowClient(uri)
+    tags = {"data_version": data_version, "git_commit": git_commit(), "job": "train"}
     experiment = config.mlflow.experiment
     if parent_run_id is not None:
         tags["mlflow.parentRunId"] = parent_run_id
-        experiment = _client(uri).get_experiment(_client(uri).get_run(parent_run_id).info.experiment_id).name
+        experiment = client.get_experiment(client.get_run(parent_run_id).info.experiment_id).name
     run = start_or_resume_run(uri, experiment, config.name, tags)
     run_id = run.info.run_id
-    client = _client(uri)
     ray_run = run.data.tags.get(RAY_RUN_TAG)
     if ray_run is None:  # a new MLflow run trains from scratch; an unfinished one resumes its Ray run
         ray_run = f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}-{run_id[:6]}"
         client.set_tag(run_id, RAY_RUN_TAG, ray_run)
-    logged = set(client.get_run(run_id).data.params)  # a resumed run keeps the params it started with
-    params = {k: v for k, v in flatten(config.model_dump(mode="json")).items() if k not in logged}
-    _log_params(client, run_id, params)
+    logged = set(run.data.params)  # a resumed run keeps the params it started with
+    _log_params(client, run_id, {k: v for k, v in flatten(config.model_dump(mode="json")).items() if k not in logged})
+    return run_id, ray_run
 
-    storage_path, filesystem = _storage(config)
+
+def run_training(config: TrainConfig, parent_run_id: str | None = None, data: ShardSet | None = None) -> TrainOutcome:
+    """Run the whole job (see the module docstring); raises before starting workers on a bad config.
+
+    With ``parent_run_id`` (the retrain job) the run is nested under that run, in its experiment; ``data`` is
+    the training shards when the caller has listed them already (:func:`resolve_training_data`).
+    """
+    from functools import partial
+
+    import ray.train
+    from mlflow.tracking import MlflowClient
+    from ray.train.torch import TorchTrainer
+
+    from jobs.cluster.ray_env import init_ray
+    from jobs.faults import train_fault
+    from jobs.registry.tracking import tracking_uri
+    from jobs.train.worker import WorkerInputs, train_loop
+    from pipelines.dataset import build_split
+    from pipelines.quarantine import QuarantineLedger
+
+    data = data or resolve_training_data(config)
+    processor = _processor(config, data)
+    init_ray()
+    ledger = QuarantineLedger.remote()
+    split = build_split(data, processor, config.data.read_options(), ledger)
+    uri = tracking_uri(config.mlflow.tracking_uri)
+    run_id, ray_run = _open_run(config, uri, data.version, parent_run_id)
+    storage_path, filesystem = _run_storage(config.run.storage_path, data.storage)
+    sample_log = config.run.sample_log and filesystem is None
+    inputs = WorkerInputs(config, processor, run_id, uri, Path(storage_path) / ray_run if sample_log else None,
+                          train_fault(run_id))
     resources = {"CPU": config.scaling.cpus_per_worker}
     if config.scaling.use_gpu:
         resources["GPU"] = config.scaling.gpus_per_worker
     trainer = TorchTrainer(
-        train_loop,
-        train_loop_config={
-            "config": config.model_dump(mode="json"), "processor": processor, "run_id": run_id,
-            "tracking_uri": uri, "fault": train_fault(run_id),
-            "sample_log_dir": str(Path(storage_path) / ray_run) if filesystem is None else None,
-        },
+        partial(train_loop, inputs),
         scaling_config=ray.train.ScalingConfig(
             num_workers=config.scaling.num_workers, use_gpu=config.scaling.use_gpu, resources_per_worker=resources
         ),
@@ -143,6 +144,7 @@ def run_training(config: TrainConfig, parent_run_id: str | None = None) -> Train
         ),
         datasets={"train": split.dataset},
     )
+    client = MlflowClient(uri)
     try:
         result = trainer.fit()
     except Exception as err:
@@ -154,19 +156,13 @@ def run_training(config: TrainConfig, parent_run_id: str | None = None) -> Train
         _log_quarantine(client, run_id, report)
 
     outcome = TrainOutcome(
-        run_id=run_id, tracking_uri=uri, steps=int(result.metrics["step"]), data_version=version,
+        run_id=run_id, tracking_uri=uri, steps=int(result.metrics["step"]), data_version=data.version,
         checkpoint=result.checkpoint.path, quarantine=report.summary(), metrics=dict(result.metrics),
     )
     with result.checkpoint.as_directory() as directory:
         _log_and_register(config, outcome, Path(directory) / "model")
     client.set_terminated(run_id, "FINISHED")
     return outcome
-
-
-def _client(uri: str):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(uri)
 
 
 def _log_params(client, run_id: str, params: dict[str, str]) -> None:

@@ -1,10 +1,11 @@
-"""The loop every Ray Train worker of ``visor train`` runs (:func:`train_loop`).
+"""The loop every Ray Train worker of ``visor train`` runs: :func:`train_loop`, given its :class:`WorkerInputs`.
 
-Each worker builds the model, wraps it for DDP/FSDP, resumes
-from the latest checkpoint if there is one, and runs ``optim.max_steps``
-optimizer steps over its shard of the data (``get_dataset_shard``), sampling
-budgets per step (:func:`jobs.train.steps.budgets_for_step`). Rank 0 logs metrics
-to MLflow every ``run.log_every`` steps and prints a progress line; every
+Each worker builds the model, wraps it for DDP/FSDP, resumes from the latest
+checkpoint if there is one, and runs ``optim.max_steps`` optimizer steps over
+its shard of the data (``get_dataset_shard``), sampling budgets per step
+(:func:`jobs.train.steps.budgets_for_step`). After every step the workers
+all-reduce its statistics (:class:`StepStats`). Rank 0 logs metrics to MLflow
+every ``run.log_every`` steps and prints a progress line; every
 ``run.checkpoint_every`` steps and at the end all ranks report a checkpoint
 (rank 0 writes it).
 """
@@ -16,31 +17,76 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING
 
 import torch
 
+from jobs.faults import TrainFault
 from jobs.train.config import TrainConfig
+from jobs.train.steps import StepResult
+
+if TYPE_CHECKING:
+    from visor_model.processing import VisorProcessor
+
+
+@dataclass(frozen=True)
+class WorkerInputs:
+    """What the driver hands every worker, built once per run (``TorchTrainer(partial(train_loop, inputs))``)."""
+
+    config: TrainConfig
+    processor: VisorProcessor
+    run_id: str  # the MLflow run rank 0 logs to
+    tracking_uri: str
+    sample_log_dir: Path | None = None  # with run.sample_log on local storage: samples-rank<R>.jsonl go here
+    fault: TrainFault | None = None  # test-only (jobs.faults)
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """One optimizer step as all the workers saw it: the mean answer loss per budget trained (``losses``),
+    the mean seconds a worker waited for its batches (``data_wait_s``) and the samples trained (``samples``,
+    summed over the workers)."""
+
+    losses: dict[int, float]
+    data_wait_s: float
+    samples: int
+
+    @classmethod
+    def all_reduce(cls, step: StepResult, data_wait_s: float) -> StepStats:
+        """Combine this worker's ``step`` with every other worker's. Collective: every rank calls it."""
+        import torch.distributed as dist
+
+        values = torch.tensor([*step.losses.values(), data_wait_s, step.samples], dtype=torch.float64)
+        world = 1
+        if dist.is_initialized():
+            dist.all_reduce(values)
+            world = dist.get_world_size()
+        *losses, wait, samples = values.tolist()
+        return cls({b: loss / world for b, loss in zip(step.losses, losses, strict=True)}, wait / world,
+                   round(samples))
 
 
 @dataclass
 class _Meter:
-    """Sums over the current logging interval on one worker."""
+    """Sums over the current logging interval: data wait and step seconds, samples, losses per budget."""
 
     wait: float = 0.0
     total: float = 0.0
     samples: int = 0
     losses: dict[int, list[float]] = field(default_factory=dict)
 
-    def reset(self) -> None:
-        self.wait = self.total = 0.0
-        self.samples = 0
-        self.losses = {}
+    def add(self, stats: StepStats, seconds: float) -> None:
+        self.wait += stats.data_wait_s
+        self.total += seconds
+        self.samples += stats.samples
+        for budget, loss in stats.losses.items():
+            self.losses.setdefault(budget, []).append(loss)
 
 
-def _batches(shard, config: TrainConfig, collate, device) -> Any:
+def _batches(shard, config: TrainConfig, collate, device) -> Iterator[dict[str, torch.Tensor]]:
     """Batches of this worker's shard, epoch after epoch (Ray Data re-reads the split each epoch)."""
     epoch = 0
     while True:
@@ -57,40 +103,36 @@ def _batches(shard, config: TrainConfig, collate, device) -> Any:
         epoch += 1
 
 
-def _mean_across_workers(values: list[float]) -> list[float]:
-    import torch.distributed as dist
+def _prepared_model(inputs: WorkerInputs, world: int) -> torch.nn.Module:
+    """The model to train, its frozen groups set, wrapped for DDP/FSDP when there are several workers."""
+    import ray.train.torch
 
-    tensor = torch.tensor(values, dtype=torch.float64)
-    if dist.is_initialized():
-        dist.all_reduce(tensor)
-        tensor /= dist.get_world_size()
-    return tensor.tolist()
+    from jobs.train.model_setup import build_model, freeze
+
+    config = inputs.config
+    model = build_model(config.model, len(inputs.processor.tokenizer), config.seed)
+    freeze(model, config.freeze)
+    kwargs = {"find_unused_parameters": config.scaling.find_unused_parameters} if world > 1 else None
+    return ray.train.torch.prepare_model(
+        model, parallel_strategy=config.scaling.strategy if world > 1 else None, parallel_strategy_kwargs=kwargs
+    )
 
 
-def train_loop(loop_config: dict) -> None:
+def train_loop(inputs: WorkerInputs) -> None:
     """Per-worker training function (Ray Train V2); see the module docstring."""
     import ray.train
     import ray.train.torch
 
-    from jobs.registry.model_format import save_model_dir
-    from jobs.train.checkpoint import STATE_FILE, capture_state, restore_state, unwrap
-    from jobs.train.model_setup import build_model, freeze
+    from jobs.train.checkpoint import restore_state, unwrap
     from jobs.train.steps import budgets_for_step, make_optimizer, optimizer_step
     from pipelines.dataset import Collator, decode_keys
 
-    config = TrainConfig.model_validate(loop_config["config"])
-    processor = loop_config["processor"]
+    config = inputs.config
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
-
-    model = build_model(config.model, len(processor.tokenizer), config.seed)
-    freeze(model, config.freeze)
-    num_budgets = model.plan.num_budgets
-    kwargs = {"find_unused_parameters": config.scaling.find_unused_parameters} if world > 1 else None
-    model = ray.train.torch.prepare_model(
-        model, parallel_strategy=config.scaling.strategy if world > 1 else None, parallel_strategy_kwargs=kwargs
-    )
+    model = _prepared_model(inputs, world)
+    num_budgets = unwrap(model).plan.num_budgets
     optimizer, scheduler = make_optimizer(model, config.optim)
     step = 0
     checkpoint = ray.train.get_checkpoint()
@@ -106,9 +148,9 @@ def train_loop(loop_config: dict) -> None:
     def autocast():
         return torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
 
-    tracker = _RankZeroTracker(loop_config, config, step) if rank == 0 else None
-    sample_log = _sample_log(loop_config, config, rank)
-    collate = Collator(processor.tokenizer.pad_token_id, with_keys=sample_log is not None)
+    tracker = _RankZeroTracker(inputs, step) if rank == 0 else None
+    sample_log = _sample_log(inputs, rank)
+    collate = Collator(inputs.processor.tokenizer.pad_token_id, with_keys=sample_log is not None)
     batches = _batches(ray.train.get_dataset_shard("train"), config, collate, device)
     meter = _Meter()
     while step < config.optim.max_steps:
@@ -122,51 +164,56 @@ def train_loop(loop_config: dict) -> None:
         budgets = budgets_for_step(config.budgets.strategy, num_budgets, config.budgets.seed, step)
         result = optimizer_step(model, micro, budgets, optimizer, scheduler, config.optim.grad_clip, autocast)
         step += 1
-        if loop_config["fault"] is not None:
-            loop_config["fault"].maybe_fail(rank, step)
-        losses = _mean_across_workers([result.losses[b] for b in budgets] + [waited, result.samples])
-        meter.wait += losses[-2]
-        meter.total += time.perf_counter() - started
-        meter.samples += int(losses[-1] * world)
-        for budget, loss in zip(budgets, losses, strict=False):
-            meter.losses.setdefault(budget, []).append(loss)
+        if inputs.fault is not None:
+            inputs.fault.maybe_fail(rank, step)
+        stats = StepStats.all_reduce(result, waited)
+        meter.add(stats, time.perf_counter() - started)
         if tracker is not None and (step % config.run.log_every == 0 or step == config.optim.max_steps):
             tracker.log(step, meter, scheduler.get_last_lr()[0], result.grad_norm)
         if step % config.run.log_every == 0:
-            meter.reset()
-        final = step == config.optim.max_steps
-        if step % config.run.checkpoint_every == 0 or final:
-            state = capture_state(model, optimizer, scheduler, step)  # collective; None except on rank 0
-            metrics = {"step": step, **{f"loss/budget_{b}": v for b, v in zip(budgets, losses, strict=False)}}
-            if state is None:
-                ray.train.report(metrics, checkpoint=None)
-            else:
-                with tempfile.TemporaryDirectory() as tmp:
-                    torch.save(state, Path(tmp) / STATE_FILE)
-                    if final:
-                        save_model_dir(unwrap(model), processor, Path(tmp) / "model")
-                    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            meter = _Meter()
+        if step % config.run.checkpoint_every == 0 or step == config.optim.max_steps:
+            _report(inputs, model, optimizer, scheduler, step, stats)
     if sample_log is not None:
         sample_log.close()
 
 
-def _sample_log(loop_config: dict, config: TrainConfig, rank: int):
-    if not config.run.sample_log or not loop_config.get("sample_log_dir"):
+def _report(inputs: WorkerInputs, model, optimizer, scheduler, step: int, stats: StepStats) -> None:
+    """Report ``step``'s losses and a checkpoint to Ray Train (written by rank 0; with the model directory after
+    the last step). Collective: every rank calls it."""
+    import ray.train
+
+    from jobs.registry.model_format import save_model_dir
+    from jobs.train.checkpoint import STATE_FILE, capture_state, unwrap
+
+    state = capture_state(model, optimizer, scheduler, step)  # collective; None except on rank 0
+    metrics = {"step": step, **{f"loss/budget_{b}": loss for b, loss in stats.losses.items()}}
+    if state is None:
+        ray.train.report(metrics, checkpoint=None)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(state, Path(tmp) / STATE_FILE)
+        if step == inputs.config.optim.max_steps:
+            save_model_dir(unwrap(model), inputs.processor, Path(tmp) / "model")
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def _sample_log(inputs: WorkerInputs, rank: int) -> IO[str] | None:
+    if inputs.sample_log_dir is None:
         return None
-    directory = Path(loop_config["sample_log_dir"])
-    directory.mkdir(parents=True, exist_ok=True)
-    return open(directory / f"samples-rank{rank}.jsonl", "a")  # noqa: SIM115 (closed at the end of the loop)
+    inputs.sample_log_dir.mkdir(parents=True, exist_ok=True)
+    return open(inputs.sample_log_dir / f"samples-rank{rank}.jsonl", "a")  # noqa: SIM115 (closed after the loop)
 
 
 class _RankZeroTracker:
-    """Metrics to MLflow and a progress line on stdout (rank 0 only)."""
+    """Metrics to MLflow and a progress line on stderr (rank 0 only)."""
 
-    def __init__(self, loop_config: dict, config: TrainConfig, start_step: int):
+    def __init__(self, inputs: WorkerInputs, start_step: int):
         from mlflow.tracking import MlflowClient
 
-        self.client = MlflowClient(loop_config["tracking_uri"])
-        self.run_id = loop_config["run_id"]
-        self.max_steps = config.optim.max_steps
+        self.client = MlflowClient(inputs.tracking_uri)
+        self.run_id = inputs.run_id
+        self.max_steps = inputs.config.optim.max_steps
         self.start_step = start_step
         self.started = time.perf_counter()
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from pipelines.dataset import Collator
+from pipelines.dataset import Collator, object_column
 from pipelines.synth import render_sample
 from visor_model.processing import VisorProcessor
 
@@ -17,9 +16,6 @@ def fixed_batch(processor: VisorProcessor, n: int = 8, split: str = "train", see
         sample = render_sample(seed, split, i)
         example = processor.build_example(sample.image, sample.question, sample.answer)
         rows.append({k: v[0].numpy() for k, v in example.items()})
-    batch = {}
-    for name in ("input_ids", "labels", "pixel_values", "image_sizes"):
-        column = np.empty(n, dtype=object)
-        column[:] = [r[name] for r in rows]
-        batch[name] = column
+    batch = {name: object_column([r[name] for r in rows]) for name in ("input_ids", "labels", "pixel_values",
+                                                                      "image_sizes")}
     return Collator(processor.tokenizer.pad_token_id)(batch)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import webdataset as wds
@@ -42,6 +43,7 @@ def test_inspect_errors_are_clear(ray_local, tmp_path: Path) -> None:
     assert result.exit_code == 2 and "matches no .tar shard" in result.output
     result = runner.invoke(app, ["data", "inspect", str(tmp_path / "data"), "--processor", str(tmp_path)])
     assert result.exit_code == 2 and "cannot load a processor" in result.output
-    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere").mkdir()  # shards without a processor/ beside them
+    shutil.copy(next((tmp_path / "data").glob("train-*.tar")), tmp_path / "elsewhere")
     result = runner.invoke(app, ["data", "inspect", str(tmp_path / "elsewhere")])
     assert result.exit_code == 2 and "--processor" in result.output

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.shards import S3Options, ShardInfo, data_version, resolve_shards
+from pipelines.shards import S3Options, ShardInfo, ShardSet, data_version, resolve_shards
 from tests.pipelines.helpers import upload
 
 
@@ -114,3 +114,18 @@ def test_missing_credentials_name_the_url(s3_env: str, monkeypatch: pytest.Monke
     assert os.environ.get("AWS_ACCESS_KEY_ID") is None
     with pytest.raises(PermissionError, match="s3://visor-data/synth"):
         resolve_shards("s3://visor-data/synth")
+
+
+def test_a_shard_set_is_listed_once_and_finds_its_processor(shard_dir: Path) -> None:
+    spec = [f"{shard_dir}/train-*.tar", str(shard_dir / "eval-000000.tar")]
+    shards = ShardSet.resolve(spec)
+    assert urls(list(shards.shards)) == ["train-000000.tar", "train-000001.tar", "train-000002.tar",
+                                         "eval-000000.tar"]
+    assert len(shards) == 4 and shards.version == data_version(resolve_shards(spec))
+    assert ShardSet.of(shards) is shards and shards.processor_dir() is None
+    (shard_dir / "processor").mkdir()
+    assert shards.processor_dir() == shard_dir / "processor"  # beside the shards, where `visor data synth` puts it
+    nested = shard_dir / "more"
+    write_shards(nested, 1)
+    assert ShardSet.resolve(str(nested)).processor_dir() == shard_dir / "processor"  # or one folder up
+    assert ShardSet((ShardInfo("s3://bucket/a.tar", 1, "0" * 32, "a.tar"),)).processor_dir() is None
