@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-# The local pipeline (jobs/demo.py): synthetic shards -> train on local Ray -> policy -> evaluate ->
+# The local pipeline (jobs/demo/pipeline_demo.py): synthetic shards -> train on local Ray -> policy -> evaluate ->
 # register -> promote, tracked in sqlite:///mlflow.db (artifacts ./mlruns/<experiment>, checkpoints ./runs).
 demo: setup
 	$(BIN)/visor demo

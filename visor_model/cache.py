@@ -1,4 +1,4 @@
-"""The reduced KV cache of VISOR generation (DESIGN.md §3.5).
+"""The reduced KV cache of VISOR generation (docs/DESIGN.md §3.5).
 
 Every layer keeps text keys/values; a layer keeps visual keys/values only for
 the samples that read the image there (mode C or S). Per layer ``l``:

@@ -88,7 +88,7 @@ def finish(
 
 
 class GatedCrossAttention(nn.Module):
-    """The ``gated`` cross-attention sublayer run before a C layer (DESIGN.md §3.3).
+    """The ``gated`` cross-attention sublayer run before a C layer (docs/DESIGN.md §3.3).
 
     ``h_t ← h_t + tanh(g) · o_proj(Attn(q_proj(norm(h_t)), k/v_proj(cpe(norm(h_v)))))``
 

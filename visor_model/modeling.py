@@ -6,7 +6,7 @@ The model holds exactly the parts of ``LlavaOnevisionForConditionalGeneration``
 ``gated`` variant, one :class:`~visor_model.layers.GatedCrossAttention` per C
 layer (``gated.<layer>``) and the budget policy (``policy``).
 
-Forward pass (DESIGN.md §3): the vision tower, projector and anyres packing of
+Forward pass (docs/DESIGN.md §3): the vision tower, projector and anyres packing of
 ``transformers`` give the visual tokens; :func:`~visor_model.streams.split_streams`
 keeps text and visual tokens apart with LLaVA-OneVision's positions; each
 decoder layer then runs, per sample, in mode T, C or S of that sample's budget.

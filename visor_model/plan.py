@@ -1,6 +1,6 @@
 """Layer plans: which decoder layers run in which mode under which budget.
 
-A VISOR decoder layer runs in one of three modes (DESIGN.md §3.3):
+A VISOR decoder layer runs in one of three modes (docs/DESIGN.md §3.3):
 
 * ``T`` (text-only): text queries over text keys; the visual stream is untouched.
 * ``C`` (cross): text queries also read the visual tokens' keys/values; only the

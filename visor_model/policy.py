@@ -1,6 +1,6 @@
 """The budget policy: a small MLP predicting, per budget, whether it is sufficient.
 
-Input (DESIGN.md §3.7), taken before the first budget-dependent layer
+Input (docs/DESIGN.md §3.7), taken before the first budget-dependent layer
 (``LayerPlan.policy_layer``), where every budget has computed the same thing:
 
 * the hidden state of the last valid text token (the end of the prompt), and

@@ -2,7 +2,7 @@
 
 The processor produces LLaVA-OneVision inputs: ``input_ids`` where each image is
 already expanded to ``n_i`` copies of the image token. VISOR keeps the same
-positions (DESIGN.md §3.2) but stores the two kinds of token apart:
+positions (docs/DESIGN.md §3.2) but stores the two kinds of token apart:
 
 * text stream ``[B, Tt]`` — the non-image tokens of each row, in order, padded
   on the right; ``text_index`` maps them back to columns of ``input_ids``;

@@ -94,7 +94,7 @@ def test_only_s_layers_touch_visual_tokens(tokenizer, processor, cross_attention
 @pytest.mark.parametrize("cross_attention", ["joint", "gated"])
 @pytest.mark.parametrize("token_reduction", [1, 2])
 def test_kv_cache_holds_exactly_the_design_count(tokenizer, processor, cross_attention, token_reduction):
-    """DESIGN §3.5: L × text_len + |C ∪ S_b| × Nv entries per sample."""
+    """docs/DESIGN.md §3.5: L × text_len + |C ∪ S_b| × Nv entries per sample."""
     model = build_model(tokenizer, cross_attention, token_reduction)
     batch = make_batch(processor)
     layers = model.config.text_config.num_hidden_layers

@@ -1,4 +1,4 @@
-"""DESIGN §3.3 invariant: with every layer in mode S, VISOR computes LLaVA-OneVision exactly."""
+"""docs/DESIGN.md §3.3 invariant: with every layer in mode S, VISOR computes LLaVA-OneVision exactly."""
 
 import pytest
 import torch
