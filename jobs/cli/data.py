@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from jobs.cli.options import load, option, usage_errors
+from jobs.cli.options import INPUT_ERRORS, load, option, usage_errors
 from jobs.sections import ReadSection
 
 data_app = typer.Typer(help="Data tools: synthetic VQA shards, shard statistics.", no_args_is_help=True)
@@ -48,7 +48,7 @@ def inspect(
     from pipelines.shards import ShardSet
     from visor_model.processing import VisorProcessor
 
-    with usage_errors("SPEC"):
+    with usage_errors("SPEC", INPUT_ERRORS):
         shards = ShardSet.resolve(spec)
     source = processor or shards.processor_dir()
     if source is None:
@@ -59,7 +59,7 @@ def inspect(
         raise typer.BadParameter(f"cannot load a processor from {source}: {err}", param_hint="--processor") from err
     options = load(ReadSection, {"max_length": max_length, "max_image_pixels": max_image_pixels}).read_options()
     init_ray()
-    with usage_errors("SPEC"):
+    with usage_errors("SPEC", INPUT_ERRORS):
         stats = inspect_shards(shards, loaded, options, report_path=report)
         rendered = render_samples(shards, loaded, render, render_count, options) if render else []
     if as_json:

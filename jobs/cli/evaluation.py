@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from jobs.cli.options import TRACKING_URI, load, option, usage_errors
+from jobs.cli.options import INPUT_ERRORS, TRACKING_URI, load, option, usage_errors
 from jobs.evaluation.config import PolicyOptions, ScoreOptions
 
 commands = typer.Typer()
@@ -28,7 +28,7 @@ def train_policy(
 
     options = load(PolicyOptions, {"loss_tolerance": loss_tolerance, "accuracy_target": accuracy_target,
                                    "epochs": epochs, "registered_model": registered_model})
-    with usage_errors():
+    with usage_errors(errors=INPUT_ERRORS):
         outcome = run_policy_job(model, data, resolve_uri(tracking_uri), options)
     typer.echo(f"τ = {outcome.tau}; held-out accuracy {outcome.heldout['accuracy']:.3f} at "
                f"{outcome.heldout['mean_flops'] / 1e9:.4f} GFLOPs (largest budget "
@@ -61,7 +61,7 @@ def evaluate(
             raise typer.BadParameter(f"{item!r}: expected NAME=URI", param_hint="--baseline")
         baselines[label] = uri
     options = load(ScoreOptions, {"batch_size": batch_size, "actors": actors})
-    with usage_errors():
+    with usage_errors(errors=INPUT_ERRORS):
         outcome = run_evaluate(model, data, resolve_uri(tracking_uri), options, baselines, out)
     typer.echo(format_report(outcome.report))
     typer.echo(f"data version {outcome.report['data_version']}, {outcome.report['samples']} samples; "

@@ -3,7 +3,7 @@
 ``option(ServeConfig, "port")`` is a Typer option whose default and ``--help`` text are those of the
 schema's field; the command then builds its config with :func:`load` (the one loader of
 :mod:`jobs.config`), so the flag's value is checked by the same schema and a bad one is a usage error
-(exit code 2) that names the field — as is any ``ValueError``/``OSError`` inside :func:`usage_errors`.
+(exit code 2) that names the field — as is an error a job raises inside :func:`usage_errors`.
 :func:`renamed_flag` keeps an old flag spelling working, with a deprecation warning, for one release.
 """
 
@@ -45,13 +45,17 @@ def renamed_flag(old: str, new: str) -> Any:
     return typer.Option(None, old, hidden=True, callback=warn)
 
 
+INPUT_ERRORS = (ValueError, OSError)  # what a job raises for data it cannot find or read
+
+
 @contextmanager
-def usage_errors(param_hint: str | None = None) -> Iterator[None]:
-    """Turn a ``ValueError`` (a bad config included) or ``OSError`` raised inside into a usage error (exit
-    code 2) with its message, attributed to ``param_hint``."""
+def usage_errors(param_hint: str | None = None,
+                 errors: tuple[type[Exception], ...] = (ValueError,)) -> Iterator[None]:
+    """Turn ``errors`` (by default a ``ValueError``, a bad config included) raised inside into a usage error
+    (exit code 2) with their message, attributed to ``param_hint``."""
     try:
         yield
-    except (ValueError, OSError) as err:
+    except errors as err:
         raise typer.BadParameter(str(err), param_hint=param_hint) from err
 
 

@@ -28,7 +28,6 @@ from jobs.faults import fail_stage
 from jobs.registry.config import RetrainConfig
 
 EXPERIMENT = "visor-retrain"
-STAGES = ("train", "policy", "evaluate", "promote")
 
 
 class AlreadyRunning(RuntimeError):
