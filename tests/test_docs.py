@@ -14,7 +14,7 @@ GENERATED = ("infra/rendered",)  # written by `visor infra render`, not kept in 
 
 
 def design_sections() -> set[str]:
-    headings = re.findall(r"^#{2,3} (\d+(?:\.\d+)?)\.? ", (ROOT / "docs" / "DESIGN.md").read_text(), re.M)
+    headings = re.findall(r"^#{2,3} (\d+(?:\.\d+)?)\.? ", (ROOT / "docs/DESIGN.md").read_text(), re.M)
     return set(headings)
 
 
