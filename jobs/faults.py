@@ -4,7 +4,8 @@ from a config file or a command-line flag):
 * ``VISOR_TEST_FAULT=train:rank=R:step=S`` — the training worker of rank R raises once, after optimizer
   step S (a marker file remembers, so the replacement worker and a resumed driver carry on);
 * ``VISOR_TEST_FAULT=retrain:stage=NAME`` — the retrain raises at the start of stage NAME (``train``,
-  ``policy``, ``evaluate`` or ``promote``).
+  ``policy``, ``evaluate`` or ``promote``);
+* ``VISOR_TEST_FAULT=recipe:stage=NAME`` — a training recipe raises at the start of its stage NAME.
 
 The variable is read where a run starts, in the driver's process. Ray Train workers are processes of a
 Ray instance that may have started before the variable was set, and do not see it: the driver hands the
@@ -29,7 +30,7 @@ def _injected(kind: str) -> dict[str, str] | None:
         return None
     items = [item.partition("=") for item in rest.split(":") if item]
     if not items or any(not sep for _, sep, _ in items):
-        raise ValueError(f"{ENV}={value!r}: expected train:rank=R:step=S or retrain:stage=NAME")
+        raise ValueError(f"{ENV}={value!r}: expected train:rank=R:step=S, retrain:stage=NAME or recipe:stage=NAME")
     return {key: item for key, _, item in items}
 
 
@@ -57,8 +58,8 @@ def train_fault(run_id: str) -> TrainFault | None:
     return TrainFault(int(items.get("rank", 0)), int(items["step"]), marker)
 
 
-def fail_stage(stage: str) -> None:
-    """Raise if ``$VISOR_TEST_FAULT`` asks the retrain to fail at ``stage``."""
-    items = _injected("retrain")
+def fail_stage(stage: str, kind: str = "retrain") -> None:
+    """Raise if ``$VISOR_TEST_FAULT`` asks ``kind`` (``retrain`` or ``recipe``) to fail at ``stage``."""
+    items = _injected(kind)
     if items is not None and items.get("stage") == stage:
-        raise RuntimeError(f"injected failure in stage {stage} ({ENV})")
+        raise RuntimeError(f"injected failure in {kind} stage {stage} ({ENV})")

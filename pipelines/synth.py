@@ -18,7 +18,11 @@ types, single-word answers:
   36 of the 64 pixels of one patch.
 
 Training samples ask all three questions in one three-turn conversation;
-held-out (eval, policy) samples ask one (see :func:`write_split`).
+held-out (eval, policy) samples ask one (see :func:`write_split`). The ``detail`` split
+asks only the fine question: the first stage of a training recipe, so that looking up one
+visual token among a hundred is learned before the easier questions take the model's
+attention elsewhere (measured: a tiny model trained on all three questions at once often
+stays at chance on *fine* for a thousand steps; see ``docs/BENCHMARKS.md``).
 
 Why this layout (measured, see ``docs/BENCHMARKS.md``): a tiny model trained from
 scratch learns to find a patch-aligned box and read a pattern that fills it in a
@@ -67,7 +71,8 @@ QUESTIONS = {
     "counting": "how many shapes are there ?",
     "fine": "what pattern is in the white box ?",
 }
-SPLITS = {"train": 0, "eval": 1, "policy": 2}
+SPLITS = {"train": 0, "eval": 1, "policy": 2, "detail": 3}
+ONLY_FINE_SPLITS = {"detail"}  # every sample asks the fine question
 ALL_QUESTIONS_SPLITS = {"train"}  # training samples ask all three questions; held-out ones ask one
 CHANCE = {"coarse": 1 / len(COLOURS), "counting": 1 / len(COUNTS), "fine": 1 / len(PATTERNS)}  # uniform guessing
 
@@ -140,9 +145,10 @@ def draw_box(image: Image.Image, x: int, y: int, pattern: str) -> None:
 
 
 def render_sample(seed: int, split: str, index: int) -> Sample:
-    """The sample ``index`` of ``split`` for ``seed``; question types cycle coarse, counting, fine."""
+    """The sample ``index`` of ``split`` for ``seed``; question types cycle coarse, counting, fine (only fine
+    in the ``detail`` split)."""
     rng = np.random.default_rng([seed, SPLITS[split], index])
-    question_type = QUESTION_TYPES[index % len(QUESTION_TYPES)]
+    question_type = "fine" if split in ONLY_FINE_SPLITS else QUESTION_TYPES[index % len(QUESTION_TYPES)]
     width, height = IMAGE_SIZES[int(rng.integers(len(IMAGE_SIZES)))]
     background = list(COLOURS)[int(rng.integers(len(COLOURS)))]
     pattern = PATTERNS[int(rng.integers(len(PATTERNS)))]
@@ -210,8 +216,10 @@ def write_split(out: Path, split: str, count: int, shard_size: int, seed: int) -
     return counts
 
 
-def write_synth(out: Path, train: int, eval: int, shard_size: int, seed: int, policy: int = 0) -> dict:
-    """Write train/eval/policy shards (``policy``: held-out samples for the policy job), ``out/tokenizer``
+def write_synth(out: Path, train: int, eval: int, shard_size: int, seed: int, policy: int = 0,
+                detail: int = 0) -> dict:
+    """Write train/eval/policy/detail shards (``policy``: held-out samples for the policy job; ``detail``: training
+    samples that ask only the fine question), ``out/tokenizer``
     (word-level, whole vocabulary), ``out/processor`` (the
     ``VisorProcessor`` of :func:`visor_model.presets.tiny_config` with that tokenizer) and ``out/manifest.json``.
 
@@ -220,12 +228,12 @@ def write_synth(out: Path, train: int, eval: int, shard_size: int, seed: int, po
     """
     from visor_model.presets import tiny_config, tiny_processor, word_tokenizer
 
-    if shard_size < 1 or min(train, eval, policy) < 0:
+    if shard_size < 1 or min(train, eval, policy, detail) < 0:
         raise ValueError("need shard_size >= 1 and non-negative sample counts")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     splits = {}
-    for split, count in (("train", train), ("eval", eval), ("policy", policy)):
+    for split, count in (("train", train), ("eval", eval), ("policy", policy), ("detail", detail)):
         by_type = write_split(out, split, count, shard_size, seed)
         shards = _split_shards(out, split)
         splits[split] = {"samples": count, "question_types": by_type, "shards": shards}

@@ -583,6 +583,34 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
             gated.copy_from(model.language_model.layers[int(layer_idx)])
         return model.eval()
 
+    @property
+    def is_full_attention(self) -> bool:
+        """True when this model computes exactly LLaVA-OneVision: one budget, every layer in mode S, no gated
+        sublayers and no token reduction (so :meth:`to_llava_onevision` is exact)."""
+        plan = self.plan
+        return (
+            plan.num_budgets == 1 and plan.budgets[0] == tuple(range(plan.num_layers))
+            and not self.gated and self.config.token_reduction == 1
+        )
+
+    def to_llava_onevision(self) -> LlavaOnevisionForConditionalGeneration:
+        """The ``transformers`` LLaVA-OneVision model with this model's weights (a full-attention model only).
+
+        A full-attention VISOR model *is* LLaVA-OneVision (docs/DESIGN.md §3.3); exporting it lets it take
+        the path every real checkpoint takes — :meth:`from_llava_onevision` with a sparse plan — and lets
+        ``transformers`` load it (``save_pretrained``) without VISOR. The policy head is dropped.
+        """
+        if not self.is_full_attention:
+            raise ValueError(
+                "only a full-attention model (one budget with every layer in mode S, joint attention, no token "
+                f"reduction) is a LLaVA-OneVision model; this one has plan {self.config.plan}, cross_attention "
+                f"{self.config.cross_attention!r} and token_reduction {self.config.token_reduction}"
+            )
+        reference = LlavaOnevisionForConditionalGeneration(self.config.to_llava_onevision_config())
+        weights = {k: v for k, v in self.state_dict().items() if not k.startswith("policy.")}
+        reference.load_state_dict(weights, strict=True)
+        return reference.to(dtype=self.dtype).eval()
+
 
 @dataclass
 class GenerationResult:

@@ -77,6 +77,10 @@ def llava_ov_config(preset: str, **visor_fields: Any) -> VisorConfig:
 def tiny_config(vocab_size: int, image_token_id: int = 2, **visor_fields: Any) -> VisorConfig:
     """A tiny random VISOR model: SigLIP 32 px tiles / patch 8 (16 tokens a tile), Qwen2 hidden 64, 6 layers.
 
+    The rotary base is Qwen2-0.5B's (``rope_theta`` 1e6), not ``Qwen2Config``'s default 1e4: with 16-dim heads,
+    1e4 leaves almost no rotary frequency slow enough for a text token to match a visual token's content a
+    hundred positions away, and a tiny model trained from scratch then struggles to look up visual detail.
+
     ``visor_fields`` may override the text depth via ``num_layers`` and any
     ``VisorConfig`` field (``plan``, ``cross_attention``, ``token_reduction``, ...).
     """
@@ -85,7 +89,7 @@ def tiny_config(vocab_size: int, image_token_id: int = 2, **visor_fields: Any) -
     text = Qwen2Config(
         hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=num_layers, num_attention_heads=4,
         num_key_value_heads=2, vocab_size=vocab_size, max_position_embeddings=4096, pad_token_id=0,
-        eos_token_id=4, bos_token_id=3,
+        eos_token_id=4, bos_token_id=3, rope_parameters={"rope_type": "default", "rope_theta": 1e6},
     )
     vision = SiglipVisionConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,

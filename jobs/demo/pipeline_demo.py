@@ -15,7 +15,7 @@ from pathlib import Path
 from jobs.sections import REGISTERED_MODEL
 
 DATA = Path("demo-data")
-SPLITS = {"train": 3000, "eval": 300, "policy": 300}
+SPLITS = {"train": 3000, "eval": 300, "policy": 300, "detail": 2400}
 SHARD_SIZE, SEED = 500, 0
 
 
@@ -30,7 +30,8 @@ def ensure_data(out: Path = DATA) -> None:
         counts = {k: v["samples"] for k, v in found["splits"].items()}
         if found.get("seed") == SEED and counts == SPLITS and found.get("questions") == QUESTIONS:
             return
-    write_synth(out, SPLITS["train"], SPLITS["eval"], SHARD_SIZE, SEED, policy=SPLITS["policy"])
+    write_synth(out, SPLITS["train"], SPLITS["eval"], SHARD_SIZE, SEED, policy=SPLITS["policy"],
+                detail=SPLITS["detail"])
 
 
 def champion_summary(tracking_uri: str, name: str = REGISTERED_MODEL) -> str:

@@ -26,7 +26,9 @@ class RetrainPolicy(PolicyTraining):
 class RetrainConfig(Section):
     """A retrain (see :mod:`jobs.registry.retrain`). ``train_config`` is a training config file or preset and
     ``train_overrides`` its ``--set`` items; the registered model is the training config's
-    ``mlflow.registered_model``; ``score`` is used by the policy and the evaluation stages."""
+    ``mlflow.registered_model``; ``score`` is used by the policy and the evaluation stages. ``warm_start``:
+    when a champion exists, train only the training config's last stage, starting from the champion,
+    instead of the whole recipe from its first model (see :meth:`jobs.train.config.TrainConfig.warm_started`)."""
 
     renamed = {"score_batch_size": "score.batch_size"}
 
@@ -37,3 +39,5 @@ class RetrainConfig(Section):
     promote: PromotionRule = Field(default_factory=PromotionRule)
     score: ScoreOptions = Field(default_factory=ScoreOptions)
     lock_dir: str = "runs"
+    warm_start: bool = Field(True, description="Continue from the champion (when there is one) instead of "
+                             "training from the recipe's start.")

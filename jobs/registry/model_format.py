@@ -137,6 +137,34 @@ def log_visor_model(model_dir: str | Path, name: str = "visor") -> mlflow.models
     )
 
 
+def fetch_model_dir(model_uri: str, tracking_uri: str, cache: Path | None = None) -> Path:
+    """A local copy of the model directory (:func:`save_model_dir`) of a logged or registered model.
+
+    ``model_uri`` should name one version (``models:/visor/3``; see
+    :func:`jobs.registry.tracking.pinned_model_uri`): it is downloaded once into ``cache``
+    (``~/.cache/visor/registry``) and reused. Nothing is unpickled.
+    """
+    import re
+
+    import mlflow.artifacts
+    import yaml
+
+    folder = (cache or Path.home() / ".cache" / "visor" / "registry") / re.sub(r"[^\w.-]+", "_", model_uri)
+    root = folder / "logged"
+    if not (root / "MLmodel").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        root = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(folder / "download"),
+                                                        tracking_uri=tracking_uri))
+        root.rename(folder / "logged")
+        root = folder / "logged"
+    spec = yaml.safe_load((root / "MLmodel").read_text())
+    try:
+        relative = spec["flavors"]["python_function"]["artifacts"][MODEL_ARTIFACT]["path"]
+    except (KeyError, TypeError):
+        raise ValueError(f"{model_uri} is not a VISOR model (no {MODEL_ARTIFACT!r} artifact in its MLmodel)") from None
+    return root / relative
+
+
 def load_visor(model_uri: str) -> tuple[VisorForConditionalGeneration, VisorProcessor]:
     """The model and processor of a logged/registered VISOR model (``models:/visor@champion``, ``runs:/…``)."""
     wrapper = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()

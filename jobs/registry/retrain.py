@@ -1,7 +1,10 @@
 """``visor retrain --config FILE``: train → policy → evaluate → promote, only when the data changed.
 
-1. The data version of the training shards is computed; if the champion was trained
-   on that version, nothing happens (status ``skipped``).
+1. The data version of the training shards (of the recipe's last stage, whose model is
+   registered) is computed; if the champion was trained on that version, nothing happens
+   (status ``skipped``). Otherwise, with ``warm_start`` (the default) and a champion, only the
+   last training stage runs, continuing from the champion; without a champion the whole
+   recipe runs from its start.
 2. A lock file (``lock_dir/retrain-<registered model>.lock``, created atomically)
    keeps a second retrain from starting while one runs; it names the holder, and
    a lock left by a dead process on this host is taken over.
@@ -97,7 +100,7 @@ def run_retrain(config: RetrainConfig) -> RetrainOutcome:
     from pipelines.shards import ShardSet
 
     train_config = load_train_config(config.train_config, config.train_overrides)
-    data = resolve_training_data(train_config)  # listed once: its version decides, the training reads it
+    data = resolve_training_data(train_config.final())  # listed once: its version decides, the training reads it
     version = data.version
     uri = tracking_uri(train_config.mlflow.tracking_uri)
     name = train_config.mlflow.registered_model
@@ -108,8 +111,11 @@ def run_retrain(config: RetrainConfig) -> RetrainOutcome:
         if champion is not None and champion.tags.get("data_version") == version:
             return RetrainOutcome("skipped", f"champion version {champion.version} was trained on data version "
                                   f"{version}: nothing to do", version, champion=str(champion.version))
+        start = None if champion is None or not config.warm_start else f"models:/{name}/{champion.version}"
+        if start is not None:
+            train_config = train_config.warm_started(start)
         parent_id = create_run(uri, EXPERIMENT, "retrain", {"job": "retrain", "data_version": version,
-                                                            "git_commit": git_commit()})
+                                                            "git_commit": git_commit(), "warm_start": start or ""})
         stage, clock = "train", time.perf_counter()
 
         def finished(name: str) -> str:  # log the stage that just ended, return the next one's name

@@ -122,6 +122,13 @@ def alias_version(client: MlflowClient, name: str, alias: str):
         return None
 
 
+def pinned_model_uri(model_uri: str, tracking_uri: str) -> str:
+    """``models:/name/N`` for a ``models:/name@alias`` URI (the version the alias points at now), so a run that
+    starts from it keeps using that version even if the alias moves; other URIs are returned unchanged."""
+    found = registered_version(model_uri, tracking_uri)
+    return model_uri if found is None else f"models:/{found[0]}/{found[1]}"
+
+
 def registered_version(model_uri: str, tracking_uri: str) -> tuple[str, str] | None:
     """``(name, version)`` of a ``models:/name/N`` or ``models:/name@alias`` URI; None otherwise."""
     match = re.fullmatch(r"models:/([^/@]+)(?:/(\d+)|@([\w.-]+))/?", model_uri)

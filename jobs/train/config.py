@@ -11,12 +11,13 @@ the optimizer (``optim``), the budget draws (``budgets``), the frozen groups (``
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, Field, ValidationError, model_validator
 
-from jobs.config import Section, load_config
+from jobs.config import Section, describe_errors, load_config
 from jobs.sections import ReadSection, S3Section, TrackingSection
 
 FREEZABLE = ("vision_tower", "projector", "language_model", "lm_head", "cross_attention")
@@ -33,42 +34,62 @@ Freeze = Annotated[list[Literal[FREEZABLE]], AfterValidator(_some_left_to_train)
 
 
 class TinyShape(Section):
-    """Shape of a tiny model trained from scratch (``model.init: tiny``)."""
+    """Shape of a tiny model trained from scratch (``model.init: tiny``).
+
+    ``attention_init_std``: the standard deviation of the decoder layers' query and key projections at
+    initialisation (None: the model's ``initializer_range``, 0.02). A tiny model learns to look up one
+    visual token among a hundred only after a plateau whose length varies widely with the seed; wider
+    query/key weights make it short and reliable (measured in docs/BENCHMARKS.md).
+    """
 
     num_layers: int = Field(6, ge=1)
     hidden_size: int = Field(64, ge=8)
+    attention_init_std: float | None = Field(None, gt=0)
 
 
 class ModelConfig(Section):
-    """Where the weights come from.
+    """Where the weights come from, and the layer plan they run with.
 
-    ``init``: ``tiny`` (random tiny model, vocabulary from ``processor``),
-    ``llava`` (convert the LLaVA-OneVision checkpoint at ``path``) or ``visor``
-    (continue from a VISOR model directory at ``path``). ``processor``: a saved
-    ``VisorProcessor`` (default: ``path`` for llava/visor, ``<first train shard
-    dir>/processor`` for tiny). ``cross_layers`` / ``budgets`` override the
-    default plan; ``gradient_checkpointing`` recomputes activations in backward.
+    ``init``: ``tiny`` (a random tiny model, vocabulary from ``processor``), ``llava`` (convert the
+    LLaVA-OneVision checkpoint at ``path``) or ``visor`` (continue a VISOR model: ``path`` is a model
+    directory, ``s3://…`` or a registry URI such as ``models:/visor@champion`` — a warm start).
+    ``processor``: a saved ``VisorProcessor`` (default: ``path`` for llava/visor, ``<first train shard
+    dir>/processor`` for tiny).
+
+    The plan: ``plan: default`` (:meth:`LayerPlan.default`), ``plan: full_attention`` (every layer in mode S:
+    LLaVA-OneVision itself), or ``cross_layers`` + ``budgets`` for any other plan; nothing keeps a VISOR
+    model's own plan (``init: visor``) and gives the default plan otherwise. ``cross_attention`` and
+    ``token_reduction`` likewise keep a VISOR model's own setting when unset (``joint`` and 1 otherwise).
+    A VISOR model's plan or cross-attention variant can change only if it is a full-attention model: it is
+    then exported to LLaVA-OneVision and converted, exactly as a real checkpoint is (the paper's recipe:
+    pretrained full attention → VISOR). ``tiny.attention_init_std`` initialises a tiny model's query/key
+    projections wider than the rest (see :class:`TinyShape`). ``gradient_checkpointing`` recomputes
+    activations in backward.
     """
 
     init: Literal["tiny", "llava", "visor"] = "tiny"
     path: str | None = None
     processor: str | None = None
     tiny: TinyShape = TinyShape()
-    cross_attention: Literal["joint", "gated"] = "joint"
-    token_reduction: Literal[1, 2] = 1
+    plan: Literal["default", "full_attention"] | None = None
     cross_layers: list[int] | None = None
     budgets: list[list[int]] | None = None
+    cross_attention: Literal["joint", "gated"] | None = None
+    token_reduction: Literal[1, 2] | None = None
     gradient_checkpointing: bool = False
 
     @model_validator(mode="after")
-    def _path_needed(self) -> ModelConfig:
+    def _consistent(self) -> ModelConfig:
         if self.init != "tiny" and not self.path:
             raise ValueError(f"model.path is required when model.init is {self.init!r}")
+        if self.path and self.path.startswith("models:/") and self.init != "visor":
+            raise ValueError(f"model.path {self.path!r} is a registry URI: it needs model.init 'visor'")
         if (self.cross_layers is None) != (self.budgets is None):
             raise ValueError("model.cross_layers and model.budgets must be given together")
-        if self.init == "visor" and self.cross_layers is not None:
-            raise ValueError("model.cross_layers/budgets cannot change the plan of an existing VISOR model")
+        if self.plan is not None and self.cross_layers is not None:
+            raise ValueError("give either model.plan or model.cross_layers + model.budgets, not both")
         return self
+
 
 
 class DataSection(ReadSection):
@@ -99,11 +120,12 @@ class OptimConfig(Section):
 
 
 class BudgetConfig(Section):
-    """``uniform``: one budget per step, drawn uniformly (the paper's recipe); ``sandwich``: the largest,
-    the smallest and one random budget in between every step, gradients accumulated. Draws depend only on
-    ``seed`` and the step, so every worker runs the same budget and a resumed run repeats the draws."""
+    """``uniform``: one budget per step, drawn uniformly (the paper's universal fine-tuning); ``sandwich``: the
+    largest, the smallest and one random budget in between every step, gradients accumulated; ``largest``:
+    the largest budget only (the paper's first stage). Draws depend only on ``seed`` and the step, so every
+    worker runs the same budget and a resumed run repeats the draws."""
 
-    strategy: Literal["uniform", "sandwich"] = "uniform"
+    strategy: Literal["uniform", "sandwich", "largest"] = "uniform"
     seed: int = 0
 
 
@@ -150,10 +172,25 @@ class MlflowSection(TrackingSection):
     register_model: bool = True
 
 
-class TrainConfig(Section):
-    """A training run (see the module docstring)."""
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+STAGE_LOCKED = ("name", "stages", "mlflow")  # one recipe: one name, one tracking store and registered model
+STAGE_START = ("init", "path", "processor", "tiny")  # a later stage starts from the stage before it
 
-    name: str = Field("visor", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+class TrainConfig(Section):
+    """A training run (see the module docstring), or a recipe of several (``stages``).
+
+    ``stages``: training stages run in order, each its own Ray Train run and MLflow run nested under the
+    recipe's run. A stage is a mapping with a ``name`` and any keys of this config except ``name``,
+    ``stages`` and ``mlflow``; they are merged over the rest of the config (sections key by key, lists
+    replaced), so a stage states only what differs — its ``optim.max_steps``, ``freeze``, ``budgets``, its
+    ``data.train``, its plan. The first stage starts from ``model`` as configured; every later one from
+    the model the stage before it produced, so it may not set ``model.init``/``path``/``processor``/``tiny``
+    (asking a full-attention model for a sparse plan converts it, see :class:`ModelConfig`). Only the last
+    stage's model is logged and registered; a recipe run again after a failure skips its finished stages.
+    """
+
+    name: str = Field("visor", pattern=NAME_PATTERN)
     seed: int = 0
     model: ModelConfig = ModelConfig()
     data: DataSection
@@ -163,6 +200,67 @@ class TrainConfig(Section):
     scaling: ScalingSection = ScalingSection()
     run: RunSection = RunSection()
     mlflow: MlflowSection = MlflowSection()
+    stages: list[dict[str, Any]] = []
+
+    @model_validator(mode="after")
+    def _stages_valid(self) -> TrainConfig:
+        names = [stage.get("name") for stage in self.stages]
+        for index, stage in enumerate(self.stages):
+            where = f"stages[{index}]"
+            name = stage.get("name")
+            if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
+                raise ValueError(f"{where}.name: every stage needs a name matching {NAME_PATTERN} (got {name!r})")
+            if name in names[:index]:
+                raise ValueError(f"{where}.name: stage name {name!r} is used twice")
+            locked = sorted(set(stage) & set(STAGE_LOCKED) - {"name"})
+            if locked:
+                raise ValueError(f"{where} ({name}): {locked} cannot differ between the stages of one recipe")
+            started = sorted(set(stage.get("model") or {}) & set(STAGE_START))
+            if index and started:
+                raise ValueError(f"{where} ({name}): model.{started[0]} cannot be set after the first stage "
+                                 "(a later stage starts from the model the stage before it produced)")
+            try:
+                self.stage(index)
+            except ValidationError as err:
+                raise ValueError(f"{where} ({name}): {describe_errors(err)}") from None
+        return self
+
+    @property
+    def stage_names(self) -> list[str]:
+        return [stage["name"] for stage in self.stages]
+
+    def stage(self, index: int, start: str = "<the model of the stage before>") -> TrainConfig:
+        """The single-run config of stage ``index``: its keys merged over this config, named
+        ``<name>.<stage>``; from the second stage on it starts from ``start`` (the previous stage's model)."""
+        raw = dict(self.stages[index])
+        stage_name = raw.pop("name")
+        data = merge(self.model_dump(mode="json", exclude={"stages"}), raw)
+        data["name"] = f"{self.name}.{stage_name}"
+        if index:
+            data["model"].update(init="visor", path=start, processor=None)
+        return TrainConfig.model_validate(data)
+
+    def final(self) -> TrainConfig:
+        """The config of the run whose model the job registers: the last stage's, or this one."""
+        return self.stage(len(self.stages) - 1) if self.stages else self
+
+    def warm_started(self, model_uri: str) -> TrainConfig:
+        """A warm start: only the last stage (or this run), continuing the VISOR model ``model_uri`` (e.g. the
+        champion) with its own plan, variant, token reduction and processor."""
+        final = self.final()
+        model = final.model.model_copy(update={
+            "init": "visor", "path": model_uri, "processor": None, "plan": None, "cross_layers": None,
+            "budgets": None, "cross_attention": None, "token_reduction": None,
+        })
+        return final.model_copy(update={"model": model})
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``update`` merged over ``base``: mappings key by key (recursively), everything else replaced."""
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def load_train_config(source: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:

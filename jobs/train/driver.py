@@ -13,6 +13,12 @@ checkpoint (``run.max_failures``). If the driver itself dies, starting the
 same job again (same ``name``) finds the unfinished MLflow run, reads the Ray
 Train run it used (tag ``visor.ray_run``) and resumes it from its latest
 checkpoint; once a run has finished, the same command trains a new model.
+
+Recipes (``stages``, :class:`~jobs.train.config.TrainConfig`): one MLflow run for the recipe (tag
+``visor.recipe``), one nested run per stage (tag ``visor.stage``), each stage a training run as above
+that starts from the model the stage before it wrote (tag ``visor.stage_output`` of its run). Started
+again after a failure, the recipe's unfinished run is found by name, its finished stages are skipped and
+the failed one resumes from its latest checkpoint. Only the last stage's model is logged and registered.
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ if TYPE_CHECKING:
     from visor_model.processing import VisorProcessor
 
 RAY_RUN_TAG = "visor.ray_run"  # the Ray Train run (checkpoint directory name) of an MLflow run
+RECIPE_TAG = "visor.recipe"  # on a recipe's run: its stage names, in order (JSON)
+STAGE_TAG = "visor.stage"  # on a stage's run: the stage name
+STAGE_OUTPUT_TAG = "visor.stage_output"  # on a finished stage's run: its model directory (local path or s3://)
 
 
 @dataclass
@@ -42,6 +51,7 @@ class TrainOutcome:
     steps: int
     data_version: str
     checkpoint: str
+    model_dir: str  # the trained model directory (model + processor), a local path or s3://…
     model_uri: str | None = None
     registered_version: str | None = None
     quarantine: dict = field(default_factory=dict)
@@ -57,11 +67,11 @@ def resolve_training_data(config: TrainConfig) -> ShardSet:
         raise ValueError(f"data.train: {err}") from err
 
 
-def _processor(config: TrainConfig, data: ShardSet) -> VisorProcessor:
+def _processor(config: TrainConfig, data: ShardSet, uri: str) -> VisorProcessor:
     from jobs.train.model_setup import build_processor
 
     try:
-        return build_processor(config.model, data.processor_dir())
+        return build_processor(config.model, data.processor_dir(), uri)
     except (OSError, ValueError) as err:
         raise ValueError(f"model.processor: cannot load a processor ({err})") from err
 
@@ -75,36 +85,101 @@ def _run_storage(path: str, storage: S3Options) -> tuple[str, Any]:
     return path.removeprefix("s3://"), pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(storage.filesystem()))
 
 
-def _open_run(config: TrainConfig, uri: str, data_version: str, parent_run_id: str | None) -> tuple[str, str]:
-    """The MLflow run (new, or the unfinished one of this ``name``) with the config logged as params, and the
-    name of its Ray Train run (new, or the one to resume); nested under ``parent_run_id`` when given."""
+def _open_run(config: TrainConfig, uri: str, tags: dict[str, str], parent_run_id: str | None):
+    """The MLflow run of ``config.name`` (new, or the unfinished one, marked running again) with the config
+    logged as params (a resumed run keeps the params it started with); nested under ``parent_run_id``."""
     from mlflow.tracking import MlflowClient
 
     from jobs.registry.tracking import flatten, git_commit, start_or_resume_run
 
     client = MlflowClient(uri)
-    tags = {"data_version": data_version, "git_commit": git_commit(), "job": "train"}
+    tags = {"git_commit": git_commit(), "job": "train", **tags}
     experiment = config.mlflow.experiment
     if parent_run_id is not None:
         tags["mlflow.parentRunId"] = parent_run_id
         experiment = client.get_experiment(client.get_run(parent_run_id).info.experiment_id).name
     run = start_or_resume_run(uri, experiment, config.name, tags)
+    if parent_run_id is not None:  # a run resumed under a new parent (a retrain started again) moves to it
+        client.set_tag(run.info.run_id, "mlflow.parentRunId", parent_run_id)
+    logged = set(run.data.params)
+    _log_params(client, run.info.run_id,
+                {k: v for k, v in flatten(config.model_dump(mode="json")).items() if k not in logged})
+    return run
+
+
+def _open_training_run(config: TrainConfig, uri: str, tags: dict[str, str], parent_run_id: str | None):
+    """:func:`_open_run`, plus the name of its Ray Train run (new, or the one to resume)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    run = _open_run(config, uri, tags, parent_run_id)
     run_id = run.info.run_id
     ray_run = run.data.tags.get(RAY_RUN_TAG)
     if ray_run is None:  # a new MLflow run trains from scratch; an unfinished one resumes its Ray run
         ray_run = f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}-{run_id[:6]}"
         client.set_tag(run_id, RAY_RUN_TAG, ray_run)
-    logged = set(run.data.params)  # a resumed run keeps the params it started with
-    _log_params(client, run_id, {k: v for k, v in flatten(config.model_dump(mode="json")).items() if k not in logged})
     return run_id, ray_run
 
 
 def run_training(config: TrainConfig, parent_run_id: str | None = None, data: ShardSet | None = None) -> TrainOutcome:
-    """Run the whole job (see the module docstring); raises before starting workers on a bad config.
+    """Run the whole job — one training run, or every stage of a recipe (see the module docstring); raises
+    before starting workers on a bad config.
 
     With ``parent_run_id`` (the retrain job) the run is nested under that run, in its experiment; ``data`` is
-    the training shards when the caller has listed them already (:func:`resolve_training_data`).
+    the training shards of the run that registers the model (the last stage's) when the caller has listed
+    them already (:func:`resolve_training_data`). The outcome is that run's.
     """
+    if config.stages:
+        return _run_recipe(config, parent_run_id, data)
+    return _run_single(config, parent_run_id, data, {}, config.mlflow.register_model)
+
+
+def _run_recipe(config: TrainConfig, parent_run_id: str | None, final_data: ShardSet | None) -> TrainOutcome:
+    """Every stage of ``config`` in order, nested under one recipe run; finished stages of an earlier, failed
+    attempt are skipped (their output is reused)."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from jobs.faults import fail_stage
+    from jobs.registry.tracking import tracking_uri
+
+    uri = tracking_uri(config.mlflow.tracking_uri)
+    client = MlflowClient(uri)
+    recipe = _open_run(config, uri, {RECIPE_TAG: json.dumps(config.stage_names)}, parent_run_id)
+    recipe_id = recipe.info.run_id
+    finished = {run.data.tags[STAGE_TAG]: run.data.tags[STAGE_OUTPUT_TAG] for run in client.search_runs(
+        [recipe.info.experiment_id], f"tags.`mlflow.parentRunId` = '{recipe_id}' and attributes.status = 'FINISHED'"
+    ) if STAGE_OUTPUT_TAG in run.data.tags}
+    last = len(config.stages) - 1
+    start, outcome = "", None
+    try:
+        for index, name in enumerate(config.stage_names):
+            if name in finished:
+                start = finished[name]
+                print(f"[visor train] stage {name}: done in an earlier attempt ({start})", flush=True)
+                continue
+            stage = config.stage(index, start)
+            print(f"[visor train] stage {index + 1}/{last + 1} {name}: {stage.optim.max_steps} steps"
+                  + (f" from {start}" if start else ""), flush=True)
+            fail_stage(name, "recipe")
+            outcome = _run_single(stage, recipe_id, final_data if index == last else None, {STAGE_TAG: name},
+                                  index == last and config.mlflow.register_model, log_model=index == last)
+            start = outcome.model_dir
+    except BaseException as err:
+        client.set_tag(recipe_id, "error", f"{type(err).__name__}: {err}"[:5000])
+        client.set_terminated(recipe_id, "FAILED")
+        raise
+    if outcome is None:
+        raise RuntimeError(f"recipe {config.name}: every stage had finished already, nothing was trained")
+    client.set_terminated(recipe_id, "FINISHED")
+    return outcome
+
+
+def _run_single(config: TrainConfig, parent_run_id: str | None, data: ShardSet | None, tags: dict[str, str],
+                register: bool, log_model: bool = True) -> TrainOutcome:
+    """One training run on Ray Train (see the module docstring): the model directory is always kept in the
+    checkpoint; ``log_model`` logs it to the MLflow run, ``register`` also registers it as ``challenger``."""
     from functools import partial
 
     import ray.train
@@ -119,12 +194,13 @@ def run_training(config: TrainConfig, parent_run_id: str | None = None, data: Sh
     from pipelines.quarantine import QuarantineLedger
 
     data = data or resolve_training_data(config)
-    processor = _processor(config, data)
+    uri = tracking_uri(config.mlflow.tracking_uri)
+    config = _pin_start(config, uri)
+    processor = _processor(config, data, uri)
     init_ray()
     ledger = QuarantineLedger.remote()
     split = build_split(data, processor, config.data.read_options(), ledger)
-    uri = tracking_uri(config.mlflow.tracking_uri)
-    run_id, ray_run = _open_run(config, uri, data.version, parent_run_id)
+    run_id, ray_run = _open_training_run(config, uri, {"data_version": data.version, **tags}, parent_run_id)
     storage_path, filesystem = _run_storage(config.run.storage_path, data.storage)
     sample_log = config.run.sample_log and filesystem is None
     inputs = WorkerInputs(config, processor, run_id, uri, Path(storage_path) / ray_run if sample_log else None,
@@ -155,14 +231,33 @@ def run_training(config: TrainConfig, parent_run_id: str | None = None, data: Sh
         report = ray.get(ledger.report.remote())
         _log_quarantine(client, run_id, report)
 
+    checkpoint = result.checkpoint.path if filesystem is None else f"s3://{result.checkpoint.path}"
     outcome = TrainOutcome(
         run_id=run_id, tracking_uri=uri, steps=int(result.metrics["step"]), data_version=data.version,
-        checkpoint=result.checkpoint.path, quarantine=report.summary(), metrics=dict(result.metrics),
+        checkpoint=checkpoint, model_dir=f"{checkpoint}/model", quarantine=report.summary(),
+        metrics=dict(result.metrics),
     )
-    with result.checkpoint.as_directory() as directory:
-        _log_and_register(config, outcome, Path(directory) / "model")
+    if log_model:
+        with result.checkpoint.as_directory() as directory:
+            _log_and_register(config, outcome, Path(directory) / "model", register)
+    client.set_tag(run_id, STAGE_OUTPUT_TAG, outcome.model_dir)
     client.set_terminated(run_id, "FINISHED")
     return outcome
+
+
+def _pin_start(config: TrainConfig, uri: str) -> TrainConfig:
+    """``config`` with a registry start point (``models:/visor@champion``) pinned to the version it names now,
+    logged with the run's params (``model.path``)."""
+    from jobs.registry.tracking import pinned_model_uri
+
+    path = config.model.path
+    if config.model.init != "visor" or not path or not path.startswith("models:/"):
+        return config
+    try:
+        pinned = pinned_model_uri(path, uri)
+    except Exception as err:  # MlflowException: no such model, version or alias
+        raise ValueError(f"model.path: cannot start from {path} ({err})") from err
+    return config.model_copy(update={"model": config.model.model_copy(update={"path": pinned})})
 
 
 def _log_params(client, run_id: str, params: dict[str, str]) -> None:
@@ -185,7 +280,7 @@ def _log_quarantine(client, run_id: str, report) -> None:
         client.log_artifact(run_id, str(path), "data")
 
 
-def _log_and_register(config: TrainConfig, outcome: TrainOutcome, model_dir: Path) -> None:
+def _log_and_register(config: TrainConfig, outcome: TrainOutcome, model_dir: Path, register: bool) -> None:
     import mlflow
 
     from jobs.registry.model_format import log_visor_model
@@ -198,7 +293,7 @@ def _log_and_register(config: TrainConfig, outcome: TrainOutcome, model_dir: Pat
         mlflow.set_tags({"plan": json.dumps(plan), "steps": str(outcome.steps)})
         info = log_visor_model(model_dir)
     outcome.model_uri = info.model_uri
-    if config.mlflow.register_model:
+    if register:
         outcome.registered_version = register(
             outcome.tracking_uri, info.model_uri, config.mlflow.registered_model, "challenger",
             {"data_version": outcome.data_version, "plan": json.dumps(plan), "run_id": outcome.run_id,

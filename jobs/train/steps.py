@@ -53,7 +53,10 @@ def budgets_for_step(strategy: str, num_budgets: int, seed: int, step: int) -> l
 
     ``uniform``: one budget drawn uniformly. ``sandwich``: the largest, the
     smallest and one drawn from those in between (fewer when there are fewer budgets).
+    ``largest``: the largest budget only (the first stage of the paper's recipe).
     """
+    if strategy == "largest":
+        return [num_budgets - 1]
     rng = random.Random(seed * 1_000_003 + step)
     if strategy == "uniform":
         return [rng.randrange(num_budgets)]

@@ -110,7 +110,7 @@ def _prepared_model(inputs: WorkerInputs, world: int) -> torch.nn.Module:
     from jobs.train.model_setup import build_model, freeze
 
     config = inputs.config
-    model = build_model(config.model, len(inputs.processor.tokenizer), config.seed)
+    model = build_model(config.model, len(inputs.processor.tokenizer), config.seed, inputs.tracking_uri)
     freeze(model, config.freeze)
     kwargs = {"find_unused_parameters": config.scaling.find_unused_parameters} if world > 1 else None
     return ray.train.torch.prepare_model(

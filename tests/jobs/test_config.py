@@ -124,3 +124,51 @@ def test_renamed_flags_still_work(tmp_path: Path) -> None:
         result = runner.invoke(app, ["promote", "--name", "elsewhere", "--tracking-uri",
                                      f"sqlite:///{tmp_path / 'mlflow.db'}"])
     assert result.exit_code == 1 and "registered model 'elsewhere' has no 'challenger'" in plain(result.output)
+
+
+RECIPE = {
+    "name": "recipe", "data": {"train": ["shards/*.tar"]}, "model": {"plan": "full_attention"},
+    "optim": {"max_steps": 100, "lr": 2e-3},
+    "stages": [
+        {"name": "pretrain"},
+        {"name": "universal", "model": {"plan": "default"}, "optim": {"max_steps": 30},
+         "data": {"train": ["other/*.tar"]}, "freeze": ["vision_tower"]},
+    ],
+}
+
+
+def test_a_recipe_stage_is_its_keys_merged_over_the_config() -> None:
+    recipe = strict(TrainConfig, RECIPE)
+    assert recipe.stage_names == ["pretrain", "universal"]
+    first, second = recipe.stage(0), recipe.stage(1, "runs/pretrain/model")
+    assert first.name == "recipe.pretrain" and first.model.plan == "full_attention" and first.optim.max_steps == 100
+    assert second.name == "recipe.universal" and second.model.plan == "default"
+    assert (second.model.init, second.model.path) == ("visor", "runs/pretrain/model")
+    assert second.optim.max_steps == 30 and second.optim.lr == 2e-3  # a section merges key by key
+    assert second.data.train == ["other/*.tar"] and second.freeze == ["vision_tower"]
+    assert not first.stages and not second.stages
+    assert recipe.final().name == "recipe.universal"
+    warm = recipe.warm_started("models:/visor/3")
+    assert (warm.model.init, warm.model.path, warm.model.plan) == ("visor", "models:/visor/3", None)
+    assert warm.optim.max_steps == 30 and not warm.stages
+
+
+@pytest.mark.parametrize("stages, message", [
+    ([{"optim": {"max_steps": 3}}], r"stages\[0\].name: every stage needs a name"),
+    ([{"name": "a"}, {"name": "a"}], r"stages\[1\].name: stage name 'a' is used twice"),
+    ([{"name": "a", "mlflow": {"experiment": "x"}}], r"stages\[0\] \(a\): \['mlflow'\] cannot differ"),
+    ([{"name": "a"}, {"name": "b", "model": {"path": "x"}}], r"stages\[1\] \(b\): model.path cannot be set after"),
+    ([{"name": "a", "optim": {"lr": -1}}], r"stages\[0\] \(a\): optim.lr: Input should be greater than 0"),
+    ([{"name": "a", "budgets": {"strategy": "greedy"}}], r"stages\[0\] \(a\): budgets.strategy: Input should be"),
+])
+def test_recipe_errors_name_the_stage_and_field(stages, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(TrainConfig, {**RECIPE, "stages": stages})
+
+
+def test_model_plan_settings_are_exclusive() -> None:
+    with pytest.raises(ConfigError, match="either model.plan or model.cross_layers"):
+        load_config(TrainConfig, {**RECIPE, "stages": [], "model": {"plan": "default", "cross_layers": [1],
+                                                                    "budgets": [[]]}})
+    with pytest.raises(ConfigError, match="registry URI: it needs model.init 'visor'"):
+        load_config(TrainConfig, {**RECIPE, "stages": [], "model": {"init": "llava", "path": "models:/visor/1"}})

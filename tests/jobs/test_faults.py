@@ -28,9 +28,15 @@ def test_faults_come_only_from_the_environment(monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setenv("VISOR_TEST_FAULT", "retrain:stage=evaluate")
     assert train_fault("run") is None
     fail_stage("policy")
-    with pytest.raises(RuntimeError, match="injected failure in stage evaluate"):
+    with pytest.raises(RuntimeError, match="injected failure in retrain stage evaluate"):
         fail_stage("evaluate")
+    fail_stage("evaluate", "recipe")  # a retrain fault is not a recipe fault
+
+    monkeypatch.setenv("VISOR_TEST_FAULT", "recipe:stage=universal")
+    fail_stage("universal")
+    with pytest.raises(RuntimeError, match="injected failure in recipe stage universal"):
+        fail_stage("universal", "recipe")
 
     monkeypatch.setenv("VISOR_TEST_FAULT", "train:step")
-    with pytest.raises(ValueError, match="expected train:rank=R:step=S or retrain:stage=NAME"):
+    with pytest.raises(ValueError, match="expected train:rank=R:step=S, retrain:stage=NAME or recipe:stage=NAME"):
         train_fault("run")

@@ -21,6 +21,7 @@ from pipelines.synth import (
     PATCH,
     PATTERNS,
     QUESTION_TYPES,
+    QUESTIONS,
     draw_box,
     pattern_pixel,
     render_sample,
@@ -176,3 +177,18 @@ def test_rerun_with_fewer_samples_removes_stale_shards(tmp_path: Path) -> None:
     fresh = tmp_path / "fresh"
     write_synth(fresh, train=4, eval=0, shard_size=3, seed=0)
     assert data_version(resolve_shards(f"{tmp_path}/train-0*.tar")) == data_version(resolve_shards(str(fresh)))
+
+
+def test_detail_split_asks_only_the_fine_question(tmp_path: Path) -> None:
+    import webdataset as wds
+
+    manifest = write_synth(tmp_path, train=0, eval=0, shard_size=4, seed=2, detail=6)
+    assert manifest["splits"]["detail"]["question_types"] == {"coarse": 0, "counting": 0, "fine": 6}
+    samples = list(wds.WebDataset(str(tmp_path / "detail-000000.tar"), shardshuffle=False).decode("pil"))
+    samples += list(wds.WebDataset(str(tmp_path / "detail-000001.tar"), shardshuffle=False).decode("pil"))
+    assert len(samples) == 6
+    for i, sample in enumerate(samples):
+        expected = render_sample(2, "detail", i)
+        turns = sample["json"]["conversations"]
+        assert len(turns) == 2 and turns[0]["value"] == f"<image>\n{QUESTIONS['fine']}"
+        assert turns[1]["value"] == expected.pattern and expected.key == sample["__key__"]

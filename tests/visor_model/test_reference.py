@@ -51,3 +51,35 @@ def test_full_attention_greedy_generate_matches_transformers(reference_model, pr
     theirs = reference_model.generate(**batch, max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None,
                                       suppress_tokens=[reference_model.config.image_token_id])
     assert torch.equal(ours, theirs)
+
+
+def test_full_attention_model_exports_to_transformers(tokenizer, processor, tmp_path):
+    """A full-attention VISOR model trained by the pipeline becomes a ``transformers`` checkpoint that computes the
+    same logits, so it can take the conversion path of a real LLaVA-OneVision checkpoint."""
+    from transformers import LlavaOnevisionForConditionalGeneration
+
+    from visor_model.presets import tiny_config
+
+    torch.manual_seed(3)
+    visor = VisorForConditionalGeneration(tiny_config(len(tokenizer), plan=LayerPlan.full_attention(6))).eval()
+    assert visor.is_full_attention
+    visor.to_llava_onevision().save_pretrained(tmp_path / "llava")
+    exported = LlavaOnevisionForConditionalGeneration.from_pretrained(tmp_path / "llava").eval()
+    batch = make_batch(processor, "right")
+    with torch.no_grad():
+        out = visor(**batch)
+    expected = reference_text_logits(exported, batch, out.text_index)
+    assert (expected - out.logits).abs()[out.text_mask].max().item() <= 1e-4
+
+
+def test_only_full_attention_models_export(tokenizer):
+    from visor_model.presets import tiny_config
+
+    sparse = VisorForConditionalGeneration(tiny_config(len(tokenizer)))
+    assert not sparse.is_full_attention
+    with pytest.raises(ValueError, match="only a full-attention model"):
+        sparse.to_llava_onevision()
+    pooled = VisorForConditionalGeneration(tiny_config(len(tokenizer), plan=LayerPlan.full_attention(6),
+                                                       token_reduction=2))
+    with pytest.raises(ValueError, match="token_reduction 2"):
+        pooled.to_llava_onevision()

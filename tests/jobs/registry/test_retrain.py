@@ -57,7 +57,7 @@ def test_retrain_only_when_the_data_changes_and_never_breaks_the_champion(ray_lo
 
     write_split(tmp_path / "data", "train", 36, 12, seed=7)  # new training data: a new data version
     monkeypatch.setenv("VISOR_TEST_FAULT", "retrain:stage=policy")
-    with pytest.raises(RuntimeError, match="injected failure in stage policy"):
+    with pytest.raises(RuntimeError, match="injected failure in retrain stage policy"):
         run_retrain(retrain_config(tmp_path))
     monkeypatch.delenv("VISOR_TEST_FAULT")
     failed = client.search_runs([parent.info.experiment_id], "tags.job = 'retrain' and attributes.status = 'FAILED'")
