@@ -56,15 +56,21 @@ def submit(
     address: str | None = ADDRESS,
     config: str | None = typer.Option(None, help="Config file (shipped with the job) or preset name."),
     wait: bool = typer.Option(False, help="Follow the logs and exit with the job's status."),
+    remote: bool = typer.Option(False, help="The cluster does not share this machine's files although its address "
+                                "is local (e.g. a kubectl port-forward)."),
 ) -> None:
-    """Submit a job to a Ray cluster (Ray Jobs API); arguments after the options go to the job."""
-    from jobs.cluster.submit import default_address, follow
+    """Submit a job to a Ray cluster (Ray Jobs API); arguments after the options go to the job.
+
+    The config is resolved here (with its --set overrides) and its paths keep their meaning: made absolute for
+    a head on this machine, refused (naming the fields) for a remote cluster when they are relative or a SQLite
+    store."""
+    from jobs.cluster.submit import SUBMITTABLE, default_address, follow
     from jobs.cluster.submit import submit as submit_job
 
     try:
-        client, submission = submit_job(job, address or default_address(), list(ctx.args), config)
-    except ValueError as err:
-        raise typer.BadParameter(str(err), param_hint="JOB") from err
+        client, submission = submit_job(job, address or default_address(), list(ctx.args), config, remote)
+    except ValueError as err:  # an unknown job, a config that does not validate, paths the cluster cannot reach
+        raise typer.BadParameter(str(err), param_hint="JOB" if job not in SUBMITTABLE else "--config") from err
     typer.echo(f"submitted {submission}")
     if wait:
         status = follow(client, submission, typer.echo)

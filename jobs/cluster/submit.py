@@ -1,8 +1,9 @@
 """``visor submit`` and ``visor jobs …``: the same jobs on a Ray cluster through the Ray Jobs API.
 
 :func:`submit` stages the project (the packages and ``pyproject.toml``, not
-``.venv``, data, runs or stores) plus the given config file into a temporary
-``working_dir``, and submits ``python -m jobs.cli <job> <args>`` with a
+``.venv``, data, runs or stores) plus the resolved config (see
+:mod:`jobs.cluster.localize`: its paths keep the meaning they have on the submitting
+machine) into a temporary ``working_dir``, and submits ``python -m jobs.cli <job> <args>`` with a
 ``runtime_env`` carrying it and the environment a job needs on the cluster
 (``MLFLOW_TRACKING_URI``, ``AWS_*``, ``VISOR_API_TOKEN``…, whichever are set
 here). The cluster's image must have the dependencies installed (see
@@ -40,8 +41,11 @@ def default_address() -> str:
     return address if address.startswith("http") else "http://127.0.0.1:8265"
 
 
-def stage(config: Path | None) -> Path:
-    """A temporary working_dir with the packages (and ``config`` as ``submitted-config.yaml``)."""
+def stage(configs: dict[str, dict]) -> Path:
+    """A temporary working_dir with the packages and ``configs`` (file name → content, written as YAML; the
+    main config as ``submitted-config.yaml``)."""
+    import yaml
+
     directory = Path(tempfile.mkdtemp(prefix="visor-submit-"))
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
     for name in STAGED:
@@ -50,25 +54,45 @@ def stage(config: Path | None) -> Path:
             shutil.copytree(source, directory / name, ignore=ignore)
         else:
             shutil.copy2(source, directory / name)
-    if config is not None:
-        shutil.copy2(config, directory / CONFIG_NAME)
+    for name, content in configs.items():
+        (directory / (CONFIG_NAME if name == "main" else name)).write_text(yaml.safe_dump(content, sort_keys=False))
     return directory
 
 
-def submit(job: str, address: str, args: list[str], config: str | None = None) -> tuple[JobSubmissionClient, str]:
+def split_overrides(args: list[str]) -> tuple[list[str], list[str]]:
+    """``(overrides, the rest)``: the values of ``--set key=value`` / ``--set=key=value`` among a job's args."""
+    overrides, rest, items = [], [], iter(args)
+    for arg in items:
+        if arg == "--set":
+            overrides.append(next(items, ""))
+        elif arg.startswith("--set="):
+            overrides.append(arg.removeprefix("--set="))
+        else:
+            rest.append(arg)
+    return overrides, rest
+
+
+def submit(job: str, address: str, args: list[str], config: str | None = None,
+           remote: bool = False) -> tuple[JobSubmissionClient, str]:
     """Submit ``visor <job> [--config …] <args>``; returns the client and the submission id.
 
-    ``config`` may be a local file (shipped with the job) or a preset name (resolved on the cluster).
+    ``config`` (a file or a preset) is loaded here with the ``--set`` overrides among ``args`` and shipped
+    resolved, its paths made to mean what they mean here (:mod:`jobs.cluster.localize`; ``ValueError`` when a
+    remote cluster could not reach them; ``remote``: the address is local but the cluster is not). Other jobs'
+    args go as written.
     """
+    from jobs.cluster.localize import localize
+
     if job not in SUBMITTABLE:
         raise ValueError(f"cannot submit {job!r}; choose one of {', '.join(SUBMITTABLE)}")
-    config_file = Path(config) if config and Path(config).is_file() else None
-    working_dir = stage(config_file)
+    overrides, rest = split_overrides(args) if config is not None else ([], args)
+    configs, extra_env = localize(job, config, overrides, address, remote=remote)
+    working_dir = stage(configs)
     command = ["python", "-m", "jobs.cli", job]
     if config is not None:
-        command += ["--config", CONFIG_NAME if config_file else config]
-    command += args
-    env = {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)}
+        command += ["--config", CONFIG_NAME]
+    command += rest
+    env = {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)} | extra_env
     client = JobSubmissionClient(address)
     submission = client.submit_job(
         entrypoint=shlex.join(command),

@@ -85,9 +85,10 @@ def train_overrides(root: Path) -> list[str]:
 
 
 def test_submit_train_waits_for_success_and_logs_show_it(ray_head, tmp_path: Path) -> None:
-    write_synth(tmp_path / "data", 24, 0, 12, seed=1)
-    result = visor("submit", "train", "--address", ray_head, "--config", "demo-tiny", "--wait",
-                   *train_overrides(tmp_path), cwd=tmp_path)
+    """The demo-tiny preset's relative paths (shards, checkpoints, ./mlflow.db) mean the submitting directory's."""
+    write_synth(tmp_path / "demo-data", 24, 0, 12, seed=1)
+    result = visor("submit", "train", "--address", ray_head, "--config", "demo-tiny", "--wait", "--set",
+                   "optim.max_steps=3", "--set=data.batch_size=4", "--set", "model.tiny.num_layers=3", cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     submission = result.stdout.split("submitted ", 1)[1].split()[0]
     assert f"job {submission}: SUCCEEDED" in result.stdout
@@ -96,6 +97,23 @@ def test_submit_train_waits_for_success_and_logs_show_it(ray_head, tmp_path: Pat
     listed = visor("jobs", "list", "--address", ray_head, cwd=tmp_path)
     assert f"{submission}\tSUCCEEDED" in listed.stdout
     assert visor("jobs", "status", submission, "--address", ray_head, cwd=tmp_path).stdout.strip() == "SUCCEEDED"
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")  # the submitting directory's store
+    (run,) = client.search_runs([client.get_experiment_by_name("visor-train").experiment_id])
+    assert run.data.params["data.train"] == str([f"{tmp_path}/demo-data/train-*.tar"])
+    assert client.get_model_version_by_alias("visor", "challenger").run_id == run.info.run_id
+    assert list((tmp_path / "runs" / "demo-tiny").glob("**/checkpoint_*"))  # checkpoints beside it too
+
+
+def test_submitting_local_paths_to_a_remote_cluster_is_refused_before_upload(tmp_path: Path) -> None:
+    result = visor("submit", "train", "--address", "http://10.255.255.1:8265", "--config", "demo-tiny",
+                   "--set", "run.storage_path=s3://bucket/runs", cwd=tmp_path, timeout=60)
+    assert result.returncode == 2 and "submitted" not in result.stdout
+    message = " ".join(word for word in result.stderr.split() if word != "│")  # rich's error box, unwrapped
+    assert "temporary working_dir or a node's disk: data.train ('demo-data/train-*.tar')" in message
+    assert "run.storage_path ('" not in message and "MLFLOW_TRACKING_URI ('sqlite:///mlflow.db')" in message
 
 
 def test_a_failing_job_reports_failure(ray_head, tmp_path: Path) -> None:
