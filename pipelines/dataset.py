@@ -167,7 +167,7 @@ def build_split(
         batch_size=options.preprocess_batch_size,
         batch_format="pyarrow",
         num_cpus=options.preprocess_cpus,
-        concurrency=options.preprocess_concurrency,
+        compute=ray.data.TaskPoolStrategy(size=options.preprocess_concurrency),
     )
     return Split(dataset, shards)
 

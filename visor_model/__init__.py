@@ -15,6 +15,20 @@ from .modeling import GenerationResult, VisorForConditionalGeneration, VisorOutp
 from .plan import LayerPlan
 from .processing import VisorProcessor
 
+
+def _register_with_auto_classes() -> None:
+    """Make ``visor`` a model type ``transformers`` knows: ``AutoConfig``, ``AutoModelForImageTextToText`` and
+    ``AutoProcessor`` load a saved VISOR directory, and loading its tokenizer or processor reads the config
+    without warning that a ``visor`` config instantiates a base config."""
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    AutoConfig.register(VisorConfig.model_type, VisorConfig, exist_ok=True)
+    AutoModelForImageTextToText.register(VisorConfig, VisorForConditionalGeneration, exist_ok=True)
+    AutoProcessor.register(VisorConfig, VisorProcessor, exist_ok=True)
+
+
+_register_with_auto_classes()
+
 __all__ = [
     "GenerationResult",
     "LayerPlan",

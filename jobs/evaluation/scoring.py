@@ -150,7 +150,7 @@ def model_dir(model_uri: str) -> Path:
 def score_split(model_uri: str, data: ShardSet, tracking_uri: str, options: ScoreOptions | None = None) -> Scores:
     """Score every valid sample of ``data`` at every budget with Ray Data actors (see :class:`Scorer`)."""
     import mlflow
-    import ray
+    import ray.data
 
     from pipelines.dataset import build_split
     from pipelines.quarantine import QuarantineLedger
@@ -163,7 +163,7 @@ def score_split(model_uri: str, data: ShardSet, tracking_uri: str, options: Scor
     split = build_split(data, processor, options.read.read_options(), ledger)
     scored = split.dataset.map_batches(
         Scorer, fn_constructor_kwargs={"model_uri": model_uri, "tracking_uri": tracking_uri, "tau": options.tau},
-        batch_size=options.batch_size, batch_format="numpy", concurrency=options.actors,
+        batch_size=options.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=options.actors),
         num_cpus=options.cpus_per_actor,
     )
     parts: dict[str, list[np.ndarray]] = {}

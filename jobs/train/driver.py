@@ -137,8 +137,6 @@ def run_training(config: TrainConfig, parent_run_id: str | None = None, data: Sh
 def _run_recipe(config: TrainConfig, parent_run_id: str | None, final_data: ShardSet | None) -> TrainOutcome:
     """Every stage of ``config`` in order, nested under one recipe run; finished stages of an earlier, failed
     attempt are skipped (their output is reused)."""
-    import json
-
     from mlflow.tracking import MlflowClient
 
     from jobs.faults import fail_stage
@@ -281,10 +279,11 @@ def _log_quarantine(client, run_id: str, report) -> None:
 
 
 def _log_and_register(config: TrainConfig, outcome: TrainOutcome, model_dir: Path, register: bool) -> None:
+    """Log ``model_dir`` to the run; with ``register``, also register it as ``challenger``."""
     import mlflow
 
     from jobs.registry.model_format import log_visor_model
-    from jobs.registry.tracking import register
+    from jobs.registry.tracking import register as register_version
     from visor_model import VisorConfig
 
     plan = VisorConfig.from_pretrained(model_dir).plan
@@ -294,7 +293,7 @@ def _log_and_register(config: TrainConfig, outcome: TrainOutcome, model_dir: Pat
         info = log_visor_model(model_dir)
     outcome.model_uri = info.model_uri
     if register:
-        outcome.registered_version = register(
+        outcome.registered_version = register_version(
             outcome.tracking_uri, info.model_uri, config.mlflow.registered_model, "challenger",
             {"data_version": outcome.data_version, "plan": json.dumps(plan), "run_id": outcome.run_id,
              "job": "train"},

@@ -228,6 +228,7 @@ class _RankZeroTracker:
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
         eta = (time.perf_counter() - self.started) / max(step - self.start_step, 1) * (self.max_steps - step)
         losses = " ".join(f"b{b}={sum(v) / len(v):.3f}" for b, v in sorted(meter.losses.items()))
-        # stderr: Ray Train forwards a worker's stdout to the driver twice, stderr once
-        print(f"[visor train] step {step}/{self.max_steps} loss {losses} lr {lr:.2e} "
-              f"{throughput:.1f} samples/s data-wait {wait:.0%} ETA {eta:.0f}s", file=sys.stderr, flush=True)
+        # written, not print()ed: Ray Train patches print() in its workers to echo a line and log it too (twice)
+        sys.stderr.write(f"[visor train] step {step}/{self.max_steps} loss {losses} lr {lr:.2e} "
+                         f"{throughput:.1f} samples/s data-wait {wait:.0%} ETA {eta:.0f}s\n")
+        sys.stderr.flush()

@@ -80,8 +80,10 @@ def test_shared_settings_keep_one_default() -> None:
 
 
 def test_renamed_keys_are_accepted_with_a_warning_for_one_release() -> None:
-    with pytest.warns(ConfigDeprecationWarning, match="'num_replicas' is deprecated.*use 'replicas'"):
+    with pytest.warns(ConfigDeprecationWarning) as renamed:
         serve = load_config(ServeConfig, {"model_uri": "models:/visor/3", "num_replicas": 2, "reload_poll_s": 5})
+    assert sorted(str(w.message).split("'")[1:4:2] for w in renamed) == [
+        ["model_uri", "model"], ["num_replicas", "replicas"], ["reload_poll_s", "reload_poll_seconds"]]
     assert (serve.model, serve.replicas, serve.reload_poll_seconds) == ("models:/visor/3", 2, 5.0)
     with pytest.warns(ConfigDeprecationWarning, match="'score_batch_size'.*use 'score.batch_size'"):
         retrain = load_config(RetrainConfig, "retrain-demo", ["score_batch_size=7", "score.actors=2"])

@@ -92,7 +92,7 @@ def test_workers_see_disjoint_data_covering_the_epoch(ray_local, data_dir, tmp_p
 
 @pytest.mark.parametrize("overrides, message", [
     (["optim.lr=-0.1"], "optim.lr: Input should be greater than 0"),
-    (["budgets.strategy=greedy"], "budgets.strategy: Input should be 'uniform' or 'sandwich'"),
+    (["budgets.strategy=greedy"], "budgets.strategy: Input should be 'uniform', 'sandwich' or 'largest'"),
     (["model.colour=red"], "model.colour: Extra inputs are not permitted"),
     (["scaling.strategy=fsdp"], "fsdp' needs scaling.use_gpu"),
 ])
