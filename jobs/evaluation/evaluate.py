@@ -190,7 +190,17 @@ def format_report(report: dict) -> str:
         by_type = " | ".join(f"{row['accuracy_by_type'].get(t, float('nan')):.2f}" for t in types)
         lines.append(f"| {row['name']} | {row['accuracy']:.3f} | {by_type} | {row['mean_flops'] / 1e9:.4f} | "
                      f"{row['saving_vs_llava_ov']:.2f}x | {row['mean_latency_s'] * 1e3:.2f} |")
+    for row in report["rows"]:
+        if row.get("budget_histogram"):
+            lines.append(f"budgets the {row['name']} chose per question type: " + "; ".join(
+                f"{kind} mean {_mean_budget(counts):.2f} (" + ", ".join(f"b{b}: {n}" for b, n in counts.items()) + ")"
+                for kind, counts in sorted(row["budget_histogram"].items())))
     return "\n".join(lines)
+
+
+def _mean_budget(counts: dict[str, int]) -> float:
+    total = sum(counts.values())
+    return sum(int(b) * n for b, n in counts.items()) / total if total else float("nan")
 
 
 def _types(report: dict) -> list[str]:
