@@ -104,7 +104,8 @@ def test_submit_train_waits_for_success_and_logs_show_it(ray_head, tmp_path: Pat
     (run,) = client.search_runs([client.get_experiment_by_name("visor-train").experiment_id])
     assert run.data.params["data.train"] == str([f"{tmp_path}/demo-data/train-*.tar"])
     assert client.get_model_version_by_alias("visor", "challenger").run_id == run.info.run_id
-    assert list((tmp_path / "runs" / "demo-tiny").glob("**/checkpoint_*"))  # checkpoints beside it too
+    assert list((tmp_path / "runs").glob("demo-tiny-*/checkpoint_*"))  # checkpoints beside it too
+    assert f"model and checkpoint: {tmp_path}/runs/demo-tiny-" in logs.stdout
 
 
 def test_submitting_local_paths_to_a_remote_cluster_is_refused_before_upload(tmp_path: Path) -> None:

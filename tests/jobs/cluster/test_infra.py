@@ -7,6 +7,7 @@ import shlex
 import warnings
 from pathlib import Path
 
+import kubernetes_validate
 import yaml
 from typer.testing import CliRunner
 
@@ -22,6 +23,7 @@ KINDS = {
     "retrain-config.yaml": ["ConfigMap"], "cronjob-retrain.yaml": ["CronJob"], "mlflow.yaml": ["Deployment", "Service"],
     "secrets.example.yaml": ["Secret", "Secret", "Secret"],
 }
+KUBERAY = {"RayCluster", "RayJob", "RayService"}  # custom resources: no core schema
 API = {"RayCluster": "ray.io/v1", "RayJob": "ray.io/v1", "RayService": "ray.io/v1", "CronJob": "batch/v1",
        "Deployment": "apps/v1", "Service": "v1", "ConfigMap": "v1", "Secret": "v1", "Namespace": "v1"}
 
@@ -141,3 +143,32 @@ def test_bad_values_name_the_field(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(values))
     result = CliRunner().invoke(app, ["infra", "render", "--values", str(path), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "cluster.gpuWorkers.maxReplicass" in result.output
+
+
+def pod_templates(node) -> list[dict]:
+    """Every pod template (a mapping whose ``spec`` has ``containers``) inside ``node``."""
+    if isinstance(node, list):
+        return [t for value in node for t in pod_templates(value)]
+    if not isinstance(node, dict):
+        return []
+    own = [node] if isinstance(node.get("spec"), dict) and "containers" in node["spec"] else []
+    return own + [t for key, value in node.items() if key != "spec" or not own for t in pod_templates(value)]
+
+
+def test_manifests_pass_the_kubernetes_schemas(tmp_path: Path) -> None:
+    """Core kinds against their Kubernetes schema (strict: unknown fields fail); the KubeRay resources' pod
+    templates (head and workers) as core ``PodTemplate`` objects."""
+    version = kubernetes_validate.latest_version()
+    checked = {"core": 0, "pod templates": 0}
+    for name, documents in render(tmp_path).items():
+        for document in documents:
+            if document["kind"] not in KUBERAY:
+                kubernetes_validate.validate(document, version, strict=True)
+                checked["core"] += 1
+                continue
+            for template in pod_templates(document["spec"]):
+                wrapped = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": f"{name}-template"},
+                           "template": template}
+                kubernetes_validate.validate(wrapped, version, strict=True)
+                checked["pod templates"] += 1
+    assert checked == {"core": 8, "pod templates": 10}  # head + workers of the cluster, the service, 3 jobs
