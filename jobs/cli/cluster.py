@@ -52,7 +52,8 @@ def stop(submission_id: str, address: str | None = ADDRESS) -> None:
 @commands.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def submit(
     ctx: typer.Context,
-    job: str = typer.Argument(..., help="train, train-policy, evaluate, retrain or promote."),
+    job: str = typer.Argument(..., help="train, train-policy, evaluate, retrain, promote or serve (a long-running "
+                              "job: the endpoint serves until `visor jobs stop`)."),
     address: str | None = ADDRESS,
     config: str | None = typer.Option(None, help="Config file (shipped with the job) or preset name."),
     wait: bool = typer.Option(False, help="Follow the logs and exit with the job's status."),

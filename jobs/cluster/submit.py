@@ -27,7 +27,7 @@ from ray.job_submission import JobStatus, JobSubmissionClient
 
 PROJECT = Path(__file__).resolve().parents[2]
 STAGED = ("visor_model", "pipelines", "jobs", "pyproject.toml")
-SUBMITTABLE = ("train", "train-policy", "evaluate", "retrain", "promote")
+SUBMITTABLE = ("train", "train-policy", "evaluate", "retrain", "promote", "serve")  # serve: runs until stopped
 FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
                  "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION",
                  "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "VISOR_API_TOKEN")

@@ -84,28 +84,56 @@ def train_overrides(root: Path) -> list[str]:
             "--set", f"mlflow.tracking_uri=sqlite:///{root / 'mlflow.db'}"]
 
 
-def test_submit_train_waits_for_success_and_logs_show_it(ray_head, tmp_path: Path) -> None:
-    """The demo-tiny preset's relative paths (shards, checkpoints, ./mlflow.db) mean the submitting directory's."""
-    write_synth(tmp_path / "demo-data", 24, 0, 12, seed=1)
+@pytest.fixture(scope="module")
+def submitted_train(ray_head, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """`visor submit train --wait` of the demo-tiny preset from a directory holding its relative paths."""
+    root = tmp_path_factory.mktemp("submitted")
+    write_synth(root / "demo-data", 24, 0, 12, seed=1)
     result = visor("submit", "train", "--address", ray_head, "--config", "demo-tiny", "--wait", "--set",
-                   "optim.max_steps=3", "--set=data.batch_size=4", "--set", "model.tiny.num_layers=3", cwd=tmp_path)
+                   "optim.max_steps=3", "--set=data.batch_size=4", "--set", "model.tiny.num_layers=3", cwd=root)
+    return root, result
+
+
+def test_submit_train_waits_for_success_and_logs_show_it(ray_head, submitted_train) -> None:
+    """The demo-tiny preset's relative paths (shards, checkpoints, ./mlflow.db) mean the submitting directory's."""
+    root, result = submitted_train
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     submission = result.stdout.split("submitted ", 1)[1].split()[0]
     assert f"job {submission}: SUCCEEDED" in result.stdout
-    logs = visor("jobs", "logs", submission, "--address", ray_head, cwd=tmp_path)
+    logs = visor("jobs", "logs", submission, "--address", ray_head, cwd=root)
     assert logs.returncode == 0 and "trained 3 steps" in logs.stdout
-    listed = visor("jobs", "list", "--address", ray_head, cwd=tmp_path)
+    listed = visor("jobs", "list", "--address", ray_head, cwd=root)
     assert f"{submission}\tSUCCEEDED" in listed.stdout
-    assert visor("jobs", "status", submission, "--address", ray_head, cwd=tmp_path).stdout.strip() == "SUCCEEDED"
+    assert visor("jobs", "status", submission, "--address", ray_head, cwd=root).stdout.strip() == "SUCCEEDED"
 
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")  # the submitting directory's store
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")  # the submitting directory's store
     (run,) = client.search_runs([client.get_experiment_by_name("visor-train").experiment_id])
-    assert run.data.params["data.train"] == str([f"{tmp_path}/demo-data/train-*.tar"])
+    assert run.data.params["data.train"] == str([f"{root}/demo-data/train-*.tar"])
     assert client.get_model_version_by_alias("visor", "challenger").run_id == run.info.run_id
-    assert list((tmp_path / "runs").glob("demo-tiny-*/checkpoint_*"))  # checkpoints beside it too
-    assert f"model and checkpoint: {tmp_path}/runs/demo-tiny-" in logs.stdout
+    assert list((root / "runs").glob("demo-tiny-*/checkpoint_*"))  # checkpoints beside it too
+    assert f"model and checkpoint: {root}/runs/demo-tiny-" in logs.stdout
+
+
+def test_submit_serve_runs_the_endpoint_on_the_cluster_until_stopped(ray_head, submitted_train) -> None:
+    """A long-running job: the challenger of the submitting directory's store answers on the head's port."""
+    root, trained = submitted_train
+    assert trained.returncode == 0, trained.stdout[-3000:]
+    port = free_port()
+    result = visor("submit", "serve", "--address", ray_head, "--", "--model", "models:/visor@challenger", "--port",
+                   str(port), "--replicas", "1", cwd=root)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    submission = result.stdout.split("submitted ", 1)[1].split()[0]
+    try:
+        wait_for(f"http://127.0.0.1:{port}/health", seconds=180)
+        reply = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=60, json={
+            "model": "visor", "max_tokens": 2, "temperature": 0,
+            "messages": [{"role": "user", "content": "how many shapes are there ?"}]})
+        assert reply.status_code == 200 and reply.json()["visor"]["model_version"] == "1"
+        assert visor("jobs", "status", submission, "--address", ray_head, cwd=root).stdout.strip() == "RUNNING"
+    finally:
+        visor("jobs", "stop", submission, "--address", ray_head, cwd=root)
 
 
 def test_submitting_local_paths_to_a_remote_cluster_is_refused_before_upload(tmp_path: Path) -> None:
@@ -126,7 +154,7 @@ def test_a_failing_job_reports_failure(ray_head, tmp_path: Path) -> None:
     submission = result.stdout.split("submitted ", 1)[1].split()[0]
     status = visor("jobs", "status", submission, "--address", ray_head, cwd=tmp_path)
     assert status.returncode == 1 and status.stdout.strip() == "FAILED"
-    assert visor("submit", "serve", "--address", ray_head, cwd=tmp_path).returncode == 2  # not submittable
+    assert visor("submit", "demo", "--address", ray_head, cwd=tmp_path).returncode == 2  # not submittable
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 """The paper's recipe end to end on local Ray and a real MLflow store: a LLaVA-OneVision checkpoint (a tiny
 random one saved by ``transformers``) → stage 1, the largest budget with only the new gated sublayers trained →
 stage 2, the universal network over every budget → policy → evaluate → promote; a failed stage resumes where it
-stopped and leaves the champion alone; the next retrain on new shards warm-starts from the champion."""
+stopped; the next retrain on new shards warm-starts from the champion, and its failing policy stage leaves the
+champion alone (resuming a failed retrain is tested in test_retrain)."""
 
 from __future__ import annotations
 
@@ -101,14 +102,10 @@ def test_recipe_from_a_llava_checkpoint_resumes_a_failed_stage_then_warm_starts(
     monkeypatch.setenv("VISOR_TEST_FAULT", "retrain:stage=policy")
     with pytest.raises(RuntimeError, match="injected failure in retrain stage policy"):
         run_retrain(recipe_config(tmp_path))
-    monkeypatch.delenv("VISOR_TEST_FAULT")
-    assert str(client.get_model_version_by_alias("visor", "champion").version) == first.champion
-
-    warm = run_retrain(recipe_config(tmp_path))
-    assert warm.status in ("promoted", "rejected") and warm.data_version != first.data_version
-    parent = client.get_run(warm.parent_run_id)
-    assert parent.data.tags["warm_start"] == f"models:/visor/{first.champion}"
-    (trained,) = runs(client, f"tags.`mlflow.parentRunId` = '{warm.parent_run_id}' and tags.job = 'train'")
-    assert trained.data.params["model.path"] == f"models:/visor/{first.champion}"
+    assert str(client.get_model_version_by_alias("visor", "champion").version) == first.champion  # untouched
+    (warm,) = runs(client, "tags.warm_start != ''")
+    assert warm.data.tags["warm_start"] == f"models:/visor/{first.champion}"
+    (trained,) = runs(client, f"tags.`mlflow.parentRunId` = '{warm.info.run_id}' and tags.job = 'train'")
+    assert trained.info.status == "FINISHED" and trained.data.params["model.path"] == f"models:/visor/{first.champion}"
     assert "visor.recipe" not in trained.data.tags  # only the last stage, as one run
     assert len(runs(client, "tags.`visor.stage` = 'largest'")) == 1
