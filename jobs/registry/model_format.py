@@ -140,16 +140,28 @@ def log_visor_model(model_dir: str | Path, name: str = "visor") -> mlflow.models
 def fetch_model_dir(model_uri: str, tracking_uri: str, cache: Path | None = None) -> Path:
     """A local copy of the model directory (:func:`save_model_dir`) of a logged or registered model.
 
-    ``model_uri`` should name one version (``models:/visor/3``; see
-    :func:`jobs.registry.tracking.pinned_model_uri`): it is downloaded once into ``cache``
-    (``~/.cache/visor/registry``) and reused. Nothing is unpickled.
+    It is downloaded once into ``cache`` (``~/.cache/visor/registry``) and reused. The cache entry is keyed by
+    what the URI names in this store — the tracking URI and, for a registered version, the logged model it
+    points at — never by the URI alone: ``models:/visor/1`` of one store is not ``models:/visor/1`` of another.
+    Nothing is unpickled.
     """
+    import hashlib
     import re
 
     import mlflow.artifacts
     import yaml
+    from mlflow.tracking import MlflowClient
 
-    folder = (cache or Path.home() / ".cache" / "visor" / "registry") / re.sub(r"[^\w.-]+", "_", model_uri)
+    from jobs.registry.tracking import registered_version
+
+    identity = [tracking_uri, model_uri]
+    found = registered_version(model_uri, tracking_uri)
+    if found is not None:
+        version = MlflowClient(tracking_uri).get_model_version(*found)
+        identity += [version.source or "", version.run_id or ""]
+    key = hashlib.sha256("\n".join(identity).encode()).hexdigest()[:16]
+    readable = re.sub(r"[^\w.-]+", "_", model_uri)
+    folder = (cache or Path.home() / ".cache" / "visor" / "registry") / f"{readable}-{key}"
     root = folder / "logged"
     if not (root / "MLmodel").is_file():
         folder.mkdir(parents=True, exist_ok=True)
