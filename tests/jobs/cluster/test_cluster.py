@@ -126,7 +126,7 @@ def test_submit_serve_runs_the_endpoint_on_the_cluster_until_stopped(ray_head, s
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     submission = result.stdout.split("submitted ", 1)[1].split()[0]
     try:
-        wait_for(f"http://127.0.0.1:{port}/health", seconds=180)
+        wait_for(f"http://127.0.0.1:{port}/health", seconds=300)
         reply = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=60, json={
             "model": "visor", "max_tokens": 2, "temperature": 0,
             "messages": [{"role": "user", "content": "how many shapes are there ?"}]})
@@ -134,6 +134,9 @@ def test_submit_serve_runs_the_endpoint_on_the_cluster_until_stopped(ray_head, s
         assert visor("jobs", "status", submission, "--address", ray_head, cwd=root).stdout.strip() == "RUNNING"
     finally:
         visor("jobs", "stop", submission, "--address", ray_head, cwd=root)
+        # the application outlives its job (like `serve deploy`): remove it, freeing the head's CPUs
+        subprocess.run([str(BIN / "serve"), "shutdown", "-a", ray_head, "-y"], env=environment(), timeout=120,
+                       capture_output=True)
 
 
 def test_submitting_local_paths_to_a_remote_cluster_is_refused_before_upload(tmp_path: Path) -> None:
