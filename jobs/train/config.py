@@ -91,7 +91,6 @@ class ModelConfig(Section):
         return self
 
 
-
 class DataSection(ReadSection):
     """Training shard specs (see ``pipelines.shards``), how they are read (:class:`jobs.sections.ReadSection`)
     and reached (``s3``). Held-out data is for ``visor evaluate`` / ``visor train-policy``.
