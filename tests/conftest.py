@@ -1,5 +1,5 @@
-"""Shared fixtures: a tiny word tokenizer, tiny LLaVA-OneVision reference models and batches, a local Ray,
-and an S3-compatible moto server on 127.0.0.1 with the AWS_* variables for it."""
+"""Shared fixtures: job logs in a temporary folder, a tiny word tokenizer, tiny LLaVA-OneVision reference models
+and batches, a local Ray, and an S3-compatible moto server on 127.0.0.1 with the AWS_* variables for it."""
 
 from __future__ import annotations
 
@@ -13,6 +13,14 @@ from visor_model import VisorConfig
 from visor_model.presets import tiny_config, tiny_processor, word_tokenizer
 
 WORDS = ["what", "colour", "is", "the", "box", "red", "blue", "green", "how", "many", "?", "it"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def job_logs(tmp_path_factory):
+    """Job log files (jobs/console.py) of every command a test runs go to a temporary folder, never the checkout."""
+    import os
+
+    os.environ["VISOR_LOG_DIR"] = str(tmp_path_factory.mktemp("job-logs"))
 
 
 @pytest.fixture(scope="session")

@@ -3,27 +3,48 @@
 VISOR never re-implements a decoder layer: it calls the layer's own modules
 (``input_layernorm``, ``q/k/v/o_proj``, ``post_attention_layernorm``, ``mlp``)
 and ``transformers``' rotary helpers, but chooses which tokens are queries and
-which are keys. A layer step is split in two so every mode composes from the
-same pieces:
+which are keys. A layer step is split so every mode composes from the same pieces:
 
-* :func:`project` — norm + q/k/v projections + RoPE for a set of tokens;
-* :func:`finish` — attention of those queries over given keys/values, ``o_proj``,
-  residual, then the MLP block.
+* :func:`project` — norm + q/k/v projections + RoPE for a set of tokens
+  (:func:`project_visual_kv`: keys/values only, for the many visual tokens of a C layer);
+* :func:`layer_attend` — the layer's attention of given queries over given keys/values;
+* :func:`finish` — ``o_proj``, residual, then the MLP block.
 
 Shapes: hidden ``[B, n, D]``; queries ``[B, H, n, d]``; keys/values
-``[B, Hkv, m, d]``; boolean masks ``[B, 1, n, m]`` (True = may attend).
+``[B, Hkv, m, d]``. An attention *mask* is None (every key visible),
+:data:`CAUSAL` (no mask tensor: the flash kernel can run) or, only where the
+structure does not allow one of those, a boolean tensor ``[B, 1, n, m]`` (True =
+may attend) — see :mod:`visor_model.attention_layout`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.bias import causal_lower_right
 from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm, repeat_kv, rotate_half
 
 _SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
 
 PositionEmbedding = tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each [B, n, d]
+
+
+class _Causal:
+    """Causal attention aligned to the lower right: of ``n`` queries over ``m`` keys, query ``i`` sees keys
+    ``j ≤ i + m - n`` (the queries are the last ``n`` tokens of the key sequence). ``n == m`` is plain
+    ``is_causal``; otherwise a GPU runs it as :func:`~torch.nn.attention.bias.causal_lower_right` (flash
+    kernel) and a CPU with a ``[n, m]`` mask over these queries only."""
+
+    def __repr__(self) -> str:
+        return "CAUSAL"
+
+
+CAUSAL = _Causal()
+Mask = torch.Tensor | _Causal | None
+Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Mask], torch.Tensor]
 
 
 def apply_rope(x: torch.Tensor, pos_emb: PositionEmbedding) -> torch.Tensor:
@@ -32,28 +53,33 @@ def apply_rope(x: torch.Tensor, pos_emb: PositionEmbedding) -> torch.Tensor:
     return x * cos + rotate_half(x) * sin
 
 
-def visibility(
-    pos_q: torch.Tensor, valid_q: torch.Tensor, pos_k: torch.Tensor, valid_k: torch.Tensor
-) -> torch.BoolTensor:
-    """The one causal rule: key j is visible to query i iff pos(j) ≤ pos(i) and j is valid.
-
-    Padding queries may also see padding keys at or before their position, so no
-    row is empty (their outputs are never read). Returns ``[B, 1, n, m]``.
-    """
-    allowed = valid_k[:, None, :] | ~valid_q[:, :, None]
-    return ((pos_k[:, None, :] <= pos_q[:, :, None]) & allowed)[:, None]
-
-
 def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.BoolTensor, scale: float, dropout: float = 0.0
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Mask, scale: float, dropout: float = 0.0
 ) -> torch.Tensor:
     """Scaled dot-product attention with grouped K/V; returns ``[B, n, H*d]``."""
     groups = q.shape[1] // k.shape[1]
     if groups > 1 and not _SDPA_HAS_GQA:
         k, v = repeat_kv(k, groups), repeat_kv(v, groups)
     kwargs = {"enable_gqa": True} if groups > 1 and _SDPA_HAS_GQA else {}
+    if mask is CAUSAL:
+        n, m = q.shape[2], k.shape[2]
+        if n == m:
+            mask, kwargs["is_causal"] = None, True
+        elif q.is_cuda:
+            mask = causal_lower_right(n, m)
+        else:
+            mask = torch.ones(n, m, dtype=torch.bool, device=q.device).tril(m - n)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale, **kwargs)
     return out.transpose(1, 2).flatten(2)
+
+
+def attention_or_zero(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.BoolTensor, scale: float
+) -> torch.Tensor:
+    """:func:`attention` under a boolean ``mask``; a query with no visible key gets a zero output."""
+    has_key = mask.any(-1, keepdim=True)  # [B, 1, n, 1]
+    out = attention(q, k, v, mask | ~has_key, scale)
+    return out * has_key[:, 0].to(out.dtype)
 
 
 def _heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
@@ -72,18 +98,36 @@ def project(
     return q, k, v
 
 
-def finish(
-    layer: nn.Module,
-    hidden: torch.Tensor,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    mask: torch.BoolTensor,
-) -> torch.Tensor:
-    """Attention of ``q`` over ``(k, v)``, ``o_proj``, residual, MLP block. Returns new ``hidden``."""
+def project_visual_kv(
+    layer: nn.Module, hidden: torch.Tensor, inv_rms: torch.Tensor, pos_emb: PositionEmbedding
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values of many tokens that are never queries: :func:`project` with ``queries=False``.
+
+    The RMSNorm is folded into the projection — ``proj(w ⊙ x · r) = r · (x (W ⊙ w)ᵀ) + b`` with
+    ``r = inv_rms`` per token ``[B, n, 1]`` — so the ``[B, n, D]`` normalised copy is never written:
+    one matmul over the raw hidden states, then a scale of its ``[B, n, 2·Hkv·d]`` output.
+    """
+    attn, norm = layer.self_attn, layer.input_layernorm
+    weight = torch.cat([attn.k_proj.weight, attn.v_proj.weight]) * norm.weight
+    kv, scale = F.linear(hidden, weight), inv_rms.to(hidden.dtype)
+    if attn.k_proj.bias is None:
+        kv = kv * scale
+    else:
+        kv = torch.addcmul(torch.cat([attn.k_proj.bias, attn.v_proj.bias]), kv, scale)
+    k, v = kv.chunk(2, dim=-1)
+    return apply_rope(_heads(k, attn.head_dim), pos_emb), _heads(v, attn.head_dim)
+
+
+def layer_attend(layer: nn.Module) -> Attend:
+    """``attend(q, k, v, mask) -> [B, n, H*d]`` with ``layer``'s scale (and its dropout while training)."""
     attn = layer.self_attn
     dropout = attn.attention_dropout if layer.training else 0.0
-    hidden = hidden + attn.o_proj(attention(q, k, v, mask, attn.scaling, dropout))
+    return lambda q, k, v, mask: attention(q, k, v, mask, attn.scaling, dropout)
+
+
+def finish(layer: nn.Module, hidden: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+    """``o_proj`` of the attention output ``[B, n, H*d]``, residual, MLP block. Returns new ``hidden``."""
+    hidden = hidden + layer.self_attn.o_proj(attended)
     return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
 
 
@@ -127,10 +171,10 @@ class GatedCrossAttention(nn.Module):
         x = x + self.cpe(x.transpose(1, 2)).transpose(1, 2)
         return _heads(self.k_proj(x), self.head_dim), _heads(self.v_proj(x), self.head_dim)
 
-    def forward(self, h_t: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.BoolTensor) -> torch.Tensor:
-        """``mask`` ``[B, 1, Tt, Nv]``; text rows with no visible visual key get no update."""
-        has_key = mask.any(-1, keepdim=True)  # [B, 1, Tt, 1]
-        q = _heads(self.q_proj(self.norm(h_t)), self.head_dim)
-        out = attention(q, k, v, mask | ~has_key, self.scaling)
-        out = out * has_key[:, 0].to(out.dtype)
-        return h_t + torch.tanh(self.gate) * self.o_proj(out)
+    def query(self, h_t: torch.Tensor) -> torch.Tensor:
+        """Queries ``[B, H, Tt, d]`` of the text tokens."""
+        return _heads(self.q_proj(self.norm(h_t)), self.head_dim)
+
+    def update(self, h_t: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        """``h_t + tanh(g) · o_proj(attended)``, ``attended`` ``[B, Tt, H*d]`` (zero rows: no update)."""
+        return h_t + torch.tanh(self.gate) * self.o_proj(attended)

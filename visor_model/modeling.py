@@ -33,9 +33,10 @@ from transformers.models.llava_onevision.modeling_llava_onevision import (
     image_size_to_num_patches,
 )
 
+from .attention_layout import AttentionLayout
 from .cache import VisorCache
 from .config import VisorConfig
-from .layers import GatedCrossAttention, finish, project, visibility
+from .layers import CAUSAL, GatedCrossAttention, attention_or_zero, finish, layer_attend, project, project_visual_kv
 from .plan import LayerPlan
 from .policy import BudgetPolicy, choose_budget, last_valid_index
 from .streams import Streams, scatter_visual, split_streams
@@ -274,10 +275,7 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
             if features
             else h_t.new_zeros(batch, 0, h_t.shape[-1])
         )
-        rotary = self.language_model.rotary_emb
-        pe_t = rotary(h_t, streams.text_pos)
-        pe_v = rotary(h_t, streams.visual_pos)
-        masks = _Masks(streams)
+        layout = AttentionLayout.build(streams, self.language_model.rotary_emb, h_t)
 
         plan = self.plan
         table = self._mode_table(device)
@@ -291,7 +289,7 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
                 policy_logits = self.policy(policy_features)
                 budgets = choose_budget(policy_logits, self.config.policy_tau if tau is None else tau)
                 modes = table[budgets]
-            h_t, h_v = self._run_layer(layer_idx, layer, modes[:, layer_idx], h_t, h_v, pe_t, pe_v, masks, cache)
+            h_t, h_v = self._run_layer(layer_idx, layer, modes[:, layer_idx], h_t, h_v, layout, cache)
         if budgets is None:  # "auto" with a plan whose policy layer is past the end (no budget-dependent layer)
             budgets = torch.zeros(batch, dtype=torch.long, device=device)
         return _Prefill(self.language_model.norm(h_t), streams, budgets, policy_logits, policy_features)
@@ -303,9 +301,7 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
         codes: torch.LongTensor,
         h_t: torch.Tensor,
         h_v: torch.Tensor,
-        pe_t: tuple[torch.Tensor, torch.Tensor],
-        pe_v: tuple[torch.Tensor, torch.Tensor],
-        masks: _Masks,
+        layout: AttentionLayout,
         cache: VisorCache | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run one decoder layer, each sample in its mode ``codes[b]``; fill ``cache`` if given.
@@ -322,9 +318,8 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
         for code in present:
             rows = None if len(present) == 1 else (codes == code).nonzero().squeeze(1)
             pick = (lambda t: t) if rows is None else (lambda t, r=rows: t.index_select(0, r))
-            args = (pick(h_t), pick(h_v), *(pick(t) for t in pe_t), *(pick(t) for t in pe_v), masks.select(rows))
             fn = {0: self._mode_t, 1: self._mode_c, 2: self._mode_s}[code]
-            fn_args = (layer_idx, layer, *args)
+            fn_args = (layer_idx, layer, pick(h_t), pick(h_v), layout.select(rows))
             if self.activation_checkpointing and self.training:
                 out = torch.utils.checkpoint.checkpoint(fn, *fn_args, use_reentrant=False)
             else:
@@ -346,37 +341,39 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
                     kind, k_v, v_v = visual
                     (gated_kv if kind == "gated" else self_kv).append((index, k_v, v_v))
         if cache is not None:
-            valid_v = masks.streams.visual_valid
+            valid_v = layout.streams.visual_valid
             cache.write_prefill(
-                layer_idx, (k_t_all, v_t_all), masks.streams.text_valid, _merge_rows(self_kv, valid_v)
+                layer_idx, (k_t_all, v_t_all), layout.streams.text_valid, _merge_rows(self_kv, valid_v)
             )
             cache.gated[layer_idx] = _merge_rows(gated_kv, valid_v)
         return new_t, new_v
 
-    def _mode_t(self, layer_idx, layer, h_t, h_v, cos_t, sin_t, cos_v, sin_v, masks):
-        q, k, v = project(layer, h_t, (cos_t, sin_t))
-        return finish(layer, h_t, q, k, v, masks.text_text), h_v, (k, v), None
+    def _mode_t(self, layer_idx: int, layer: nn.Module, h_t, h_v, layout: AttentionLayout):
+        """Text over text only (causal in stream order, no mask)."""
+        q, k, v = project(layer, h_t, layout.pe_t)
+        return finish(layer, h_t, layer_attend(layer)(q, k, v, CAUSAL)), h_v, (k, v), None
 
-    def _mode_c(self, layer_idx, layer, h_t, h_v, cos_t, sin_t, cos_v, sin_v, masks):
+    def _mode_c(self, layer_idx: int, layer: nn.Module, h_t, h_v, layout: AttentionLayout):
+        """Text over the image and the text (joint: the layer's own attention; gated: a sublayer first)."""
         if self.config.cross_attention == "gated":
             gated = self.gated[str(layer_idx)]
-            k_g, v_g = gated.visual_kv(h_v, masks.streams.visual_valid)
-            h_t = gated(h_t, k_g, v_g, masks.text_visual)
-            h_t, _, text_kv, _ = self._mode_t(layer_idx, layer, h_t, h_v, cos_t, sin_t, cos_v, sin_v, masks)
+            k_g, v_g = gated.visual_kv(h_v, layout.streams.visual_valid)
+            h_t = gated.update(h_t, layout.text_over_visual(gated.query(h_t), k_g, v_g, gated.scaling))
+            h_t, _, text_kv, _ = self._mode_t(layer_idx, layer, h_t, h_v, layout)
             return h_t, h_v, text_kv, ("gated", k_g, v_g)
-        _, k_v, v_v = project(layer, h_v, (cos_v, sin_v), queries=False)
-        q, k_t, v_t = project(layer, h_t, (cos_t, sin_t))
-        k, v = torch.cat([k_v, k_t], dim=2), torch.cat([v_v, v_t], dim=2)
-        return finish(layer, h_t, q, k, v, masks.text_all), h_v, (k_t, v_t), ("self", k_v, v_v)
+        inv_rms = layout.visual_inv_rms(h_v, layer.input_layernorm.variance_epsilon)
+        k_v, v_v = project_visual_kv(layer, h_v, inv_rms, layout.pe_v)
+        q, k_t, v_t = project(layer, h_t, layout.pe_t)
+        attended = layout.text_over_all(layer_attend(layer), q, (k_v, v_v), (k_t, v_t))
+        return finish(layer, h_t, attended), h_v, (k_t, v_t), ("self", k_v, v_v)
 
-    def _mode_s(self, layer_idx, layer, h_t, h_v, cos_t, sin_t, cos_v, sin_v, masks):
-        num_v = h_v.shape[1]
-        hidden = torch.cat([h_v, h_t], dim=1)
-        pos_emb = (torch.cat([cos_v, cos_t], dim=1), torch.cat([sin_v, sin_t], dim=1))
-        q, k, v = project(layer, hidden, pos_emb)
-        hidden = finish(layer, hidden, q, k, v, masks.all_all)
-        h_v, h_t = hidden[:, :num_v], hidden[:, num_v:]
-        return h_t, h_v, (k[:, :, num_v:], v[:, :, num_v:]), ("self", k[:, :, :num_v], v[:, :, :num_v])
+    def _mode_s(self, layer_idx: int, layer: nn.Module, h_t, h_v, layout: AttentionLayout):
+        """Every token over every token: causal in the merged position order (no mask)."""
+        hidden = layout.to_merged(h_v, h_t)
+        q, k, v = project(layer, hidden, layout.pe_merged)
+        h_v, h_t = layout.from_merged(finish(layer, hidden, layer_attend(layer)(q, k, v, CAUSAL)))
+        (k_v, k_t), (v_v, v_t) = layout.from_merged(k, dim=2), layout.from_merged(v, dim=2)
+        return h_t, h_v, (k_t, v_t), ("self", k_v, v_v)
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -536,10 +533,12 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
         for layer_idx, layer in enumerate(self.language_model.layers):
             if cache.gated[layer_idx] is not None:
                 k_g, v_g, valid_g = cache.gated[layer_idx]
-                hidden = self.gated[str(layer_idx)](hidden, k_g, v_g, valid_g[:, None, None, :])
+                gated = self.gated[str(layer_idx)]
+                attended = attention_or_zero(gated.query(hidden), k_g, v_g, valid_g[:, None, None, :], gated.scaling)
+                hidden = gated.update(hidden, attended)
             q, k, v = project(layer, hidden, pos_emb)
             keys, values, valid = cache.append(layer_idx, k, v)
-            hidden = finish(layer, hidden, q, keys, values, valid[:, None, None, :])
+            hidden = finish(layer, hidden, layer_attend(layer)(q, keys, values, valid[:, None, None, :]))
         cache.advance()
         return self.lm_head(self.language_model.norm(hidden))[:, 0]
 
@@ -623,45 +622,6 @@ class GenerationResult:
     cache_bytes: int
     num_visual_tokens: torch.LongTensor
     num_text_tokens: torch.LongTensor
-
-
-class _Masks:
-    """Attention masks of one batch, built lazily from its :class:`Streams` (each ``[B, 1, n, m]``)."""
-
-    def __init__(self, streams: Streams):
-        self.streams = streams
-        self._cache: dict[str, torch.Tensor] = {}
-
-    def _get(self, name: str) -> torch.Tensor:
-        if name not in self._cache:
-            s = self.streams
-            text = (s.text_pos, s.text_valid)
-            visual = (s.visual_pos, s.visual_valid)
-            if name == "text_text":
-                mask = visibility(*text, *text)
-            elif name == "text_visual":
-                mask = visibility(*text, *visual)
-            elif name == "text_all":
-                mask = torch.cat([self.text_visual, self.text_text], dim=-1)
-            else:  # all_all: queries and keys [visual ; text]
-                rows_v = torch.cat([visibility(*visual, *visual), visibility(*visual, *text)], dim=-1)
-                mask = torch.cat([rows_v, self.text_all], dim=-2)
-            self._cache[name] = mask
-        return self._cache[name]
-
-    text_text = property(lambda self: self._get("text_text"))
-    text_visual = property(lambda self: self._get("text_visual"))
-    text_all = property(lambda self: self._get("text_all"))
-    all_all = property(lambda self: self._get("all_all"))
-
-    def select(self, rows: torch.LongTensor | None) -> _Masks:
-        """The masks of a subset of rows (``None``: all rows)."""
-        if rows is None:
-            return self
-        s = self.streams
-        sub = _Masks(Streams(*(getattr(s, f).index_select(0, rows) for f in s.__dataclass_fields__)))
-        sub._cache = {k: v.index_select(0, rows) for k, v in self._cache.items()}
-        return sub
 
 
 def _merge_rows(

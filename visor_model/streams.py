@@ -4,10 +4,15 @@ The processor produces LLaVA-OneVision inputs: ``input_ids`` where each image is
 already expanded to ``n_i`` copies of the image token. VISOR keeps the same
 positions (docs/DESIGN.md §3.2) but stores the two kinds of token apart:
 
-* text stream ``[B, Tt]`` — the non-image tokens of each row, in order, padded
-  on the right; ``text_index`` maps them back to columns of ``input_ids``;
+* text stream ``[B, Tt]`` — the non-image, non-padding tokens of each row, in
+  order, padded on the right; ``text_index`` maps them back to columns of
+  ``input_ids``;
 * visual stream ``[B, Nv]`` — the image features of each row, in order, padded
   on the right.
+
+Both streams hold each row's valid tokens first and in position order (whatever
+side the input was padded on); :mod:`visor_model.attention_layout` relies on this
+to run causal attention without masks.
 
 Positions are ``cumsum(kept) - 1`` over the row, where padding counts 0, text
 counts 1 and image slots count 1 only when kept (with token reduction an image
@@ -102,8 +107,7 @@ def split_streams(
         keep = keep.masked_scatter(is_image, slot_kept & attention_mask[is_image])
     positions = keep.long().cumsum(1) - 1
 
-    text_index, text_slot_valid = _compact(~is_image)
-    text_valid = text_slot_valid & attention_mask.gather(1, text_index)
+    text_index, text_valid = _compact(~is_image & attention_mask)
     visual_index, visual_valid = _compact(is_image & keep)
     text_ids = input_ids.gather(1, text_index).masked_fill(~text_valid, pad_token_id)
     return Streams(
@@ -121,6 +125,8 @@ def scatter_visual(features: list[torch.Tensor], visual_valid: torch.BoolTensor)
     batch, width = visual_valid.shape
     if not features:
         raise ValueError("scatter_visual needs at least one image")
-    flat = torch.cat(features, dim=0)
+    flat = features[0] if len(features) == 1 else torch.cat(features, dim=0)
+    if bool(visual_valid.all()):  # every row full: row-major order is the features' order, no copy
+        return flat.view(batch, width, flat.shape[-1])
     out = flat.new_zeros(batch, width, flat.shape[-1])
     return out.masked_scatter(visual_valid[..., None], flat)

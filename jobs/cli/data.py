@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from jobs.cli.options import INPUT_ERRORS, load, option, usage_errors
+from jobs.cli.options import INPUT_ERRORS, VERBOSE, load, option, usage_errors
 from jobs.sections import ReadSection
 
 data_app = typer.Typer(help="Data tools: synthetic VQA shards, shard statistics.", no_args_is_help=True)
@@ -43,9 +43,11 @@ def inspect(
     render: Path | None = typer.Option(None, help="Draw a few samples with their tiles to PNGs in this directory."),
     render_count: int = typer.Option(4, min=1, help="How many samples --render draws."),
     report: Path | None = typer.Option(None, help="Write the quarantine report (JSON lines) here."),
+    verbose: bool = VERBOSE,
 ) -> None:
     """Sample count, question types, token and tile distributions, bad samples by reason, data version."""
     from jobs.cluster.ray_env import init_ray
+    from jobs.console import job_console
     from pipelines.inspect import inspect_shards, render_samples
     from pipelines.shards import ShardSet
     from visor_model.processing import VisorProcessor
@@ -60,8 +62,8 @@ def inspect(
     except (OSError, ValueError) as err:
         raise typer.BadParameter(f"cannot load a processor from {source}: {err}", param_hint="--processor") from err
     options = load(ReadSection, {"max_length": max_length, "max_image_pixels": max_image_pixels}).read_options()
-    init_ray()
-    with usage_errors("SPEC", INPUT_ERRORS):
+    with usage_errors("SPEC", INPUT_ERRORS), job_console("inspect", verbose):
+        init_ray()
         stats = inspect_shards(shards, loaded, options, report_path=report)
         rendered = render_samples(shards, loaded, render, render_count, options) if render else []
     if as_json:

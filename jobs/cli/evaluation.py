@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from jobs.cli.options import INPUT_ERRORS, TRACKING_URI, load, option, usage_errors
+from jobs.cli.options import INPUT_ERRORS, TRACKING_URI, VERBOSE, load, option, usage_errors
 from jobs.evaluation.config import PolicyOptions, ScoreOptions
 
 commands = typer.Typer()
@@ -21,14 +21,16 @@ def train_policy(
     epochs: int = option(PolicyOptions, "epochs"),
     tracking_uri: str | None = TRACKING_URI,
     registered_model: str = option(PolicyOptions, "registered_model"),
+    verbose: bool = VERBOSE,
 ) -> None:
     """Label budget sufficiency with the universal model, train the policy head, pick τ, register a challenger."""
+    from jobs.console import job_console
     from jobs.evaluation.policy import run_policy_job
     from jobs.registry.tracking import tracking_uri as resolve_uri
 
     options = load(PolicyOptions, {"loss_tolerance": loss_tolerance, "accuracy_target": accuracy_target,
                                    "epochs": epochs, "registered_model": registered_model})
-    with usage_errors(errors=INPUT_ERRORS):
+    with usage_errors(errors=INPUT_ERRORS), job_console("train-policy", verbose):
         outcome = run_policy_job(model, data, resolve_uri(tracking_uri), options)
     typer.echo(f"τ = {outcome.tau}; held-out accuracy {outcome.heldout['accuracy']:.3f} at "
                f"{outcome.heldout['mean_flops'] / 1e9:.4f} GFLOPs (largest budget "
@@ -48,8 +50,10 @@ def evaluate(
     batch_size: int = option(ScoreOptions, "batch_size"),
     actors: int = option(ScoreOptions, "actors"),
     tracking_uri: str | None = TRACKING_URI,
+    verbose: bool = VERBOSE,
 ) -> None:
     """Accuracy (overall and per question type), FLOPs and latency per budget and under the policy."""
+    from jobs.console import job_console
     from jobs.evaluation.evaluate import evaluate as run_evaluate
     from jobs.evaluation.evaluate import format_report
     from jobs.registry.tracking import tracking_uri as resolve_uri
@@ -61,7 +65,7 @@ def evaluate(
             raise typer.BadParameter(f"{item!r}: expected NAME=URI", param_hint="--baseline")
         baselines[label] = uri
     options = load(ScoreOptions, {"batch_size": batch_size, "actors": actors})
-    with usage_errors(errors=INPUT_ERRORS):
+    with usage_errors(errors=INPUT_ERRORS), job_console("evaluate", verbose):
         outcome = run_evaluate(model, data, resolve_uri(tracking_uri), options, baselines, out)
     typer.echo(format_report(outcome.report))
     typer.echo(f"data version {outcome.report['data_version']}, {outcome.report['samples']} samples; "

@@ -22,6 +22,8 @@ from jobs.sections import TrackingSection
 S = TypeVar("S", bound=Section)
 
 SET = typer.Option([], "--set", help="Override a config value: --set optim.lr=3e-4 (repeatable).")
+VERBOSE = typer.Option(False, "--verbose", "-v", help="Show everything Ray, MLflow and transformers print, as it "
+                       "happens, instead of one line per stage and a log file (also: VISOR_LOG_LEVEL=debug).")
 
 
 def option(schema: type[Section], name: str, *flags: str, **typer_kwargs: Any) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from jobs.cli.options import SET, TRACKING_URI, load, option, renamed_flag, usage_errors
+from jobs.cli.options import SET, TRACKING_URI, VERBOSE, load, option, renamed_flag, usage_errors
 from jobs.registry.config import PromotionRule
 from jobs.sections import TrackingSection
 
@@ -40,13 +40,15 @@ def promote(
 def retrain(
     config: str = typer.Option(..., help="Retrain config file, or the preset retrain-demo."),
     set_: list[str] = SET,
+    verbose: bool = VERBOSE,
 ) -> None:
     """Train → policy → evaluate → promote when the training data changed; skip otherwise."""
+    from jobs.console import job_console
     from jobs.registry.config import RetrainConfig
     from jobs.registry.retrain import AlreadyRunning, run_retrain
 
     try:
-        with usage_errors("--config/--set"):
+        with usage_errors("--config/--set"), job_console("retrain", verbose):
             outcome = run_retrain(load(RetrainConfig, config, set_))
     except AlreadyRunning as err:
         typer.echo(f"error: {err}", err=True)

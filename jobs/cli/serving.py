@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from jobs.cli.options import load, option, renamed_flag
+from jobs.cli.options import VERBOSE, load, option, renamed_flag
 from jobs.serving.config import Limits, ServeConfig
 
 commands = typer.Typer()
@@ -22,10 +22,12 @@ def serve(
     reload_poll: float | None = renamed_flag("--reload-poll", "--reload-poll-seconds"),
     allow_image_urls: bool = option(Limits, "allow_image_urls"),
     tracking_uri: str | None = option(ServeConfig, "tracking_uri"),
+    verbose: bool = VERBOSE,
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API on Ray Serve (set VISOR_API_TOKEN to require a token)."""
     import time
 
+    from jobs.console import job_console
     from jobs.serving.serve import start
 
     config = load(ServeConfig, {
@@ -34,12 +36,13 @@ def serve(
         "reload_poll_seconds": reload_poll_seconds if reload_poll is None else reload_poll,
         "limits": {"allow_image_urls": allow_image_urls},
     })
-    start(config)
-    typer.echo(f"serving {model} at http://{host}:{port}/v1 (Ctrl-C to stop)")
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        from ray import serve as ray_serve
+    with job_console("serve", verbose) as console:
+        start(config)
+        console.say(f"serving {model} at http://{host}:{port}/v1 (Ctrl-C to stop)")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            from ray import serve as ray_serve
 
-        ray_serve.shutdown()
+            ray_serve.shutdown()

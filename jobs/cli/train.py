@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from jobs.cli.options import SET, load, usage_errors
+from jobs.cli.options import SET, VERBOSE, load, usage_errors
 
 commands = typer.Typer()
 
@@ -14,13 +14,15 @@ def train(
     config: str = typer.Option(..., help="A config file, or a preset: demo-tiny, demo-recipe, bench-quality, "
                                "llava-ov-0.5b, llava-ov-7b."),
     set_: list[str] = SET,
+    verbose: bool = VERBOSE,
 ) -> None:
     """Train the universal VISOR network over all budgets on Ray Train; log to MLflow; register a challenger."""
+    from jobs.console import job_console
     from jobs.train.config import TrainConfig
     from jobs.train.driver import run_training
 
     loaded = load(TrainConfig, config, set_, "--config/--set")
-    with usage_errors("--config/--set"):
+    with usage_errors("--config/--set"), job_console("train", verbose):
         outcome = run_training(loaded)
     typer.echo(f"trained {outcome.steps} steps on data version {outcome.data_version}; "
                f"quarantined {outcome.quarantine.get('quarantined') or 'nothing'}")

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
+
+from jobs.console import current
 
 PROBE_SECONDS = 3.0
 
@@ -48,11 +49,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         recorded, alive = recorded_cluster()
         if alive:
             address = recorded
-            print(f"[visor] joining the local Ray cluster at {address} (started by `ray start`)", file=sys.stderr)
+            current().say(f"joining the local Ray cluster at {address} (started by `ray start`)")
         else:
             why = (f"; the cluster file names {recorded}, which does not answer (a `ray start` that ended "
                    "uncleanly — `ray stop --force` removes the file)") if recorded else ""
-            print(f"[visor] starting a local Ray instance{why}", file=sys.stderr)
+            current().say(f"starting a local Ray instance{why}")
             address = "local"
     if address == "local":
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")

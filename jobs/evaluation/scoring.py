@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from jobs.console import current
 from jobs.evaluation.config import ScoreOptions
 from pipelines.dataset import Collator
 from pipelines.shards import ShardSet
@@ -167,11 +168,14 @@ def score_split(model_uri: str, data: ShardSet, tracking_uri: str, options: Scor
         num_cpus=options.cpus_per_actor,
     )
     parts: dict[str, list[np.ndarray]] = {}
-    for batch in scored.iter_batches(batch_size=256, batch_format="numpy"):
-        for name, values in batch.items():
-            parts.setdefault(name, []).append(values)
+    with current().stage(f"score {model_uri}", unit="samples") as stage:
+        for batch in scored.iter_batches(batch_size=options.batch_size, batch_format="numpy"):
+            for name, values in batch.items():
+                parts.setdefault(name, []).append(values)
+            stage.update(stage.done + len(next(iter(batch.values()))))
+        report = ray.get(ledger.report.remote())
+        stage.close(f"{report.summary().get('quarantined') or 'none'} quarantined")
     if not parts:
         raise ValueError(f"no valid sample to score in the {len(data)} shard(s) starting with {data.shards[0].url}")
     columns = {name: np.concatenate(values) for name, values in parts.items()}
-    report = ray.get(ledger.report.remote())
     return Scores(columns, split.version, report.summary())

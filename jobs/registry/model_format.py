@@ -2,7 +2,8 @@
 
 A logged model is an ``mlflow.pyfunc`` model whose artifact ``model/`` is the
 model directory (``save_pretrained``: safetensors weights, ``config.json`` with
-the layer plan, and the processor files) and whose code (``visor_model``, and
+the layer plan, and the processor files), logged from code (:mod:`jobs.registry.pyfunc_model`,
+nothing pickled) with an explicit signature, and whose code (``visor_model``, and
 ``jobs`` for this module's :class:`VisorPyfunc`) travels with it, so a fresh process
 needs only the URI:
 
@@ -28,10 +29,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import mlflow.pyfunc
+import pandas as pd  # at module level: MLflow resolves predict's type hints (else it warns at class definition)
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from visor_model import VisorForConditionalGeneration
     from visor_model.processing import VisorProcessor
 
@@ -57,8 +57,7 @@ class VisorPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         self.model, self.processor = load_model_dir(context.artifacts[MODEL_ARTIFACT])
 
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        import pandas as pd
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         import torch
         from PIL import Image
 
@@ -107,7 +106,6 @@ def save_model_dir(model: VisorForConditionalGeneration, processor: VisorProcess
 
 
 def _input_example(processor: VisorProcessor) -> pd.DataFrame:
-    import pandas as pd
     from PIL import Image
 
     size = processor.image_processor.size
@@ -117,23 +115,35 @@ def _input_example(processor: VisorProcessor) -> pd.DataFrame:
                           "budget": "0", "max_new_tokens": 4}])
 
 
+def signature() -> mlflow.models.ModelSignature:
+    """The pyfunc's columns (module docstring), stated rather than inferred from a prediction."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    def schema(columns: dict[str, str]) -> Schema:
+        return Schema([ColSpec(kind, name) for name, kind in columns.items()])
+
+    return ModelSignature(
+        inputs=schema({"question": "string", "image": "string", "budget": "string", "max_new_tokens": "long"}),
+        outputs=schema({"answer": "string", "budget": "long", "flops": "double", "language_flops": "double",
+                        "visual_tokens": "long"}),
+    )
+
+
 def log_visor_model(model_dir: str | Path, name: str = "visor") -> mlflow.models.model.ModelInfo:
-    """Log the model directory as a pyfunc model in the active run; returns MLflow's ``ModelInfo``."""
-    from mlflow.models import infer_signature
+    """Log the model directory as a pyfunc model in the active run (models-from-code: the model is
+    :mod:`jobs.registry.pyfunc_model`, nothing is pickled); returns MLflow's ``ModelInfo``."""
+    from visor_model.processing import VisorProcessor
 
     os.environ.setdefault("MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK", "true")
-    wrapper = VisorPyfunc()
-    wrapper.load_context(type("Context", (), {"artifacts": {MODEL_ARTIFACT: str(model_dir)}})())
-    example = _input_example(wrapper.processor)
-    signature = infer_signature(example, wrapper.predict(None, example))
     return mlflow.pyfunc.log_model(
         name=name,
-        python_model=VisorPyfunc(),
+        python_model=str(Path(__file__).with_name("pyfunc_model.py")),
         artifacts={MODEL_ARTIFACT: str(model_dir)},
         code_paths=CODE_PATHS,
         pip_requirements=_requirements(),
-        signature=signature,
-        input_example=example,
+        signature=signature(),
+        input_example=_input_example(VisorProcessor.from_pretrained(model_dir)),
     )
 
 

@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from jobs.console import current
 from jobs.faults import fail_stage
 from jobs.registry.config import RetrainConfig
 
@@ -133,11 +134,16 @@ def run_retrain(config: RetrainConfig) -> RetrainOutcome:
                                     score=config.score)
             policy = run_policy_job(f"models:/{name}/{trained.registered_version}", config.policy.data, uri,
                                     options, parent_run_id=parent_id)
+            current().say(f"policy: τ = {policy.tau}, held-out accuracy {policy.heldout['accuracy']:.3f}, "
+                          f"budgets chosen {policy.heldout['budget_counts']}")
             stage = finished("evaluate")
             fail_stage(stage)
             eval_data = ShardSet.resolve(config.eval_data)  # the challenger and the champion score one listing
             report = evaluate(f"models:/{name}/{policy.registered_version}", eval_data, uri, config.score,
                               parent_run_id=parent_id).report
+            point = next(row for row in report["rows"] if row["name"] == report["operating_point"])
+            current().say(f"evaluate: accuracy {point['accuracy']:.3f} at {point['mean_flops'] / 1e6:.1f} MFLOPs "
+                          f"({report['operating_point']}, {report['samples']} samples)")
             if champion is not None and f"eval/{report['data_version']}/accuracy" not in champion.tags:
                 evaluate(f"models:/{name}/{champion.version}", eval_data, uri, config.score, parent_run_id=parent_id)
             stage = finished("promote")

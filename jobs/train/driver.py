@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from jobs.console import current
 from jobs.train.config import TrainConfig
 from pipelines.shards import S3Options, ShardSet
 
@@ -153,16 +154,17 @@ def _run_recipe(config: TrainConfig, parent_run_id: str | None, final_data: Shar
     start, outcome = "", None
     try:
         for index, name in enumerate(config.stage_names):
+            label = f"stage {index + 1}/{last + 1} {name}"
             if name in finished:
                 start = finished[name]
-                print(f"[visor train] stage {name}: done in an earlier attempt ({start})", flush=True)
+                current().say(f"{label}: done in an earlier attempt ({start})")
                 continue
             stage = config.stage(index, start)
-            print(f"[visor train] stage {index + 1}/{last + 1} {name}: {stage.optim.max_steps} steps"
-                  + (f" from {start}" if start else ""), flush=True)
+            current().log(f"{label}: {stage.optim.max_steps} steps" + (f" from {start}" if start else ""))
             fail_stage(name, "recipe")
             outcome = _run_single(stage, recipe_id, final_data if index == last else None, {STAGE_TAG: name},
-                                  index == last and config.mlflow.register_model, log_model=index == last)
+                                  index == last and config.mlflow.register_model, log_model=index == last,
+                                  label=label)
             start = outcome.model_dir
     except BaseException as err:
         client.set_tag(recipe_id, "error", f"{type(err).__name__}: {err}"[:5000])
@@ -175,9 +177,10 @@ def _run_recipe(config: TrainConfig, parent_run_id: str | None, final_data: Shar
 
 
 def _run_single(config: TrainConfig, parent_run_id: str | None, data: ShardSet | None, tags: dict[str, str],
-                register: bool, log_model: bool = True) -> TrainOutcome:
+                register: bool, log_model: bool = True, label: str | None = None) -> TrainOutcome:
     """One training run on Ray Train (see the module docstring): the model directory is always kept in the
-    checkpoint; ``log_model`` logs it to the MLflow run, ``register`` also registers it as ``challenger``."""
+    checkpoint; ``log_model`` logs it to the MLflow run, ``register`` also registers it as ``challenger``;
+    ``label`` names its progress line (default ``train <name>``)."""
     from functools import partial
 
     import ray.train
@@ -187,6 +190,7 @@ def _run_single(config: TrainConfig, parent_run_id: str | None, data: ShardSet |
     from jobs.cluster.ray_env import init_ray
     from jobs.faults import train_fault
     from jobs.registry.tracking import tracking_uri
+    from jobs.train.progress import follow_training
     from jobs.train.worker import WorkerInputs, train_loop
     from pipelines.dataset import build_split
     from pipelines.quarantine import QuarantineLedger
@@ -220,7 +224,8 @@ def _run_single(config: TrainConfig, parent_run_id: str | None, data: ShardSet |
     )
     client = MlflowClient(uri)
     try:
-        result = trainer.fit()
+        with follow_training(client, run_id, config.optim.max_steps, label or f"train {config.name}"):
+            result = trainer.fit()
     except Exception as err:
         client.set_tag(run_id, "error", f"{type(err).__name__}: {err}"[:5000])
         client.set_terminated(run_id, "FAILED")

@@ -22,13 +22,15 @@ from jobs.train.config import TrainConfig
 
 VALUES = Path(__file__).resolve().parents[2] / "infra" / "values.yaml"
 
-# command → (the schemas its options come from, the options that are job inputs rather than settings)
+# command → (the schemas its options come from, the options that are job inputs or console switches rather than
+# settings)
 COMMANDS: dict[tuple[str, ...], tuple[tuple[type[Section], ...], set[str]]] = {
-    ("serve",): ((ServeConfig, Limits), set()),
-    ("train-policy",): ((PolicyOptions, TrackingSection), {"model", "data"}),
-    ("evaluate",): ((ScoreOptions, TrackingSection), {"model", "data", "baseline", "out"}),
+    ("serve",): ((ServeConfig, Limits), {"verbose"}),
+    ("train-policy",): ((PolicyOptions, TrackingSection), {"model", "data", "verbose"}),
+    ("evaluate",): ((ScoreOptions, TrackingSection), {"model", "data", "baseline", "out", "verbose"}),
     ("promote",): ((PromotionRule, TrackingSection), {"dry_run"}),
-    ("data", "inspect"): ((ReadSection,), {"spec", "processor", "as_json", "render", "render_count", "report"}),
+    ("data", "inspect"): ((ReadSection,), {"spec", "processor", "as_json", "render", "render_count", "report",
+                                           "verbose"}),
 }
 
 
