@@ -469,15 +469,16 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
         tau: float | None = None,
         batch_num_images: torch.Tensor | None = None,
         return_dict_in_generate: bool = False,
+        output_logits: bool = False,
         **_: Any,
     ) -> torch.LongTensor | GenerationResult:
         """Batched greedy or sampled decoding with VISOR's reduced KV cache.
 
         Returns ``[B, T + n]``: ``input_ids`` followed by the new tokens, with
         ``pad_token_id`` after a row's EOS (as ``transformers``' ``generate``), or
-        a :class:`GenerationResult` when ``return_dict_in_generate``. Works with
-        left or right padding. Stops at ``max_new_tokens`` or when every row has
-        produced EOS.
+        a :class:`GenerationResult` when ``return_dict_in_generate`` (with the raw
+        logits of every step when ``output_logits``). Works with left or right
+        padding. Stops at ``max_new_tokens`` or when every row has produced EOS.
         """
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
@@ -500,8 +501,10 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
         logits = self.lm_head(pre.hidden[rows, last])
         next_pos = streams.last_position + 1
         finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
-        new_tokens = []
+        new_tokens, step_logits = [], []
         for step in range(max_new_tokens):
+            if output_logits:
+                step_logits.append(logits.clone())
             logits[:, self.config.image_token_id] = float("-inf")  # an image placeholder is never an output
             token = _next_token(logits, do_sample, temperature, top_k, top_p, generator)
             token = token.masked_fill(finished, pad)
@@ -522,6 +525,7 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
             cache_bytes=cache.nbytes(),
             num_visual_tokens=streams.num_visual,
             num_text_tokens=streams.num_text,
+            logits=torch.stack(step_logits, dim=1) if output_logits else None,
         )
 
     def _decode_step(
@@ -622,6 +626,7 @@ class GenerationResult:
     cache_bytes: int
     num_visual_tokens: torch.LongTensor
     num_text_tokens: torch.LongTensor
+    logits: torch.Tensor | None = None  # [B, n, V] the model's logits at each new token (output_logits=True)
 
 
 def _merge_rows(

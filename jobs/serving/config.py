@@ -27,6 +27,7 @@ class Limits(Section):
     max_new_tokens: int = Field(512, ge=1, description="Largest max_tokens a request may ask for.")
     allow_image_urls: bool = Field(False, description="Also accept http(s) image URLs (default: data URLs only).")
     max_images: int = Field(1, ge=1, description="Images per request.")
+    max_choices: int = Field(8, ge=1, description="Largest n (choices per request).")
 
 
 class ServeConfig(Section):

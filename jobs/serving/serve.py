@@ -3,17 +3,20 @@
 Routes (FastAPI ingress of one deployment, :class:`VisorServer`):
 
 * ``POST /v1/chat/completions`` — the OpenAI chat format (see
-  :mod:`jobs.serving.openai_protocol`) plus ``visor_budget`` / ``visor_tau``; the response is a
-  chat completion with ``usage`` and a ``visor`` object (budget used, language-model and
-  total FLOPs, LLaVA-OneVision's FLOPs for the same input and the saving, model
-  version). ``stream: true`` answers with server-sent events, one chunk per token
-  (sent once the batch has generated: decoding is not incremental yet).
+  :mod:`jobs.serving.openai_protocol`: the whole conversation through the chat template, ``n``,
+  ``stop``, ``seed``, ``top_p``, ``logprobs``/``top_logprobs``, ``stream_options``) plus
+  ``visor_budget`` / ``visor_tau``; the response is a chat completion with one choice per ``n``,
+  ``usage`` and a ``visor`` object (budget used, language-model and total FLOPs,
+  LLaVA-OneVision's FLOPs for the same input and the saving, model version). ``stream: true``
+  answers with server-sent events, per choice one chunk per token, then a usage chunk with
+  ``include_usage`` (sent once the batch has generated: decoding is not incremental yet).
 * ``GET /v1/models``, ``GET /health``; ``POST /admin/reload`` (load the version the
   alias points at now, if it moved) and ``GET /admin/stats`` (batch sizes seen).
 
 Requests are tiled and tokenized in the handler, then grouped by ``@serve.batch``:
 one ``generate`` call per batch with a per-sample budget tensor (``"auto"`` requests
-get the policy's choice with their own τ), split only by sampling temperature.
+get the policy's choice with their own τ) and ``n`` rows per request, split only by sampling
+settings (temperature, top-p, seed: a seeded request samples from its own generator).
 A reload swaps the model between batches; a request keeps the model it started with.
 With ``api_token`` set, every route but ``/health`` needs ``Authorization: Bearer <token>``.
 Ray Serve's metrics endpoint exports ``visor_requests``, ``visor_request_latency_s``,
@@ -74,8 +77,8 @@ def prepare(request: ChatRequest, loaded: Loaded) -> dict[str, np.ndarray]:
     """Tile and tokenize one request (``[T]`` ids, ``[tiles, 3, H, W]`` pixels); checks the context length."""
     processor = loaded.processor
     images = [request.image] if request.image is not None else None
-    out = processor(text=[processor.prompt(request.question, request.image is not None)], images=images,
-                    return_tensors="np")
+    text = processor.apply_chat_template(request.conversation, add_generation_prompt=True, tokenize=False)
+    out = processor(text=[text], images=images, return_tensors="np")
     ids = out["input_ids"][0]
     limit = loaded.model.config.text_config.max_position_embeddings
     if len(ids) + request.max_tokens > limit:
@@ -91,11 +94,11 @@ def prepare(request: ChatRequest, loaded: Loaded) -> dict[str, np.ndarray]:
 
 
 def run_batch(items: list[Item]) -> list[dict]:
-    """Generate for a batch; one ``generate`` per (model, temperature) group, budgets per sample."""
+    """Generate for a batch; one ``generate`` per (model, sampling settings) group, budgets per sample."""
     results: list[dict | None] = [None] * len(items)
     groups: dict[tuple, list[int]] = {}
     for i, item in enumerate(items):
-        groups.setdefault((id(item.loaded), item.request.temperature), []).append(i)
+        groups.setdefault((id(item.loaded), item.request.sampling), []).append(i)
     for indices in groups.values():
         for i, result in zip(indices, _generate([items[i] for i in indices]), strict=True):
             results[i] = result
@@ -104,62 +107,120 @@ def run_batch(items: list[Item]) -> list[dict]:
 
 @torch.no_grad()
 def _generate(items: list[Item]) -> list[dict]:
+    """One ``generate`` over every choice of ``items`` (``n`` rows per request; one seeded generator when the
+    requests carry a seed, so the same request and seed give the same choices)."""
     from pipelines.dataset import Collator, object_column
     from visor_model.flops import baseline_flops, visor_flops
     from visor_model.policy import choose_budget
 
     loaded = items[0].loaded
     model, tokenizer = loaded.model, loaded.processor.tokenizer
+    rows = [i for i, item in enumerate(items) for _ in range(item.request.n)]
     batch = Collator(tokenizer.pad_token_id, padding_side="left")(
-        {name: object_column([item.inputs[name] for item in items]) for name in ("input_ids", "pixel_values",
+        {name: object_column([items[i].inputs[name] for i in rows]) for name in ("input_ids", "pixel_values",
                                                                                   "image_sizes")}
     )
-    budgets = torch.tensor([0 if item.request.budget == "auto" else int(item.request.budget) for item in items])
-    auto = [i for i, item in enumerate(items) if item.request.budget == "auto"]
+    budgets = torch.tensor([0 if items[i].request.budget == "auto" else int(items[i].request.budget) for i in rows])
+    auto = [row for row, i in enumerate(rows) if items[i].request.budget == "auto"]
     if auto:
         logits = model.policy(model.policy_features(**batch))
-        for i in auto:
-            tau = items[i].request.tau if items[i].request.tau is not None else model.config.policy_tau
-            budgets[i] = choose_budget(logits[i : i + 1], tau)[0]
-    temperature = items[0].request.temperature
+        for row in auto:
+            tau = items[rows[row]].request.tau
+            budgets[row] = choose_budget(logits[row : row + 1], model.config.policy_tau if tau is None else tau)[0]
+    first = items[0].request
+    generator = None if first.seed is None else torch.Generator().manual_seed(first.seed)
     out = model.generate(**batch, budget=budgets, max_new_tokens=max(item.request.max_tokens for item in items),
-                         do_sample=temperature > 0, temperature=temperature or 1.0, return_dict_in_generate=True)
+                         do_sample=first.temperature > 0, temperature=first.temperature or 1.0, top_p=first.top_p,
+                         generator=generator, output_logits=any(item.request.logprobs for item in items),
+                         return_dict_in_generate=True)
     prompt_len = batch["input_ids"].shape[1]
-    eos = tokenizer.eos_token_id
     results = []
     for i, item in enumerate(items):
-        tokens = out.sequences[i, prompt_len:prompt_len + item.request.max_tokens].tolist()
-        stopped = eos in tokens
-        tokens = tokens[: tokens.index(eos)] if stopped else tokens
-        nv, nt = int(out.num_visual_tokens[i]), int(out.num_text_tokens[i])
+        own = [row for row, of in enumerate(rows) if of == i]
+        row = own[0]
+        nv, nt = int(out.num_visual_tokens[row]), int(out.num_text_tokens[row])
         tiles = len(item.inputs["pixel_values"])
-        cost = visor_flops(model.config, int(budgets[i]), nv, nt, tiles)
+        cost = visor_flops(model.config, int(budgets[row]), nv, nt, tiles)
         full = baseline_flops(model.config, nv, nt, tiles)
+        choices = [_choice(out.sequences[r, prompt_len:].tolist(), None if out.logits is None else out.logits[r],
+                           item.request, tokenizer) for r in own]
         results.append({
-            "tokens": tokens, "finish_reason": "stop" if stopped else "length",
-            "prompt_tokens": int(batch["attention_mask"][i].sum()),
-            "visor": {"budget": int(budgets[i]), "flops": cost["total"], "language_flops": cost["language"],
+            "choices": choices, "prompt_tokens": int(batch["attention_mask"][row].sum()),
+            "visor": {"budget": int(budgets[row]), "flops": cost["total"], "language_flops": cost["language"],
                       "full_attention_flops": full["total"], "saving_vs_full_attention": full["total"] / cost["total"],
                       "model_version": loaded.version},
         })
     return results
 
 
-def _sse(result: dict, tokenizer, model: str, completion_id: str, created: int):
-    """Server-sent events of a finished generation: a role chunk, one chunk per token, a final chunk."""
-    def event(delta: dict, finish: str | None = None, extra: dict | None = None) -> str:
+def _choice(tokens: list[int], logits: torch.Tensor | None, request: ChatRequest, tokenizer) -> dict:
+    """One choice from a row's new tokens: cut at EOS or at the first ``stop`` string (the stop text is not
+    returned; ``finish_reason`` is ``"stop"``), else ``"length"``; its text, token count and logprobs."""
+    tokens = tokens[: request.max_tokens]
+    eos = tokenizer.eos_token_id
+    finish = "length"
+    if eos in tokens:
+        tokens, finish = tokens[: tokens.index(eos)], "stop"
+    text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+    hits = [text.find(stop) for stop in request.stop if stop in text]
+    kept = len(tokens)
+    if hits:
+        text, finish = text[: min(hits)].rstrip(), "stop"
+        kept = next(k for k in range(1, len(tokens) + 1)
+                    if any(stop in tokenizer.decode(tokens[:k], skip_special_tokens=True) for stop in request.stop))
+        tokens = tokens[: kept - 1]  # the tokens before the one that completed the stop text
+    entries = None
+    if request.logprobs and logits is not None:
+        entries = _logprobs(tokens, logits[: len(tokens)], request.top_logprobs, tokenizer)
+    return {"text": text, "finish_reason": finish, "completion_tokens": kept, "logprobs": entries}
+
+
+def _logprobs(tokens: list[int], logits: torch.Tensor, top: int, tokenizer) -> list[dict]:
+    """OpenAI's ``logprobs.content``: each token's log-probability under the model (``log_softmax`` of its
+    logits) and the ``top`` most likely alternatives."""
+    def entry(token: int, logprob: float) -> dict:
+        text = tokenizer.decode([token])
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    content = []
+    for step, token in enumerate(tokens):
+        item = entry(token, float(logprobs[step, token]))
+        values, ids = logprobs[step].topk(top) if top else (torch.empty(0), torch.empty(0, dtype=torch.long))
+        item["top_logprobs"] = [entry(int(t), float(v)) for v, t in zip(values, ids, strict=True)]
+        content.append(item)
+    return content
+
+
+def _usage(result: dict) -> dict:
+    completion = sum(choice["completion_tokens"] for choice in result["choices"])
+    return {"prompt_tokens": result["prompt_tokens"], "completion_tokens": completion,
+            "total_tokens": result["prompt_tokens"] + completion}
+
+
+def _sse(result: dict, request: ChatRequest, tokenizer, model: str, completion_id: str, created: int):
+    """Server-sent events of a finished generation, per choice: a role chunk, one chunk per token, a final chunk
+    (with the ``visor`` object); then a usage chunk when ``stream_options.include_usage``."""
+    def event(choices: list[dict], extra: dict | None = None) -> str:
         chunk = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
-                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **(extra or {})}
+                 "choices": choices, **(extra or {})}
         return f"data: {json.dumps(chunk)}\n\n"
 
-    yield event({"role": "assistant", "content": ""})
-    previous = ""
-    for n in range(1, len(result["tokens"]) + 1):
-        text = tokenizer.decode(result["tokens"][:n], skip_special_tokens=True).strip()
-        if text != previous:
-            yield event({"content": text[len(previous):] if text.startswith(previous) else text})
-            previous = text
-    yield event({}, result["finish_reason"], {"visor": result["visor"]})
+    for index, choice in enumerate(result["choices"]):
+        def delta(content: dict, finish: str | None = None, index: int = index) -> dict:
+            return {"index": index, "delta": content, "finish_reason": finish}
+
+        yield event([delta({"role": "assistant", "content": ""})])
+        previous = ""
+        tokens = tokenizer(choice["text"], add_special_tokens=False)["input_ids"]
+        for n in range(1, len(tokens) + 1):
+            text = tokenizer.decode(tokens[:n], skip_special_tokens=True).strip()
+            if text != previous:
+                yield event([delta({"content": text[len(previous):] if text.startswith(previous) else text})])
+                previous = text
+        yield event([delta({}, choice["finish_reason"])], {"visor": result["visor"]})
+    if request.include_usage:
+        yield event([], {"usage": _usage(result)})
     yield "data: [DONE]\n\n"
 
 
@@ -281,15 +342,13 @@ class VisorServer:
         tokenizer = loaded.processor.tokenizer
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if parsed.stream:
-            return StreamingResponse(_sse(result, tokenizer, loaded.name, completion_id, created),
+            return StreamingResponse(_sse(result, parsed, tokenizer, loaded.name, completion_id, created),
                                      media_type="text/event-stream")
-        text = tokenizer.decode(result["tokens"], skip_special_tokens=True).strip()
-        usage = {"prompt_tokens": result["prompt_tokens"], "completion_tokens": len(result["tokens"]),
-                 "total_tokens": result["prompt_tokens"] + len(result["tokens"])}
+        choices = [{"index": index, "message": {"role": "assistant", "content": choice["text"]},
+                    "logprobs": None if choice["logprobs"] is None else {"content": choice["logprobs"]},
+                    "finish_reason": choice["finish_reason"]} for index, choice in enumerate(result["choices"])]
         return {"id": completion_id, "object": "chat.completion", "created": created, "model": loaded.name,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "finish_reason": result["finish_reason"]}],
-                "usage": usage, "visor": result["visor"]}
+                "choices": choices, "usage": _usage(result), "visor": result["visor"]}
 
 
 def build_app(config: ServeConfig):

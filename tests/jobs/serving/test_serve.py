@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import mlflow
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 from openai import OpenAI
 from PIL import Image
@@ -79,6 +80,68 @@ def test_openai_client_answers_like_generate_and_streams(server, registry) -> No
     assert [m.id for m in models.data] == ["visor"] and models.data[0].model_extra["version"] == "1"
 
 
+def test_conversation_and_sampling_parameters(server, registry) -> None:
+    """The whole conversation through the chat template; n, seed, stop, logprobs, include_usage (issue 15)."""
+    image = render_sample(4, "eval", 5).image
+    client = OpenAI(base_url=f"{server}/v1", api_key="unused")
+    conversation = [
+        {"role": "system", "content": "what is it ?"},
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_data_url(image)}},
+                                     {"type": "text", "text": QUESTION}]},
+        {"role": "assistant", "content": "red"},
+        {"role": "user", "content": "how many shapes are there ?"},
+    ]
+    mlflow.set_tracking_uri(registry.uri)
+    model, processor = load_visor("models:/visor/1")
+    templated = processor.apply_chat_template([
+        {"role": "system", "content": [{"type": "text", "text": "what is it ?"}]},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "red"}]},
+        {"role": "user", "content": [{"type": "text", "text": "how many shapes are there ?"}]},
+    ], add_generation_prompt=True, tokenize=False)
+    inputs = dict(processor(text=[templated], images=[image], return_tensors="pt"))
+    inputs.pop("batch_num_images", None)
+    prompt_len = inputs["input_ids"].shape[1]
+    expected = model.generate(**inputs, budget=1, max_new_tokens=4, eos_token_id=[])[0, prompt_len:].tolist()
+    reply = client.chat.completions.create(model="visor", messages=conversation, temperature=0, max_tokens=4,
+                                           logprobs=True, top_logprobs=2, extra_body={"visor_budget": 1})
+    choice = reply.choices[0]
+    eos = processor.tokenizer.eos_token_id
+    tokens = expected[: expected.index(eos)] if eos in expected else expected
+    assert choice.message.content == processor.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+    assert reply.usage.prompt_tokens == prompt_len and choice.finish_reason == ("stop" if eos in expected else "length")
+    with torch.no_grad():  # log_softmax of the model's own logits at each chosen token, from one forward pass
+        full = torch.tensor([inputs["input_ids"][0].tolist() + tokens])
+        out = model(input_ids=full, pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"], budget=1)
+    column = {int(c): j for j, c in enumerate(out.text_index[0])}
+    logprobs = torch.log_softmax(out.logits[0].float(), -1)
+    for step, (token, entry) in enumerate(zip(tokens, choice.logprobs.content, strict=True)):
+        assert entry.logprob == pytest.approx(float(logprobs[column[prompt_len + step - 1], token]), abs=1e-4)
+        assert len(entry.top_logprobs) == 2 and entry.top_logprobs[0].logprob >= entry.logprob - 1e-6
+
+    def sampled(seed: int) -> list[str]:
+        answer = client.chat.completions.create(model="visor", messages=conversation, n=3, temperature=1.5, seed=seed,
+                                                max_tokens=6)
+        return [c.message.content for c in answer.choices]
+
+    first = sampled(7)
+    assert len(first) == 3 and sampled(7) == first  # the same seed, the same choices
+    assert any(sampled(seed) != first for seed in (8, 9, 10))
+
+    greedy = choice.message.content
+    assert len(greedy) >= 2
+    stop = greedy[1:2]
+    cut = client.chat.completions.create(model="visor", messages=conversation, temperature=0, max_tokens=4,
+                                         stop=[stop], extra_body={"visor_budget": 1}).choices[0]
+    assert cut.message.content == greedy[: greedy.find(stop)].rstrip() and cut.finish_reason == "stop"
+
+    chunks = list(client.chat.completions.create(model="visor", messages=conversation, temperature=0, max_tokens=4,
+                                                 stream=True, stream_options={"include_usage": True},
+                                                 extra_body={"visor_budget": 1}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip() == greedy
+    assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == reply.usage.total_tokens
+
+
 def bad_requests(image: Image.Image) -> list[tuple[str, object, int, str]]:
     big = random_image(300, 300, 0)  # ~270 kB of PNG: random pixels do not compress
     two = messages(image)
@@ -102,6 +165,15 @@ def bad_requests(image: Image.Image) -> list[tuple[str, object, int, str]]:
             {"type": "text", "text": QUESTION}]}]}, 400, "disabled on this server"),
         ("prompt too long", {"messages": messages(image, " ".join(["what"] * 5000))}, 400, "exceeds the model's"),
         ("unknown model", {"model": "gpt-4", "messages": messages(image)}, 404, "not served here"),
+        ("tools", {"messages": messages(image), "tools": [{"type": "function", "function": {"name": "f"}}]}, 400,
+         "unsupported parameter 'tools'"),
+        ("response_format", {"messages": messages(image), "response_format": {"type": "json_object"}}, 400,
+         "unsupported parameter 'response_format'"),
+        ("penalty", {"messages": messages(image), "presence_penalty": 0.5}, 400,
+         "unsupported parameter 'presence_penalty'"),
+        ("top_logprobs alone", {"messages": messages(image), "top_logprobs": 2}, 400, "needs logprobs"),
+        ("ends with the assistant", {"messages": [*messages(image), {"role": "assistant", "content": "red"}]}, 400,
+         "last message must be a user message"),
     ]
 
 
@@ -115,6 +187,8 @@ def test_bad_requests_get_4xx_in_openai_format(server) -> None:
             assert response.status_code == status, (name, response.text)
             error = response.json()["error"]
             assert message in error["message"] and error["type"] == "invalid_request_error", name
+            if "unsupported parameter" in message:
+                assert error["param"] == message.split("'")[1] and error["code"] == "unsupported_parameter"
         ok = http.post("/v1/chat/completions", json={"messages": messages(image), "max_tokens": 2})
         assert ok.status_code == 200  # still serving
 
