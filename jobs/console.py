@@ -145,7 +145,7 @@ def job_console(job: str, verbose: bool = False) -> Iterator[Console]:
     global _current
     previous = _current
     if verbose_requested(verbose):
-        _current = Console(sys.stderr, interactive=sys.stderr.isatty())
+        _current = Console(sys.stderr, interactive=_is_terminal(sys.stderr))
         try:
             yield _current
         finally:
@@ -160,7 +160,7 @@ def job_console(job: str, verbose: bool = False) -> Iterator[Console]:
     # runner's stream), which the redirection below does not touch
     terminal = os.fdopen(os.dup(2), "w", buffering=1) if _writes_to_fd(sys.stderr, 2) else sys.stderr
     handle = open(log_file, "a", buffering=1)  # noqa: SIM115 (closed below, after the descriptors are restored)
-    console = Console(terminal, handle, log_file, interactive=terminal.isatty())
+    console = Console(terminal, handle, log_file, interactive=_is_terminal(terminal))
     terminal.write(f"logs: {log_file}\n")
     terminal.flush()
     saved = {fd: os.dup(fd) for fd in (1, 2)}
@@ -183,6 +183,15 @@ def job_console(job: str, verbose: bool = False) -> Iterator[Console]:
         handle.close()
         if terminal is not sys.stderr:
             terminal.close()
+
+
+def _is_terminal(stream: IO[str]) -> bool:
+    """A terminal a live bar can be drawn on (one that reports its width; a pseudo-terminal without a size
+    gets plain lines)."""
+    try:
+        return stream.isatty() and os.get_terminal_size(stream.fileno()).columns >= 40
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def _ray_is_up() -> bool:
