@@ -12,9 +12,17 @@ the samples that read the image there (mode C or S). Per layer ``l``:
 
 A sample then holds ``L × text_len + |C ∪ S_b| × Nv`` entries, which
 :meth:`VisorCache.num_entries` counts.
+
+Rows can join and leave between decode steps (continuous batching):
+:meth:`VisorCache.concat` stacks caches of different batches — each layer's visual part and
+text part padded with invalid entries so every row appends at the same slot — and
+:meth:`VisorCache.select` keeps a subset of rows. :class:`DecodeState` is a cache together with
+what the next decode step needs per row (logits, next position, the budget used).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -67,6 +75,63 @@ class VisorCache:
         """Mark the entry written by :meth:`append` in every layer as part of the cache."""
         self.length += 1
 
+    @property
+    def batch_size(self) -> int:
+        return self.key_valid[0].shape[0]
+
+    def select(self, rows: torch.LongTensor) -> VisorCache:
+        """A cache holding only ``rows`` (same slots)."""
+        out = VisorCache(self.num_layers, self.length, self.capacity - self.length)
+        out.visual_offset = list(self.visual_offset)
+        for layer in range(self.num_layers):
+            out.keys[layer] = self.keys[layer].index_select(0, rows)
+            out.values[layer] = self.values[layer].index_select(0, rows)
+            out.key_valid[layer] = self.key_valid[layer].index_select(0, rows)
+            if self.gated[layer] is not None:
+                out.gated[layer] = tuple(t.index_select(0, rows) for t in self.gated[layer])
+        return out
+
+    def compact(self) -> None:
+        """Drop the text slots no row holds (left by rows that joined with longer prompts and then left), so
+        the cache of a decode that rows keep joining does not grow without bound."""
+        used = torch.zeros(self.length, dtype=torch.bool, device=self.key_valid[0].device)
+        for layer in range(self.num_layers):
+            offset = self.visual_offset[layer]
+            used |= self.key_valid[layer][:, offset : offset + self.length].any(0)
+        if bool(used.all()):
+            return
+        kept = used.nonzero().squeeze(1)
+        room = self.capacity - self.length
+        for layer in range(self.num_layers):
+            offset = self.visual_offset[layer]
+            columns = torch.cat([torch.arange(offset, device=kept.device), offset + kept,
+                                 torch.arange(offset + self.length, offset + self.capacity, device=kept.device)])
+            self.keys[layer] = self.keys[layer].index_select(2, columns)
+            self.values[layer] = self.values[layer].index_select(2, columns)
+            self.key_valid[layer] = self.key_valid[layer].index_select(1, columns)
+        self.length = len(kept)
+        self.capacity = self.length + room
+
+    @staticmethod
+    def concat(caches: list[VisorCache]) -> VisorCache:
+        """The rows of ``caches`` in one cache: per layer the visual part is padded to the widest, each cache's
+        text entries keep their slots and are followed by invalid ones up to the longest ``length``, and the
+        room left is the largest any cache had."""
+        if len(caches) == 1:
+            return caches[0]
+        first = caches[0]
+        length = max(c.length for c in caches)
+        out = VisorCache(first.num_layers, length, max(c.capacity - c.length for c in caches))
+        for layer in range(first.num_layers):
+            offset = max(c.visual_offset[layer] for c in caches)
+            parts = [_pad_layer(c, layer, offset, out.capacity) for c in caches]
+            out.keys[layer], out.values[layer], out.key_valid[layer] = (torch.cat(t) for t in zip(*parts, strict=True))
+            out.visual_offset[layer] = offset
+            gated = [c.gated[layer] for c in caches]
+            if any(g is not None for g in gated):
+                out.gated[layer] = _concat_gated(gated, [c.batch_size for c in caches])
+        return out
+
     def num_entries(self) -> torch.LongTensor:
         """Real K/V entries per sample ``[B]`` (text + visual, all layers, both attention kinds)."""
         total = None
@@ -90,3 +155,61 @@ class VisorCache:
         """Bytes held by the cache tensors (preallocated text capacity included)."""
         size = sum(t.numel() * t.element_size() for t in self.keys + self.values if t is not None)
         return size + sum(k.numel() * k.element_size() * 2 for k, _, _ in filter(None, self.gated))
+
+
+def _pad_layer(cache: VisorCache, layer: int, offset: int, capacity: int) -> tuple[torch.Tensor, ...]:
+    """``cache``'s layer as ``(keys, values, valid)`` with ``offset`` visual slots and ``capacity`` text slots."""
+    keys, values, valid = cache.keys[layer], cache.values[layer], cache.key_valid[layer]
+    own, length = cache.visual_offset[layer], cache.length
+    batch, heads, _, dim = keys.shape
+    new_keys = keys.new_zeros(batch, heads, offset + capacity, dim)
+    new_values = values.new_zeros(batch, heads, offset + capacity, dim)
+    new_valid = valid.new_zeros(batch, offset + capacity)
+    for target, source in ((new_keys, keys), (new_values, values)):
+        target[:, :, :own] = source[:, :, :own]
+        target[:, :, offset : offset + length] = source[:, :, own : own + length]
+    new_valid[:, :own] = valid[:, :own]
+    new_valid[:, offset : offset + length] = valid[:, own : own + length]
+    return new_keys, new_values, new_valid
+
+
+def _concat_gated(parts: list[tuple[torch.Tensor, ...] | None], sizes: list[int]) -> tuple[torch.Tensor, ...]:
+    """Gated-sublayer ``(k, v, valid)`` of several caches in one, visual slots padded (None: no valid slot)."""
+    template = next(p for p in parts if p is not None)
+    width = max(p[0].shape[2] for p in parts if p is not None)
+    heads, dim = template[0].shape[1], template[0].shape[3]
+    keys, values, valid = [], [], []
+    for part, batch in zip(parts, sizes, strict=True):
+        k = template[0].new_zeros(batch, heads, width, dim)
+        v = template[1].new_zeros(batch, heads, width, dim)
+        ok = template[2].new_zeros(batch, width)
+        if part is not None:
+            n = part[0].shape[2]
+            k[:, :, :n], v[:, :, :n], ok[:, :n] = part
+        keys.append(k)
+        values.append(v)
+        valid.append(ok)
+    return torch.cat(keys), torch.cat(values), torch.cat(valid)
+
+
+@dataclass
+class DecodeState:
+    """Rows being decoded: their cache, the logits of their next token ``[B, V]``, the position it will take
+    ``[B]``, and per row the budget used and the visual/text token counts of the prompt ``[B]``."""
+
+    cache: VisorCache
+    logits: torch.Tensor
+    next_pos: torch.LongTensor
+    budget: torch.LongTensor
+    num_visual: torch.LongTensor
+    num_text: torch.LongTensor
+
+    def select(self, rows: torch.LongTensor) -> DecodeState:
+        return DecodeState(self.cache.select(rows), *(t.index_select(0, rows) for t in (
+            self.logits, self.next_pos, self.budget, self.num_visual, self.num_text)))
+
+    @staticmethod
+    def concat(states: list[DecodeState]) -> DecodeState:
+        return DecodeState(VisorCache.concat([s.cache for s in states]), *(
+            torch.cat([getattr(s, name) for s in states])
+            for name in ("logits", "next_pos", "budget", "num_visual", "num_text")))

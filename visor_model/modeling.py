@@ -34,7 +34,7 @@ from transformers.models.llava_onevision.modeling_llava_onevision import (
 )
 
 from .attention_layout import AttentionLayout
-from .cache import VisorCache
+from .cache import DecodeState, VisorCache
 from .config import VisorConfig
 from .layers import CAUSAL, GatedCrossAttention, attention_or_zero, finish, layer_attend, project, project_visual_kv
 from .plan import LayerPlan
@@ -488,49 +488,71 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
         pad = pad_token_id if pad_token_id is not None else self.config.text_config.pad_token_id
         pad = pad if pad is not None else (eos_ids[0].item() if eos_ids.numel() else 0)
         batch = input_ids.shape[0]
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        streams_len = int((input_ids != self.config.image_token_id).sum(1).max())
-        cache = VisorCache(self.config.text_config.num_hidden_layers, streams_len, max_new_tokens)
-        pre = self._prefill(
-            input_ids, attention_mask, pixel_values, image_sizes, budget, tau, batch_num_images, cache=cache
-        )
-        streams = pre.streams
-        last = last_valid_index(streams.text_valid)
-        rows = torch.arange(batch, device=input_ids.device)
-        logits = self.lm_head(pre.hidden[rows, last])
-        next_pos = streams.last_position + 1
+        state = self.start_decoding(input_ids, attention_mask, pixel_values, image_sizes, budget, tau,
+                                    batch_num_images, capacity=max_new_tokens)
         finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
         new_tokens, step_logits = [], []
         for step in range(max_new_tokens):
+            logits = state.logits
             if output_logits:
                 step_logits.append(logits.clone())
             logits[:, self.config.image_token_id] = float("-inf")  # an image placeholder is never an output
-            token = _next_token(logits, do_sample, temperature, top_k, top_p, generator)
+            token = next_token(logits, do_sample, temperature, top_k, top_p, generator)
             token = token.masked_fill(finished, pad)
             new_tokens.append(token)
             finished |= torch.isin(token, eos_ids)
             if finished.all() or step == max_new_tokens - 1:
                 break
-            logits = self._decode_step(token, next_pos, cache, visual_pos=streams.visual_pos)
-            next_pos = next_pos + 1
+            self.decode_step(state, token)
         sequences = torch.cat([input_ids, torch.stack(new_tokens, dim=1)], dim=1)
         if not return_dict_in_generate:
             return sequences
+        cache = state.cache
         return GenerationResult(
             sequences=sequences,
-            budget=pre.budget,
+            budget=state.budget,
             cache_entries=cache.num_entries(),
             cache_visual_entries=cache.num_visual_entries(),
             cache_bytes=cache.nbytes(),
-            num_visual_tokens=streams.num_visual,
-            num_text_tokens=streams.num_text,
+            num_visual_tokens=state.num_visual,
+            num_text_tokens=state.num_text,
             logits=torch.stack(step_logits, dim=1) if output_logits else None,
         )
 
-    def _decode_step(
-        self, token: torch.LongTensor, pos: torch.LongTensor, cache: VisorCache, visual_pos: torch.Tensor
-    ) -> torch.Tensor:
+    @torch.no_grad()
+    def start_decoding(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_sizes: torch.Tensor | None = None,
+        budget: Budget = None,
+        tau: float | None = None,
+        batch_num_images: torch.Tensor | None = None,
+        capacity: int = 32,
+    ) -> DecodeState:
+        """Prefill prompts into a fresh reduced cache with room for ``capacity`` new tokens per row: the
+        :class:`~visor_model.cache.DecodeState` whose ``logits`` give each row's first new token."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        streams_len = int((input_ids != self.config.image_token_id).sum(1).max())
+        cache = VisorCache(self.config.text_config.num_hidden_layers, streams_len, capacity)
+        pre = self._prefill(
+            input_ids, attention_mask, pixel_values, image_sizes, budget, tau, batch_num_images, cache=cache
+        )
+        streams = pre.streams
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+        logits = self.lm_head(pre.hidden[rows, last_valid_index(streams.text_valid)])
+        return DecodeState(cache, logits, streams.last_position + 1, pre.budget, streams.num_visual, streams.num_text)
+
+    @torch.no_grad()
+    def decode_step(self, state: DecodeState, token: torch.LongTensor) -> None:
+        """Feed one new token per row (``[B]``): extends the cache, sets ``state.logits`` to the next token's
+        logits ``[B, V]`` and advances ``state.next_pos``."""
+        state.logits = self._decode_step(token, state.next_pos, state.cache)
+        state.next_pos = state.next_pos + 1
+
+    def _decode_step(self, token: torch.LongTensor, pos: torch.LongTensor, cache: VisorCache) -> torch.Tensor:
         """One token per row through every layer, reading and extending ``cache``; returns logits ``[B, V]``."""
         hidden = self.get_input_embeddings()(token[:, None])
         pos_emb = self.language_model.rotary_emb(hidden, pos[:, None])
@@ -649,7 +671,7 @@ def _merge_rows(
     return keys, values, visual_valid & used[:, None]
 
 
-def _next_token(
+def next_token(
     logits: torch.Tensor, do_sample: bool, temperature: float, top_k: int, top_p: float, generator
 ) -> torch.LongTensor:
     """Greedy argmax, or a sample from ``softmax(logits / T)`` restricted by top-k / top-p."""

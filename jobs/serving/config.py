@@ -42,8 +42,11 @@ class ServeConfig(Section):
     replicas: int = Field(1, ge=1, description="Model replicas.")
     cpus_per_replica: float = Field(1.0, gt=0, description="CPUs reserved by each replica.")
     max_ongoing_requests: int = Field(32, ge=1, description="In-flight requests per replica.")
-    max_batch_size: int = Field(8, ge=1, description="Requests per generate batch.")
-    batch_wait_timeout_s: float = Field(0.02, ge=0, description="Longest wait for a batch to fill, in seconds.")
+    max_batch_size: int = Field(8, ge=1, description="Rows decoded together (a request of n choices takes n).")
+    max_queued_requests: int = Field(64, ge=1, description="Requests that may wait for a decode slot; more get "
+                                     "429 with Retry-After.")
+    batch_wait_timeout_s: float = Field(0.02, ge=0, description="How long an idle replica waits for more requests "
+                                        "before prefilling the first, in seconds.")
     reload_poll_seconds: float = Field(0.0, ge=0, description="Seconds between checks of the alias (0: only on "
                                        "POST /admin/reload).")
     api_token: str | None = Field(default_factory=lambda: os.environ.get(TOKEN_ENV) or None, repr=False)

@@ -8,36 +8,37 @@ Routes (FastAPI ingress of one deployment, :class:`VisorServer`):
   ``visor_budget`` / ``visor_tau``; the response is a chat completion with one choice per ``n``,
   ``usage`` and a ``visor`` object (budget used, language-model and total FLOPs,
   LLaVA-OneVision's FLOPs for the same input and the saving, model version). ``stream: true``
-  answers with server-sent events, per choice one chunk per token, then a usage chunk with
-  ``include_usage`` (sent once the batch has generated: decoding is not incremental yet).
+  answers with server-sent events as the tokens are generated (the first chunk leaves with the
+  first token), then a usage chunk with ``include_usage``; a client that disconnects frees its slot.
 * ``GET /v1/models``, ``GET /health``; ``POST /admin/reload`` (load the version the
-  alias points at now, if it moved) and ``GET /admin/stats`` (batch sizes seen).
+  alias points at now, if it moved) and ``GET /admin/stats`` (the decode loop's counters:
+  requests, decode steps, requests that joined a running decode, rows per step, refused).
 
-Requests are tiled and tokenized in the handler, then grouped by ``@serve.batch``:
-one ``generate`` call per batch with a per-sample budget tensor (``"auto"`` requests
-get the policy's choice with their own τ) and ``n`` rows per request, split only by sampling
-settings (temperature, top-p, seed: a seeded request samples from its own generator).
-A reload swaps the model between batches; a request keeps the model it started with.
-With ``api_token`` set, every route but ``/health`` needs ``Authorization: Bearer <token>``.
-Ray Serve's metrics endpoint exports ``visor_requests``, ``visor_request_latency_s``,
-``visor_budget_chosen`` and ``visor_batch_size``.
+Requests are tiled and tokenized in the handler, then decoded by the replica's
+:class:`~jobs.serving.engine.Engine` with continuous batching: new requests join the running
+batch between decode steps, each row with its own budget (``"auto"`` requests get the policy's
+choice with their own τ) and reduced KV cache, finished rows leave; a full waiting queue is
+answered with 429 and ``Retry-After``. A reload swaps the model for new requests; rows in flight
+finish on the model they started with (the engine admits a new version once the old one's rows
+are done). With ``api_token`` set, every route but ``/health`` needs ``Authorization: Bearer <token>``.
+Ray Serve's metrics endpoint exports ``visor_requests``, ``visor_request_latency_s`` and
+``visor_budget_chosen``.
 """
 
 import asyncio
 import json
 import time
 import uuid
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
 from jobs.serving.config import ServeConfig
+from jobs.serving.engine import Engine, Job, QueueFull
 from jobs.serving.openai_protocol import ApiError, ChatRequest, parse_chat_request
 
 
@@ -49,15 +50,6 @@ class Loaded:
     processor: Any
     name: str
     version: str
-
-
-@dataclass
-class Item:
-    """One request on its way through a batch: the request, the model it started with, its inputs."""
-
-    request: ChatRequest
-    loaded: Loaded
-    inputs: dict[str, np.ndarray]
 
 
 def _load(model_uri: str, tracking_uri: str) -> Loaded:
@@ -93,135 +85,53 @@ def prepare(request: ChatRequest, loaded: Loaded) -> dict[str, np.ndarray]:
     }
 
 
-def run_batch(items: list[Item]) -> list[dict]:
-    """Generate for a batch; one ``generate`` per (model, sampling settings) group, budgets per sample."""
-    results: list[dict | None] = [None] * len(items)
-    groups: dict[tuple, list[int]] = {}
-    for i, item in enumerate(items):
-        groups.setdefault((id(item.loaded), item.request.sampling), []).append(i)
-    for indices in groups.values():
-        for i, result in zip(indices, _generate([items[i] for i in indices]), strict=True):
-            results[i] = result
-    return results
+def _usage(job: Job) -> dict:
+    completion = sum(len(choice.tokens) for choice in job.choices)
+    return {"prompt_tokens": job.prompt_tokens, "completion_tokens": completion,
+            "total_tokens": job.prompt_tokens + completion}
 
 
-@torch.no_grad()
-def _generate(items: list[Item]) -> list[dict]:
-    """One ``generate`` over every choice of ``items`` (``n`` rows per request; one seeded generator when the
-    requests carry a seed, so the same request and seed give the same choices)."""
-    from pipelines.dataset import Collator, object_column
-    from visor_model.flops import baseline_flops, visor_flops
-    from visor_model.policy import choose_budget
-
-    loaded = items[0].loaded
-    model, tokenizer = loaded.model, loaded.processor.tokenizer
-    rows = [i for i, item in enumerate(items) for _ in range(item.request.n)]
-    batch = Collator(tokenizer.pad_token_id, padding_side="left")(
-        {name: object_column([items[i].inputs[name] for i in rows]) for name in ("input_ids", "pixel_values",
-                                                                                  "image_sizes")}
-    )
-    budgets = torch.tensor([0 if items[i].request.budget == "auto" else int(items[i].request.budget) for i in rows])
-    auto = [row for row, i in enumerate(rows) if items[i].request.budget == "auto"]
-    if auto:
-        logits = model.policy(model.policy_features(**batch))
-        for row in auto:
-            tau = items[rows[row]].request.tau
-            budgets[row] = choose_budget(logits[row : row + 1], model.config.policy_tau if tau is None else tau)[0]
-    first = items[0].request
-    generator = None if first.seed is None else torch.Generator().manual_seed(first.seed)
-    out = model.generate(**batch, budget=budgets, max_new_tokens=max(item.request.max_tokens for item in items),
-                         do_sample=first.temperature > 0, temperature=first.temperature or 1.0, top_p=first.top_p,
-                         generator=generator, output_logits=any(item.request.logprobs for item in items),
-                         return_dict_in_generate=True)
-    prompt_len = batch["input_ids"].shape[1]
-    results = []
-    for i, item in enumerate(items):
-        own = [row for row, of in enumerate(rows) if of == i]
-        row = own[0]
-        nv, nt = int(out.num_visual_tokens[row]), int(out.num_text_tokens[row])
-        tiles = len(item.inputs["pixel_values"])
-        cost = visor_flops(model.config, int(budgets[row]), nv, nt, tiles)
-        full = baseline_flops(model.config, nv, nt, tiles)
-        choices = [_choice(out.sequences[r, prompt_len:].tolist(), None if out.logits is None else out.logits[r],
-                           item.request, tokenizer) for r in own]
-        results.append({
-            "choices": choices, "prompt_tokens": int(batch["attention_mask"][row].sum()),
-            "visor": {"budget": int(budgets[row]), "flops": cost["total"], "language_flops": cost["language"],
-                      "full_attention_flops": full["total"], "saving_vs_full_attention": full["total"] / cost["total"],
-                      "model_version": loaded.version},
-        })
-    return results
+async def _finished(job: Job) -> None:
+    """Wait until the engine has finished ``job``; raises on an engine error."""
+    while True:
+        kind, value = (await job.events.get())[:2]
+        if kind == "end":
+            return
+        if kind == "error":
+            raise ApiError(500, f"generation failed: {value}", None, "generation_failed", kind="server_error")
 
 
-def _choice(tokens: list[int], logits: torch.Tensor | None, request: ChatRequest, tokenizer) -> dict:
-    """One choice from a row's new tokens: cut at EOS or at the first ``stop`` string (the stop text is not
-    returned; ``finish_reason`` is ``"stop"``), else ``"length"``; its text, token count and logprobs."""
-    tokens = tokens[: request.max_tokens]
-    eos = tokenizer.eos_token_id
-    finish = "length"
-    if eos in tokens:
-        tokens, finish = tokens[: tokens.index(eos)], "stop"
-    text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
-    hits = [text.find(stop) for stop in request.stop if stop in text]
-    kept = len(tokens)
-    if hits:
-        text, finish = text[: min(hits)].rstrip(), "stop"
-        kept = next(k for k in range(1, len(tokens) + 1)
-                    if any(stop in tokenizer.decode(tokens[:k], skip_special_tokens=True) for stop in request.stop))
-        tokens = tokens[: kept - 1]  # the tokens before the one that completed the stop text
-    entries = None
-    if request.logprobs and logits is not None:
-        entries = _logprobs(tokens, logits[: len(tokens)], request.top_logprobs, tokenizer)
-    return {"text": text, "finish_reason": finish, "completion_tokens": kept, "logprobs": entries}
-
-
-def _logprobs(tokens: list[int], logits: torch.Tensor, top: int, tokenizer) -> list[dict]:
-    """OpenAI's ``logprobs.content``: each token's log-probability under the model (``log_softmax`` of its
-    logits) and the ``top`` most likely alternatives."""
-    def entry(token: int, logprob: float) -> dict:
-        text = tokenizer.decode([token])
-        return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
-
-    logprobs = torch.log_softmax(logits.float(), dim=-1)
-    content = []
-    for step, token in enumerate(tokens):
-        item = entry(token, float(logprobs[step, token]))
-        values, ids = logprobs[step].topk(top) if top else (torch.empty(0), torch.empty(0, dtype=torch.long))
-        item["top_logprobs"] = [entry(int(t), float(v)) for v, t in zip(values, ids, strict=True)]
-        content.append(item)
-    return content
-
-
-def _usage(result: dict) -> dict:
-    completion = sum(choice["completion_tokens"] for choice in result["choices"])
-    return {"prompt_tokens": result["prompt_tokens"], "completion_tokens": completion,
-            "total_tokens": result["prompt_tokens"] + completion}
-
-
-def _sse(result: dict, request: ChatRequest, tokenizer, model: str, completion_id: str, created: int):
-    """Server-sent events of a finished generation, per choice: a role chunk, one chunk per token, a final chunk
-    (with the ``visor`` object); then a usage chunk when ``stream_options.include_usage``."""
+async def _sse(job: Job, model: str, completion_id: str, created: int):
+    """Server-sent events as the engine produces tokens: a role chunk per choice, a chunk per piece of new text,
+    a final chunk per choice (with the ``visor`` object), a usage chunk with ``stream_options.include_usage``.
+    A client that disconnects cancels the request (its rows leave the running batch)."""
     def event(choices: list[dict], extra: dict | None = None) -> str:
         chunk = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
                  "choices": choices, **(extra or {})}
         return f"data: {json.dumps(chunk)}\n\n"
 
-    for index, choice in enumerate(result["choices"]):
-        def delta(content: dict, finish: str | None = None, index: int = index) -> dict:
-            return {"index": index, "delta": content, "finish_reason": finish}
-
-        yield event([delta({"role": "assistant", "content": ""})])
-        previous = ""
-        tokens = tokenizer(choice["text"], add_special_tokens=False)["input_ids"]
-        for n in range(1, len(tokens) + 1):
-            text = tokenizer.decode(tokens[:n], skip_special_tokens=True).strip()
-            if text != previous:
-                yield event([delta({"content": text[len(previous):] if text.startswith(previous) else text})])
-                previous = text
-        yield event([delta({}, choice["finish_reason"])], {"visor": result["visor"]})
-    if request.include_usage:
-        yield event([], {"usage": _usage(result)})
-    yield "data: [DONE]\n\n"
+    try:
+        for index in range(job.request.n):
+            yield event([{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+        while True:
+            kind, *value = await job.events.get()
+            if kind == "delta":
+                yield event([{"index": value[0], "delta": {"content": value[1]}, "finish_reason": None}])
+            elif kind == "finish":
+                choice = job.choices[value[0]]
+                logprobs = None if choice.logprobs is None else {"content": choice.logprobs}
+                yield event([{"index": value[0], "delta": {}, "logprobs": logprobs,
+                              "finish_reason": choice.finish}], {"visor": job.visor})
+            elif kind == "error":
+                yield event([], {"error": {"message": f"generation failed: {value[0]}", "type": "server_error"}})
+                break
+            else:
+                if job.request.include_usage:
+                    yield event([], {"usage": _usage(job)})
+                break
+        yield "data: [DONE]\n\n"
+    finally:
+        job.cancelled = True  # a no-op once finished; frees the rows of a client that went away
 
 
 app = FastAPI(title="VISOR", description="OpenAI-compatible chat completions with a per-request compute budget")
@@ -241,15 +151,11 @@ class VisorServer:
 
         self.config = config
         self.current = _load(config.model, config.tracking_uri)
-        self.batch_sizes: Counter[int] = Counter()
+        self.engine = Engine(config.max_batch_size, config.max_queued_requests, config.batch_wait_timeout_s)
         self.requests = metrics.Counter("visor_requests", "Chat requests by HTTP status", tag_keys=("status",))
         self.latency = metrics.Histogram("visor_request_latency_s", "Chat request latency (s)",
                                          boundaries=[0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30])
         self.budget_chosen = metrics.Counter("visor_budget_chosen", "Budget used per request", tag_keys=("budget",))
-        self.batch_size = metrics.Histogram("visor_batch_size", "Requests per generate batch",
-                                            boundaries=[1, 2, 4, 8, 16, 32, 64])
-        self.generate_batch.set_max_batch_size(self.config.max_batch_size)
-        self.generate_batch.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
         self._reload_lock = asyncio.Lock()
         if self.config.reload_poll_seconds > 0:
             self._poller = asyncio.get_event_loop().create_task(self._poll())
@@ -288,12 +194,6 @@ class VisorServer:
             self.current = await asyncio.to_thread(_load, self.config.model, self.config.tracking_uri)
             return {"reloaded": True, "version": self.current.version}
 
-    @serve.batch
-    async def generate_batch(self, items: list[Item]) -> list[dict]:
-        self.batch_sizes[len(items)] += 1
-        self.batch_size.observe(len(items))
-        return await asyncio.to_thread(run_batch, items)
-
     # ------------------------------------------------------------------ routes
     @app.get("/health")
     async def health(self) -> dict:
@@ -317,9 +217,7 @@ class VisorServer:
     async def stats(self, request: Request):
         if (denied := self._denied(request)) is not None:
             return denied
-        sizes = dict(sorted(self.batch_sizes.items()))
-        return {"batches": sum(sizes.values()), "requests": sum(k * v for k, v in sizes.items()),
-                "batch_sizes": {str(k): v for k, v in sizes.items()}}
+        return self.engine.snapshot()
 
     @app.post("/v1/chat/completions")
     async def chat(self, request: Request):
@@ -331,24 +229,37 @@ class VisorServer:
             if parsed.model not in (None, loaded.name, f"{loaded.name}/{loaded.version}"):
                 raise ApiError(404, f"model {parsed.model!r} is not served here (serving {loaded.name!r})", "model",
                                "model_not_found")
-            inputs = await asyncio.to_thread(prepare, parsed, loaded)
+            if parsed.n > self.config.max_batch_size:
+                raise ApiError(400, f"n must be at most {self.config.max_batch_size} on this server", "n")
+            job = Job(parsed, loaded, await asyncio.to_thread(prepare, parsed, loaded), asyncio.get_running_loop())
+            self.engine.submit(job)
         except ApiError as err:
             self.requests.inc(tags={"status": str(err.status)})
             return _error(err)
-        result = await self.generate_batch(Item(parsed, loaded, inputs))
-        self.requests.inc(tags={"status": "200"})
-        self.budget_chosen.inc(tags={"budget": str(result["visor"]["budget"])})
-        self.latency.observe(time.perf_counter() - started)
-        tokenizer = loaded.processor.tokenizer
+        except QueueFull as err:
+            self.requests.inc(tags={"status": "429"})
+            return JSONResponse(ApiError(429, f"the server is busy ({err}); retry shortly", None, "queue_full",
+                                         kind="rate_limit_error").body, status_code=429,
+                                headers={"Retry-After": "1"})
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if parsed.stream:
-            return StreamingResponse(_sse(result, parsed, tokenizer, loaded.name, completion_id, created),
-                                     media_type="text/event-stream")
-        choices = [{"index": index, "message": {"role": "assistant", "content": choice["text"]},
-                    "logprobs": None if choice["logprobs"] is None else {"content": choice["logprobs"]},
-                    "finish_reason": choice["finish_reason"]} for index, choice in enumerate(result["choices"])]
+            self.requests.inc(tags={"status": "200"})
+            return StreamingResponse(_sse(job, loaded.name, completion_id, created), media_type="text/event-stream")
+        try:
+            await _finished(job)
+        except ApiError as err:
+            self.requests.inc(tags={"status": str(err.status)})
+            return _error(err)
+        finally:
+            job.cancelled = True  # a client gone while waiting frees its rows; a no-op once finished
+        self.requests.inc(tags={"status": "200"})
+        self.budget_chosen.inc(tags={"budget": str(job.visor["budget"])})
+        self.latency.observe(time.perf_counter() - started)
+        choices = [{"index": index, "message": {"role": "assistant", "content": choice.text},
+                    "logprobs": None if choice.logprobs is None else {"content": choice.logprobs},
+                    "finish_reason": choice.finish} for index, choice in enumerate(job.choices)]
         return {"id": completion_id, "object": "chat.completion", "created": created, "model": loaded.name,
-                "choices": choices, "usage": _usage(result), "visor": result["visor"]}
+                "choices": choices, "usage": _usage(job), "visor": job.visor}
 
 
 def build_app(config: ServeConfig):

@@ -47,6 +47,9 @@ def server(registry):
     serve.run(build_app(config), name="visor", route_prefix="/", blocking=False)
     secured = ServeConfig(tracking_uri=registry.uri, port=port, cpus_per_replica=0.25, api_token="s3cret")
     serve.run(build_app(secured), name="visor-secured", route_prefix="/secured", blocking=False)
+    tight = ServeConfig(tracking_uri=registry.uri, port=port, cpus_per_replica=0.25, max_batch_size=1,
+                        max_queued_requests=1, max_ongoing_requests=16, limits=Limits(max_new_tokens=32))
+    serve.run(build_app(tight), name="visor-tight", route_prefix="/tight", blocking=False)
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
 
@@ -204,7 +207,55 @@ def test_load_with_mixed_budgets_is_batched(server) -> None:
         after = http.get("/admin/stats").json()
     assert statuses == [200] * 200
     assert after["requests"] - before["requests"] == 200
-    assert max(int(k) for k in after["batch_sizes"]) > 1  # several requests shared one forward
+    assert max(int(k) for k in after["rows_per_step"]) > 1  # several requests shared one decode step
+
+
+def long_running_seed(client: OpenAI, request: dict) -> int:
+    """A seed for which ``request`` (sampled) runs to max_tokens in at least one choice."""
+    for seed in range(40):
+        if any(c.finish_reason == "length" for c in client.chat.completions.create(**request, seed=seed).choices):
+            return seed
+    raise AssertionError("no seed runs to max_tokens")
+
+
+def test_streaming_is_incremental_and_requests_join_a_running_decode(server) -> None:
+    """The first chunk arrives while the request still decodes, and a request sent meanwhile joins that decode
+    and finishes first (the server's own counters, issue 15)."""
+    image = render_sample(4, "eval", 6).image
+    client = OpenAI(base_url=f"{server}/v1", api_key="unused")
+    long = {"model": "visor", "messages": messages(image), "temperature": 2.0, "max_tokens": 32, "n": 8,
+            "extra_body": {"visor_budget": 1}}
+    seed = long_running_seed(client, long)
+    with httpx.Client(base_url=server, timeout=120) as http:
+        before = http.get("/admin/stats").json()
+        chunks = iter(client.chat.completions.create(**long, seed=seed, stream=True))
+        next(c for c in chunks if c.choices and c.choices[0].delta.content)
+        during = http.get("/admin/stats").json()
+        short = client.chat.completions.create(model="visor", messages=messages(image), temperature=0, max_tokens=2)
+        rest = list(chunks)
+        after = http.get("/admin/stats").json()
+    assert during["decoding"] >= 1 and during["steps"] - before["steps"] < 32  # the first chunk came early
+    assert short.choices[0].message.content is not None
+    assert after["joined_running_decode"] > before.get("joined_running_decode", 0)
+    assert any(c.choices and c.choices[0].finish_reason == "length" for c in rest)
+    assert after["steps"] - before["steps"] >= 32
+
+
+def test_a_full_queue_answers_429_and_the_server_keeps_serving(server) -> None:
+    image = render_sample(4, "eval", 7).image
+    client = OpenAI(base_url=f"{server}/tight/v1", api_key="unused", max_retries=0)
+    long = {"messages": messages(image), "temperature": 2.0, "max_tokens": 32, "visor_budget": 1}
+    seed = long_running_seed(client, {"model": "visor", **{k: v for k, v in long.items() if k != "visor_budget"}})
+    with httpx.Client(base_url=f"{server}/tight", timeout=120) as http:
+        with ThreadPoolExecutor(12) as pool:
+            responses = list(pool.map(lambda _: http.post("/v1/chat/completions", json={**long, "seed": seed}),
+                                      range(12)))
+        statuses = [r.status_code for r in responses]
+        refused = [r for r in responses if r.status_code == 429]
+        assert refused and set(statuses) <= {200, 429}, statuses
+        assert refused[0].headers["retry-after"] == "1" and refused[0].json()["error"]["code"] == "queue_full"
+        assert http.post("/v1/chat/completions", json={"messages": messages(image), "max_tokens": 2}).status_code == 200
+        assert http.get("/admin/stats").json()["refused"] == len(refused)
 
 
 def test_token_guards_every_route_but_health(server) -> None:
