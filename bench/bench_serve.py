@@ -3,8 +3,8 @@
     .venv/bin/python bench/bench_serve.py [--requests 200] [--clients 16] [--baseline-ref REF]
                                           [--write docs/BENCHMARKS.md]
 
-Builds a small trained model the same way the tests do (synthetic shards, a tiny VISOR model
-trained in-process, registered as ``champion`` in a temporary MLflow store), starts the Serve app
+Builds the tests' tiny VISOR model after one training step (nearly random weights, so sampled
+answers are long; registered as ``champion`` in a temporary MLflow store), starts the Serve app
 on a free port, and sends ``--requests`` chat completions (an image and a question each, budgets
 cycling ``auto``, 0, 1) from ``--clients`` concurrent clients, in two settings: greedy with 3 new
 tokens, and sampled (temperature 1, no seed, so a static batcher can group them) with up to 32 new
@@ -86,7 +86,7 @@ def load_test(requests: int, clients: int, max_batch_size: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         write_synth(root / "data", 0, 0, 1, seed=0)
-        model, processor = _train_briefly(root / "data")
+        model, processor = _train_briefly(root / "data", steps=1)  # nearly random: long sampled answers
         uri = f"sqlite:///{root / 'mlflow.db'}"
         mlflow.set_tracking_uri(uri)
         with mlflow.start_run():
@@ -133,7 +133,8 @@ def baseline(ref: str, args: argparse.Namespace) -> dict:
         out = folder / "result.json"
         subprocess.run([sys.executable, str(folder / "tree" / "bench" / "bench_serve.py"), "--requests",
                         str(args.requests), "--clients", str(args.clients), "--max-batch-size",
-                        str(args.max_batch_size), "--json-out", str(out), "--baseline-ref", ""], check=True)
+                        str(args.max_batch_size), "--json-out", str(out), "--baseline-ref", ""], check=True,
+                       cwd=folder / "tree", env={**os.environ, "PYTHONPATH": str(folder / "tree")})  # Ray's workers too
         return json.loads(out.read_text())
     finally:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(folder / "tree")],
@@ -146,7 +147,9 @@ def markdown(result: dict, before: dict | None, ref: str, command: str) -> str:
         *provenance(SECTION, command),
         f"{result['requests']} chat completions per setting (one 64–96 px image and a question each, budgets cycling "
         f"auto/0/1) from {result['clients']} concurrent clients against one replica of the tiny model "
-        f"(`max_batch_size` {result['max_batch_size']}), all on 127.0.0.1. *Continuous* is this code (the decode "
+        f"(nearly random weights, so sampled answers are long — see tokens per answer; `max_batch_size` "
+        f"{result['max_batch_size']}), all on "
+        "127.0.0.1. *Continuous* is this code (the decode "
         "loop of `jobs/serving/engine.py`); *static* is the `@serve.batch` batcher of commit "
         f"`{ref}`, run by the same script first. Time to first token (TTFT) is the first content chunk of a stream, "
         "the whole answer otherwise.",
