@@ -42,6 +42,7 @@ from .policy import BudgetPolicy, choose_budget, last_valid_index
 from .streams import Streams, scatter_visual, split_streams
 
 MODE_CODES = {"T": 0, "C": 1, "S": 2}
+PREFILL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "image_sizes", "budget", "tau", "batch_num_images")
 Budget = int | torch.Tensor | str | None
 
 
@@ -488,8 +489,9 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
         pad = pad_token_id if pad_token_id is not None else self.config.text_config.pad_token_id
         pad = pad if pad is not None else (eos_ids[0].item() if eos_ids.numel() else 0)
         batch = input_ids.shape[0]
-        state = self.start_decoding(input_ids, attention_mask, pixel_values, image_sizes, budget, tau,
-                                    batch_num_images, capacity=max_new_tokens)
+        state = self.start_decoding(max_new_tokens, input_ids=input_ids, attention_mask=attention_mask,
+                                    pixel_values=pixel_values, image_sizes=image_sizes, budget=budget, tau=tau,
+                                    batch_num_images=batch_num_images)
         finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
         new_tokens, step_logits = [], []
         for step in range(max_new_tokens):
@@ -520,26 +522,20 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
         )
 
     @torch.no_grad()
-    def start_decoding(
-        self,
-        input_ids: torch.LongTensor,
-        attention_mask: torch.Tensor | None = None,
-        pixel_values: torch.Tensor | None = None,
-        image_sizes: torch.Tensor | None = None,
-        budget: Budget = None,
-        tau: float | None = None,
-        batch_num_images: torch.Tensor | None = None,
-        capacity: int = 32,
-    ) -> DecodeState:
+    def start_decoding(self, capacity: int = 32, **inputs: Any) -> DecodeState:
         """Prefill prompts into a fresh reduced cache with room for ``capacity`` new tokens per row: the
-        :class:`~visor_model.cache.DecodeState` whose ``logits`` give each row's first new token."""
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
+        :class:`~visor_model.cache.DecodeState` whose ``logits`` give each row's first new token. ``inputs`` are
+        :meth:`forward`'s prompt arguments (``input_ids`` and optionally ``attention_mask``, ``pixel_values``,
+        ``image_sizes``, ``budget``, ``tau``, ``batch_num_images``)."""
+        unknown = set(inputs) - set(PREFILL_INPUTS)
+        if unknown:
+            raise TypeError(f"start_decoding got unexpected arguments {sorted(unknown)}")
+        input_ids = inputs["input_ids"]
+        if inputs.get("attention_mask") is None:
+            inputs["attention_mask"] = torch.ones_like(input_ids)
         streams_len = int((input_ids != self.config.image_token_id).sum(1).max())
         cache = VisorCache(self.config.text_config.num_hidden_layers, streams_len, capacity)
-        pre = self._prefill(
-            input_ids, attention_mask, pixel_values, image_sizes, budget, tau, batch_num_images, cache=cache
-        )
+        pre = self._prefill(*(inputs.get(name) for name in PREFILL_INPUTS), cache=cache)
         streams = pre.streams
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
         logits = self.lm_head(pre.hidden[rows, last_valid_index(streams.text_valid)])
