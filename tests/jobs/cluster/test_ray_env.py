@@ -58,6 +58,9 @@ def test_a_stale_cluster_file_starts_a_local_instance_instead_of_hanging(tmp_pat
     finally:
         shutil.rmtree(temp_root, ignore_errors=True)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert f"starting a local Ray instance; the cluster file names {stale}, which does not answer" in result.stderr
-    assert json.loads(result.stdout.strip().splitlines()[-1])["samples"] == 8
+    logs, explanation = result.stderr.splitlines()  # the console (jobs/console.py): two lines, the rest in the log
+    assert explanation == (f"starting a local Ray instance; the cluster file names {stale}, which does not answer (a "
+                           "`ray start` that ended uncleanly — `ray stop --force` removes the file)")
+    assert "Execution plan of Dataset" in Path(logs.removeprefix("logs: ")).read_text()  # Ray Data's own lines
+    assert json.loads(result.stdout)["samples"] == 8  # stdout is the JSON alone
     assert elapsed < 60
