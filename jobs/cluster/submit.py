@@ -6,7 +6,8 @@
 machine) into a temporary ``working_dir``, and submits ``python -m jobs.cli <job> <args>`` with a
 ``runtime_env`` carrying it and the environment a job needs on the cluster
 (``MLFLOW_TRACKING_URI``, ``AWS_*``, ``VISOR_API_TOKEN``…, whichever are set
-here). The cluster's image must have the dependencies installed (see
+here; and ``VISOR_LOG_LEVEL=debug``, so the job prints everything into the log Ray Jobs keeps for
+it rather than a log file in its temporary working_dir). The cluster's image must have the dependencies installed (see
 ``infra/Dockerfile``); the code comes with the job, so a change needs no new image.
 
 The entry points are the ordinary ``visor`` commands: the same line runs under
@@ -24,6 +25,8 @@ import time
 from pathlib import Path
 
 from ray.job_submission import JobStatus, JobSubmissionClient
+
+from jobs.console import LOG_LEVEL_ENV
 
 PROJECT = Path(__file__).resolve().parents[2]
 STAGED = ("visor_model", "pipelines", "jobs", "pyproject.toml")
@@ -93,6 +96,7 @@ def submit(job: str, address: str, args: list[str], config: str | None = None,
         command += ["--config", CONFIG_NAME]
     command += rest
     env = {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)} | extra_env
+    env[LOG_LEVEL_ENV] = "debug"  # everything into the job's own log (`visor jobs logs`), none in its working_dir
     client = JobSubmissionClient(address)
     submission = client.submit_job(
         entrypoint=shlex.join(command),

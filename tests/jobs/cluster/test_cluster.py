@@ -102,6 +102,7 @@ def test_submit_train_waits_for_success_and_logs_show_it(ray_head, submitted_tra
     assert f"job {submission}: SUCCEEDED" in result.stdout
     logs = visor("jobs", "logs", submission, "--address", ray_head, cwd=root)
     assert logs.returncode == 0 and "trained 3 steps" in logs.stdout
+    assert "[visor train] step 3/3" in logs.stdout and "logs: " not in logs.stdout  # everything in the job's log
     listed = visor("jobs", "list", "--address", ray_head, cwd=root)
     assert f"{submission}\tSUCCEEDED" in listed.stdout
     assert visor("jobs", "status", submission, "--address", ray_head, cwd=root).stdout.strip() == "SUCCEEDED"
