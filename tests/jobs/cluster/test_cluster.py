@@ -29,11 +29,12 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def wait_for(url: str, seconds: float = 90) -> None:
+def wait_for(url: str, seconds: float = 90, ok: int = 500) -> None:
+    """Wait until ``url`` answers with a status below ``ok`` (201: only 200 will do)."""
     deadline = time.time() + seconds
     while time.time() < deadline:
         try:
-            if httpx.get(url, timeout=2).status_code < 500:
+            if httpx.get(url, timeout=2).status_code < ok:
                 return
         except httpx.HTTPError:
             pass
@@ -127,7 +128,7 @@ def test_submit_serve_runs_the_endpoint_on_the_cluster_until_stopped(ray_head, s
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     submission = result.stdout.split("submitted ", 1)[1].split()[0]
     try:
-        wait_for(f"http://127.0.0.1:{port}/health", seconds=300)
+        wait_for(f"http://127.0.0.1:{port}/health", seconds=300, ok=201)  # the proxy answers 404 before the app is up
         reply = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=60, json={
             "model": "visor", "max_tokens": 2, "temperature": 0,
             "messages": [{"role": "user", "content": "how many shapes are there ?"}]})
