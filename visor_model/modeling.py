@@ -470,16 +470,14 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
         tau: float | None = None,
         batch_num_images: torch.Tensor | None = None,
         return_dict_in_generate: bool = False,
-        output_logits: bool = False,
         **_: Any,
     ) -> torch.LongTensor | GenerationResult:
         """Batched greedy or sampled decoding with VISOR's reduced KV cache.
 
         Returns ``[B, T + n]``: ``input_ids`` followed by the new tokens, with
         ``pad_token_id`` after a row's EOS (as ``transformers``' ``generate``), or
-        a :class:`GenerationResult` when ``return_dict_in_generate`` (with the raw
-        logits of every step when ``output_logits``). Works with left or right
-        padding. Stops at ``max_new_tokens`` or when every row has produced EOS.
+        a :class:`GenerationResult` when ``return_dict_in_generate``. Works with left
+        or right padding. Stops at ``max_new_tokens`` or when every row has produced EOS.
         """
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
@@ -493,11 +491,9 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
                                     pixel_values=pixel_values, image_sizes=image_sizes, budget=budget, tau=tau,
                                     batch_num_images=batch_num_images)
         finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
-        new_tokens, step_logits = [], []
+        new_tokens = []
         for step in range(max_new_tokens):
             logits = state.logits
-            if output_logits:
-                step_logits.append(logits.clone())
             logits[:, self.config.image_token_id] = float("-inf")  # an image placeholder is never an output
             token = next_token(logits, do_sample, temperature, top_k, top_p, generator)
             token = token.masked_fill(finished, pad)
@@ -518,7 +514,6 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
             cache_bytes=cache.nbytes(),
             num_visual_tokens=state.num_visual,
             num_text_tokens=state.num_text,
-            logits=torch.stack(step_logits, dim=1) if output_logits else None,
         )
 
     @torch.no_grad()
@@ -644,7 +639,6 @@ class GenerationResult:
     cache_bytes: int
     num_visual_tokens: torch.LongTensor
     num_text_tokens: torch.LongTensor
-    logits: torch.Tensor | None = None  # [B, n, V] the model's logits at each new token (output_logits=True)
 
 
 def _merge_rows(
