@@ -12,8 +12,10 @@ submitted config here (file or preset, with its ``--set`` overrides), and
   relative path or a SQLite store (use ``s3://`` URIs and an MLflow tracking server there). An absolute path
   is taken as a path on the cluster's nodes (a volume they mount, e.g. ``/models/…``) and shipped as is.
 
-The result is the resolved config the job gets (all keys written out; overrides already applied). Paths given
-as arguments after the options go to the job as written.
+The job's own arguments get the same treatment for the options that take a path or a store (:data:`PATH_OPTIONS`:
+``--data``, ``--out``, ``--model``, ``--tracking-uri``, and the ``URI`` of ``--baseline NAME=URI``), so
+``visor submit evaluate -- --data 'demo-data/eval-*.tar'`` reads the shards it would read here. The result is the
+resolved config the job gets (all keys written out; overrides already applied) and its arguments.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import os
 import re
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlparse
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
@@ -33,6 +35,9 @@ TRAIN_PATHS = (("data", "train"), ("model", "path"), ("model", "processor"), ("r
                ("mlflow", "tracking_uri"))
 RETRAIN_PATHS = (("policy", "data"), (None, "eval_data"), (None, "lock_dir"))
 TRAIN_CONFIG_NAME = "submitted-train-config.yaml"
+# options of the jobs' own arguments (`--opt value` or `--opt=value`) whose value may be a local path or store;
+# --baseline's value is NAME=URI
+PATH_OPTIONS = ("--data", "--out", "--model", "--tracking-uri", "--baseline")
 
 
 def is_local_head(address: str) -> bool:
@@ -91,15 +96,45 @@ class Localizer:
             self.fields(stage, TRAIN_PATHS, prefix=f"stages[{index}].")
         return data
 
+    def option(self, name: str, value: str) -> str:
+        """One value of the path option ``name`` (``--baseline``: the URI of ``NAME=URI``)."""
+        label, separator, uri = value.partition("=") if name == "--baseline" else ("", "", value)
+        return f"{label}{separator}{self.field(name, uri)}"
 
-def localize(job: str, config: str | None, overrides: list[str], address: str, cwd: Path | None = None,
-             remote: bool = False) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-    """The config files to ship (``{"main": the job's config, other file name: content}``) and the environment
-    to add (``MLFLOW_TRACKING_URI``: the store the job would use here).
+    def arguments(self, args: list[str]) -> list[str]:
+        """A job's arguments with the values of its :data:`PATH_OPTIONS` localized (everything else as given)."""
+        localized: list[str] = []
+        pending: str | None = None  # a path option whose value is the next argument
+        for arg in args:
+            name, separator, value = arg.partition("=")
+            if pending is not None:
+                localized.append(self.option(pending, arg))
+                pending = None
+            elif name in PATH_OPTIONS and separator:
+                localized.append(f"{name}={self.option(name, value)}")
+            else:
+                localized.append(arg)
+                pending = arg if arg in PATH_OPTIONS else None
+        return localized
+
+
+class Localized(NamedTuple):
+    """What :func:`localize` gives a submission."""
+
+    configs: dict[str, dict[str, Any]]  # file name → content; "main": the job's config
+    env: dict[str, str]  # added to the job's environment
+    args: list[str]  # the job's own arguments
+
+
+def localize(job: str, config: str | None, overrides: list[str], args: list[str], address: str,
+             cwd: Path | None = None, remote: bool = False) -> Localized:
+    """The config files to ship, the environment to add (``MLFLOW_TRACKING_URI``: the store the job would use
+    here) and the job's arguments, their paths localized.
 
     ``config`` is a file or preset of ``job`` (``train`` or ``retrain``; other jobs ship none), ``overrides`` its
-    ``key=value`` settings; ``remote`` treats a local address as a remote cluster (a ``kubectl port-forward``).
-    Raises ``ValueError`` naming every unreachable field for a remote cluster.
+    ``key=value`` settings, ``args`` the job's other arguments; ``remote`` treats a local address as a remote
+    cluster (a ``kubectl port-forward``). Raises ``ValueError`` naming every unreachable field or argument for a
+    remote cluster.
     """
     from jobs.config import load_config
     from jobs.registry.config import RetrainConfig
@@ -118,10 +153,11 @@ def localize(job: str, config: str | None, overrides: list[str], address: str, c
         files[TRAIN_CONFIG_NAME] = localizer.train(train.model_dump(mode="json"))
     tracking = os.environ.get("MLFLOW_TRACKING_URI") or f"{SQLITE}mlflow.db"  # the job's default store here
     env = {"MLFLOW_TRACKING_URI": localizer.field("MLFLOW_TRACKING_URI", tracking)}
+    args = localizer.arguments(args)
     if localizer.unreachable:
         raise ValueError(
             f"the cluster at {address} is not this machine, so these paths would point into the job's temporary "
             f"working_dir or a node's disk: "
             f"{'; '.join(localizer.unreachable)}. Use s3:// URIs for data, models and run.storage_path, and set "
             "MLFLOW_TRACKING_URI to a tracking server (`mlflow server`).")
-    return files, env
+    return Localized(files, env, args)

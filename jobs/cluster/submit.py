@@ -81,21 +81,21 @@ def submit(job: str, address: str, args: list[str], config: str | None = None,
 
     ``config`` (a file or a preset) is loaded here with the ``--set`` overrides among ``args`` and shipped
     resolved, its paths made to mean what they mean here (:mod:`jobs.cluster.localize`; ``ValueError`` when a
-    remote cluster could not reach them; ``remote``: the address is local but the cluster is not). Other jobs'
-    args go as written.
+    remote cluster could not reach them; ``remote``: the address is local but the cluster is not); so are the
+    paths among the job's own ``args`` (``--data``, ``--out``, ``--model``, ``--tracking-uri``, ``--baseline``).
     """
     from jobs.cluster.localize import localize
 
     if job not in SUBMITTABLE:
         raise ValueError(f"cannot submit {job!r}; choose one of {', '.join(SUBMITTABLE)}")
     overrides, rest = split_overrides(args) if config is not None else ([], args)
-    configs, extra_env = localize(job, config, overrides, address, remote=remote)
-    working_dir = stage(configs)
+    localized = localize(job, config, overrides, rest, address, remote=remote)
+    working_dir = stage(localized.configs)
     command = ["python", "-m", "jobs.cli", job]
     if config is not None:
         command += ["--config", CONFIG_NAME]
-    command += rest
-    env = {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)} | extra_env
+    command += localized.args
+    env = {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)} | localized.env
     env[LOG_LEVEL_ENV] = "debug"  # everything into the job's own log (`visor jobs logs`), none in its working_dir
     client = JobSubmissionClient(address)
     submission = client.submit_job(

@@ -79,6 +79,11 @@ def visor(*args: str, cwd: Path, timeout: int = 600, **env: str) -> subprocess.C
                           timeout=timeout)
 
 
+def squeezed(text: str) -> str:
+    """``text`` without whitespace or the side of rich's error box (which wraps and folds it)."""
+    return "".join(text.replace("│", "").split())
+
+
 def train_overrides(root: Path) -> list[str]:
     return ["--set", f"data.train=['{root}/data/train-*.tar']", "--set", "optim.max_steps=3", "--set",
             "data.batch_size=4", "--set", "model.tiny.num_layers=3", "--set", f"run.storage_path={root / 'runs'}",
@@ -145,17 +150,17 @@ def test_submitting_local_paths_to_a_remote_cluster_is_refused_before_upload(tmp
     result = visor("submit", "train", "--address", "http://10.255.255.1:8265", "--config", "demo-tiny",
                    "--set", "run.storage_path=s3://bucket/runs", cwd=tmp_path, timeout=60)
     assert result.returncode == 2 and "submitted" not in result.stdout
-    message = " ".join(word for word in result.stderr.split() if word != "│")  # rich's error box, unwrapped
-    assert "temporary working_dir or a node's disk: data.train ('demo-data/train-*.tar')" in message
-    assert "run.storage_path ('" not in message and "MLFLOW_TRACKING_URI ('sqlite:///mlflow.db')" in message
+    message = squeezed(result.stderr)
+    assert squeezed("temporary working_dir or a node's disk: data.train ('demo-data/train-*.tar')") in message
+    assert "run.storage_path('" not in message and "MLFLOW_TRACKING_URI('sqlite:///mlflow.db')" in message
 
 
 def test_a_failing_job_reports_failure(ray_head, tmp_path: Path) -> None:
-    config = tmp_path / "train.yaml"
-    config.write_text(json.dumps({"data": {"train": [f"{tmp_path}/missing-*.tar"]}}))
-    result = visor("submit", "train", "--address", ray_head, "--config", str(config), "--wait", cwd=tmp_path)
+    """…and its relative ``--data`` argument meant the submitting directory's path, not its working_dir's."""
+    result = visor("submit", "evaluate", "--address", ray_head, "--wait", "--", "--model", "models:/visor/1",
+                   "--data", "missing/eval-*.tar", cwd=tmp_path)
     assert result.returncode == 1 and ": FAILED" in result.stdout
-    assert "matches no .tar shard" in result.stdout
+    assert squeezed(f"'{tmp_path}/missing/eval-*.tar' matches no .tar shard") in squeezed(result.stdout)
     submission = result.stdout.split("submitted ", 1)[1].split()[0]
     status = visor("jobs", "status", submission, "--address", ray_head, cwd=tmp_path)
     assert status.returncode == 1 and status.stdout.strip() == "FAILED"
