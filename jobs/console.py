@@ -13,7 +13,9 @@ Ray's driver output, the worker output Ray forwards, Ray core's C++ messages, Py
 MLflow and ``transformers``, and warnings all land there); Ray Data's progress bars are switched off
 (``DataContext.enable_progress_bars``) and so are ``transformers``' (``transformers.utils.logging``).
 ``--verbose`` or ``VISOR_LOG_LEVEL=debug`` turns all of this off: everything is shown as it happens,
-and there is no log file.
+and there is no log file — but progress bars are still drawn only on a terminal: where the output is a
+log (a job submitted with ``visor submit``, whose output is the log Ray Jobs keeps), the libraries' bars
+are off, as they would be one line per update there.
 
 Job code reports through :func:`current`, which outside :func:`job_console` (a library call, a test)
 writes plain lines to stderr.
@@ -121,11 +123,17 @@ def current() -> Console:
     return _current or Console(sys.stderr)
 
 
+# the documented switches of Hugging Face's (``transformers``), MLflow's and Ray Data's progress bars, as
+# environment variables: the processes Ray starts for a local job inherit them; `visor submit` sends them
+QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+             "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+
+
 def _quiet_libraries() -> None:
-    """The documented switches: Ray Data's, Hugging Face's (``transformers``) and MLflow's progress bars off —
-    set in the environment too, which the processes Ray starts for this job inherit."""
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    """The libraries' progress bars off: :data:`QUIET_ENV`, and the same switches in this process's modules
+    (already imported ones read their variable at import)."""
+    for name, value in QUIET_ENV.items():
+        os.environ.setdefault(name, value)
     import ray.data
     from transformers.utils import logging as hf_logging
 
@@ -146,6 +154,8 @@ def job_console(job: str, verbose: bool = False) -> Iterator[Console]:
     previous = _current
     if verbose_requested(verbose):
         _current = Console(sys.stderr, interactive=_is_terminal(sys.stderr))
+        if not _current.interactive:
+            _quiet_libraries()
         try:
             yield _current
         finally:

@@ -6,8 +6,9 @@
 machine) into a temporary ``working_dir``, and submits ``python -m jobs.cli <job> <args>`` with a
 ``runtime_env`` carrying it and the environment a job needs on the cluster
 (``MLFLOW_TRACKING_URI``, ``AWS_*``, ``VISOR_API_TOKEN``…, whichever are set
-here; and ``VISOR_LOG_LEVEL=debug``, so the job prints everything into the log Ray Jobs keeps for
-it rather than a log file in its temporary working_dir). The cluster's image must have the dependencies installed (see
+here; ``VISOR_LOG_LEVEL=debug``, so the job prints everything into the log Ray Jobs keeps for
+it rather than a log file in its temporary working_dir; and the libraries' progress-bar switches, as bars in a
+log are one line per update). The cluster's image must have the dependencies installed (see
 ``infra/Dockerfile``); the code comes with the job, so a change needs no new image.
 
 The entry points are the ordinary ``visor`` commands: the same line runs under
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from ray.job_submission import JobStatus, JobSubmissionClient
 
-from jobs.console import LOG_LEVEL_ENV
+from jobs.console import LOG_LEVEL_ENV, QUIET_ENV
 
 PROJECT = Path(__file__).resolve().parents[2]
 STAGED = ("visor_model", "pipelines", "jobs", "pyproject.toml")
@@ -95,7 +96,7 @@ def submit(job: str, address: str, args: list[str], config: str | None = None,
     if config is not None:
         command += ["--config", CONFIG_NAME]
     command += localized.args
-    env = {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)} | localized.env
+    env = QUIET_ENV | {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)} | localized.env
     env[LOG_LEVEL_ENV] = "debug"  # everything into the job's own log (`visor jobs logs`), none in its working_dir
     client = JobSubmissionClient(address)
     submission = client.submit_job(

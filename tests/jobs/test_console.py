@@ -52,13 +52,21 @@ def test_train_prints_a_few_lines_and_logs_the_rest(workdir):
 
 
 def test_verbose_redirects_nothing_and_writes_no_log(tmp_path, monkeypatch, capfd):
+    """…and, its output not being a terminal (a submitted job's log), switches the libraries' bars off."""
+    import ray.data
+
     monkeypatch.setenv(console.LOG_DIR_ENV, str(tmp_path))
     monkeypatch.setenv(console.LOG_LEVEL_ENV, "debug")  # the same as --verbose
+    for name in console.QUIET_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(ray.data.DataContext.get_current(), "enable_progress_bars", True)
     with console.job_console("unit") as job:
         os.write(1, b"from a library\n")
         job.say("for the user")
     out, err = capfd.readouterr()
     assert out == "from a library\n" and "for the user" in err and not list(tmp_path.iterdir())
+    assert not ray.data.DataContext.get_current().enable_progress_bars
+    assert {name: os.environ.get(name) for name in console.QUIET_ENV} == console.QUIET_ENV
 
 
 def test_console_outside_a_job_writes_plain_lines(capsys):

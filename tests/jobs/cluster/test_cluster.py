@@ -106,6 +106,7 @@ def test_submit_train_waits_for_success_and_logs_show_it(ray_head, submitted_tra
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     submission = result.stdout.split("submitted ", 1)[1].split()[0]
     assert f"job {submission}: SUCCEEDED" in result.stdout
+    assert "Tasks:" not in result.stdout and "it/s]" not in result.stdout  # no progress bars in a job's log
     logs = visor("jobs", "logs", submission, "--address", ray_head, cwd=root)
     assert logs.returncode == 0 and "trained 3 steps" in logs.stdout
     assert "[visor train] step 3/3" in logs.stdout and "logs: " not in logs.stdout  # everything in the job's log
