@@ -64,7 +64,7 @@ def submit(
 
     The config is resolved here (with its --set overrides) and its paths keep their meaning: made absolute for
     a head on this machine, refused (naming the fields) for a remote cluster when they are relative or a SQLite
-    store."""
+    store. So are the job's --data, --out, --model, --tracking-uri and --baseline arguments."""
     from jobs.cluster.submit import SUBMITTABLE, default_address, follow
     from jobs.cluster.submit import submit as submit_job
 
