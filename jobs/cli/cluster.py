@@ -71,7 +71,8 @@ def submit(
     try:
         client, submission = submit_job(job, address or default_address(), list(ctx.args), config, remote)
     except ValueError as err:  # an unknown job, a config that does not validate, paths the cluster cannot reach
-        raise typer.BadParameter(str(err), param_hint="JOB" if job not in SUBMITTABLE else "--config") from err
+        hint = "JOB" if job not in SUBMITTABLE else "--config" if config is not None else None
+        raise typer.BadParameter(str(err), param_hint=hint) from err
     typer.echo(f"submitted {submission}")
     if wait:
         status = follow(client, submission, typer.echo)

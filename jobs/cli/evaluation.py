@@ -30,15 +30,16 @@ def train_policy(
 
     options = load(PolicyOptions, {"loss_tolerance": loss_tolerance, "accuracy_target": accuracy_target,
                                    "epochs": epochs, "registered_model": registered_model})
+    store = resolve_uri(tracking_uri)
     with usage_errors(errors=INPUT_ERRORS), job_console("train-policy", verbose):
-        outcome = run_policy_job(model, data, resolve_uri(tracking_uri), options)
+        outcome = run_policy_job(model, data, store, options)
     typer.echo(f"τ = {outcome.tau}; held-out accuracy {outcome.heldout['accuracy']:.3f} at "
                f"{outcome.heldout['mean_flops'] / 1e9:.4f} GFLOPs (largest budget "
                f"{outcome.heldout['largest_budget_accuracy']:.3f} at "
                f"{outcome.heldout['largest_budget_flops'] / 1e9:.4f}); "
                f"budgets chosen {outcome.heldout['budget_counts']}")
     if outcome.registered_version:
-        typer.echo(f"registered models:/{registered_model}/{outcome.registered_version} (alias challenger)")
+        typer.echo(f"registered models:/{registered_model}/{outcome.registered_version} (alias challenger) in {store}")
 
 
 @commands.command()
@@ -65,8 +66,9 @@ def evaluate(
             raise typer.BadParameter(f"{item!r}: expected NAME=URI", param_hint="--baseline")
         baselines[label] = uri
     options = load(ScoreOptions, {"batch_size": batch_size, "actors": actors})
+    store = resolve_uri(tracking_uri)
     with usage_errors(errors=INPUT_ERRORS), job_console("evaluate", verbose):
-        outcome = run_evaluate(model, data, resolve_uri(tracking_uri), options, baselines, out)
+        outcome = run_evaluate(model, data, store, options, baselines, out)
     typer.echo(format_report(outcome.report))
     typer.echo(f"data version {outcome.report['data_version']}, {outcome.report['samples']} samples; "
-               f"MLflow run {outcome.run_id}")
+               f"MLflow run {outcome.run_id} in {store}")
