@@ -62,6 +62,7 @@ class Scale:
 FULL = Scale(train=12_000, detail=6_000, eval=600, policy=900, shard_size=1000)
 SMOKE = Scale(train=48, detail=16, eval=24, policy=32, shard_size=16, overrides=(
     "optim.warmup_steps=1", "data.batch_size=4", "run.log_every=1", "run.checkpoint_every=3",
+    "scaling.num_workers=1",
 ))
 SMOKE_STEPS = 3  # every stage, in the smoke run
 

@@ -41,7 +41,7 @@ def workdir(tmp_path_factory) -> Path:
 
 def test_train_prints_a_few_lines_and_logs_the_rest(workdir):
     err, out = run("train", "--config", "demo-tiny", "--set", "optim.max_steps=6", "--set", "run.log_every=2",
-                   "--set", "run.checkpoint_every=6", cwd=workdir)
+                   "--set", "run.checkpoint_every=6", "--set", "scaling.num_workers=1", cwd=workdir)
     assert len(err + out) <= 15, "\n".join(err + out)
     assert re.fullmatch(r"train demo-tiny: 6/6 steps in \d+ s — loss b\d=\S+( b\d=\S+)*", err[-1]), err
     assert out[0].startswith("trained 6 steps") and out[-1].startswith("registered models:/visor/")

@@ -57,7 +57,9 @@ def ray_head():
          f"--dashboard-port={dashboard}", f"--dashboard-agent-listen-port={free_port()}",
          f"--ray-client-server-port={free_port()}", "--num-cpus=2", "--include-dashboard=true",
          "--disable-usage-stats", f"--temp-dir={temp}"],
-        env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        # no drain on SIGTERM (Ray waits up to 30 s for a node's work to quiesce; a test cluster has none to keep)
+        env=environment(RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0"), stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
     )
     address = f"http://127.0.0.1:{dashboard}"
     try:
@@ -87,7 +89,7 @@ def squeezed(text: str) -> str:
 def train_overrides(root: Path) -> list[str]:
     return ["--set", f"data.train=['{root}/data/train-*.tar']", "--set", "optim.max_steps=3", "--set",
             "data.batch_size=4", "--set", "model.tiny.num_layers=3", "--set", f"run.storage_path={root / 'runs'}",
-            "--set", f"mlflow.tracking_uri=sqlite:///{root / 'mlflow.db'}"]
+            "--set", f"mlflow.tracking_uri=sqlite:///{root / 'mlflow.db'}", "--set", "scaling.num_workers=1"]
 
 
 @pytest.fixture(scope="module")

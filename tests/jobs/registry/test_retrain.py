@@ -25,7 +25,7 @@ def retrain_config(root: Path) -> RetrainConfig:
             f"data.train=['{data}/train-*.tar']", "data.batch_size=4", "optim.max_steps=4", "optim.warmup_steps=1",
             "run.checkpoint_every=4", "run.log_every=2", f"run.storage_path={root / 'runs'}",
             f"mlflow.tracking_uri=sqlite:///{root / 'mlflow.db'}", "model.tiny.num_layers=3",
-            "model.tiny.hidden_size=32",
+            "model.tiny.hidden_size=32", "scaling.num_workers=1",  # orchestration under test: one worker is enough
         ],
         "policy": {"data": [f"{data}/policy-*.tar"], "epochs": 50},
         "eval_data": [f"{data}/eval-*.tar"],
