@@ -56,17 +56,18 @@ def test_retrain_only_when_the_data_changes_and_never_breaks_the_champion(ray_lo
     assert again.status == "skipped" and again.champion == first.champion and len(training_runs(client)) == 1
 
     write_split(tmp_path / "data", "train", 36, 12, seed=7)  # new training data: a new data version
-    monkeypatch.setenv("VISOR_TEST_FAULT", "retrain:stage=policy")
-    with pytest.raises(RuntimeError, match="injected failure in retrain stage policy"):
+    # a failure after training (the policy stage, a new version already registered) is in test_recipe.py
+    monkeypatch.setenv("VISOR_TEST_FAULT", "retrain:stage=train")
+    with pytest.raises(RuntimeError, match="injected failure in retrain stage train"):
         run_retrain(retrain_config(tmp_path))
     monkeypatch.delenv("VISOR_TEST_FAULT")
     failed = client.search_runs([parent.info.experiment_id], "tags.job = 'retrain' and attributes.status = 'FAILED'")
-    assert len(failed) == 1 and failed[0].data.tags["failed_stage"] == "policy"
+    assert len(failed) == 1 and failed[0].data.tags["failed_stage"] == "train"
     assert str(client.get_model_version_by_alias("visor", "champion").version) == first.champion
 
     third = run_retrain(retrain_config(tmp_path))
     assert third.status in ("promoted", "rejected") and third.data_version != first.data_version
-    assert len(training_runs(client)) == 3  # the failed retrain had trained too, before its policy stage
+    assert len(training_runs(client)) == 2  # the failed retrain stopped before training
 
 
 def test_a_second_retrain_exits_while_one_runs(tmp_path: Path) -> None:
