@@ -16,11 +16,15 @@ from visor_model.presets import tiny_config, tiny_processor, word_tokenizer
 
 WORDS = ["what", "colour", "is", "the", "box", "red", "blue", "green", "how", "many", "?", "it"]
 
-# Ray Train's controller polls its workers every 2 s, so a run ends up to 2 s after its last step and its worker
-# group is seen ready up to 2 s late. The tests' runs are a few steps long: a quarter of a second saves about 5 s a
-# run (measured on a 4-step `visor train`: 59.7 -> 51-55 s). Set before any Ray starts, so that the instances the
-# tests start (in process, `visor` subprocesses, `ray start --head`) all inherit it.
+# Two Ray Train settings for runs of a few steps, which would otherwise spend most of their time on fixed costs
+# (measured on a 4-step `visor train`): the controller polls its workers every 2 s, so a run ends up to 2 s after
+# its last step and its worker group is seen ready up to 2 s late — a quarter of a second saves about 5 s a run
+# (59.7 -> 51-55 s); and every run starts a preemption watcher actor (one more process importing Ray Train) for
+# spot nodes, which one machine does not have — without it, about 6 s less again (54 -> 48 s, mean of two).
+# Set before any Ray starts, so that the instances the tests start (in process, `visor` subprocesses,
+# `ray start --head`) all inherit them.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 
 @pytest.fixture(scope="session", autouse=True)
