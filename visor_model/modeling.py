@@ -355,8 +355,11 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
         return finish(layer, h_t, layer_attend(layer)(q, k, v, CAUSAL)), h_v, (k, v), None
 
     def _mode_c(self, layer_idx: int, layer: nn.Module, h_t, h_v, layout: AttentionLayout):
-        """Text over the image and the text (joint: the layer's own attention; gated: a sublayer first)."""
+        """Text over the image and the text (joint: the layer's own attention; gated: a sublayer first). With no
+        visual token in the batch (text-only prompts) the gated sublayer adds exactly zero and is skipped."""
         if self.config.cross_attention == "gated":
+            if h_v.shape[1] == 0:
+                return self._mode_t(layer_idx, layer, h_t, h_v, layout)
             gated = self.gated[str(layer_idx)]
             k_g, v_g = gated.visual_kv(h_v, layout.streams.visual_valid)
             h_t = gated.update(h_t, layout.text_over_visual(gated.query(h_t), k_g, v_g, gated.scaling))

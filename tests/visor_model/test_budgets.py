@@ -25,7 +25,7 @@ def uncached_greedy(model, batch, budget, steps):
     image_id = model.config.image_token_id
     for _ in range(steps):
         with torch.no_grad():
-            out = model(ids, mask, batch["pixel_values"], batch["image_sizes"], budget=budget)
+            out = model(ids, mask, batch.get("pixel_values"), batch.get("image_sizes"), budget=budget)
         logits = out.logits[torch.arange(ids.shape[0]), last_valid_index(out.text_mask)]
         logits[:, image_id] = float("-inf")
         token = logits.argmax(-1, keepdim=True)
