@@ -396,3 +396,14 @@ def render(values: Values, out: str | Path) -> list[Path]:
                         + yaml.safe_dump_all(documents, sort_keys=False))
         paths.append(path)
     return paths
+
+
+def check_manifests(files: dict[str, list[dict]]) -> list[str]:
+    """Every problem of the manifests ``files`` (file name → documents), one line each naming the object and the
+    field: the KubeRay objects against KubeRay's CRD schemas, strictly (:mod:`jobs.cluster.kube_schema`), then
+    every job they declare (:mod:`jobs.cluster.job_check`). Empty when all pass."""
+    from jobs.cluster.job_check import RAY_KINDS, job_errors
+    from jobs.cluster.kube_schema import crd_errors
+
+    documents = [d for docs in files.values() for d in docs]
+    return [e for d in documents if d.get("kind") in RAY_KINDS for e in crd_errors(d)] + job_errors(files)

@@ -12,6 +12,7 @@ for every ``RayJob`` entrypoint and every container whose command is ``visor …
   SQLite tracking store — is absolute and on a volume that every pod of the cluster the job runs on mounts
   (``s3://``, ``models:/`` and other URIs pass). ``lock_dir`` is node-local scratch by design and not checked.
   ``visor submit JOB --address …`` runs JOB on the ``RayCluster`` the address names (which must be rendered);
+* every job that reads a data split (train, policy, eval) reads the same shard specs as the others;
 * a training job's workers fit the worker groups at ``maxReplicas`` and leave at least ``data.preprocess_cpus``
   CPUs on some pod for Ray Data's read and preprocessing tasks (otherwise training waits for data forever);
 
@@ -38,6 +39,7 @@ from jobs.config import CONFIG_DIR, ConfigError, load_config
 RAY_KINDS = ("RayCluster", "RayJob", "RayService")
 CHECKED_RETRAIN_PATHS = tuple(p for p in RETRAIN_PATHS if p != (None, "lock_dir"))  # lock_dir: node-local scratch
 PATH_PARAMS = ("data", "model", "out", "tracking_uri")  # the jobs' own path options (``--baseline`` apart)
+SPLIT_OF_DATA = {"train-policy": "policy", "evaluate": "eval"}  # the split a job's --data reads
 IGNORED_SERVE_ARGS = ("host", "port")  # app_builder builds the app; Serve's http_options place the proxy
 
 
@@ -101,6 +103,11 @@ class Context:
     configmaps: dict[str, dict[str, str]]
     clusters: dict[str, dict]
     errors: list[str] = field(default_factory=list)
+    splits: dict[str, dict[tuple[str, ...], list[str]]] = field(default_factory=dict)  # split → specs → readers
+
+    def split(self, split: str, name: str, specs: list[str]) -> None:
+        """Record that this job reads ``specs`` as data split ``split`` (setting ``name``)."""
+        self.splits.setdefault(split, {}).setdefault(tuple(specs), []).append(f"{self.where} {name}")
 
     def error(self, text: str) -> None:
         self.errors.append(f"{self.where}: {text}")
@@ -161,6 +168,7 @@ def _train_checks(ctx: Context, config: Any, prefix: str = "") -> None:
     """Paths of a training config and of its stages; its workers and Ray Data on the worker groups."""
     data = config.model_dump(mode="json")
     stages = [config.stage(i) for i in range(len(config.stages))] if config.stages else [config]
+    ctx.split("train", f"{prefix}data.train", config.data.train)
     for holder, where in [(data, prefix)] + [(s, f"{prefix}stages[{i}].") for i, s in enumerate(data["stages"])]:
         for section, key in TRAIN_PATHS:
             node = holder if section is None else holder.get(section)
@@ -231,6 +239,8 @@ def _command(ctx: Context, argv: list[str], field_name: str) -> None:
         if params.get(name) is not None:
             ctx.path(f"--{name.replace('_', '-')}", [str(v) for v in params[name]]
                      if isinstance(params[name], list | tuple) else str(params[name]))
+    if argv[1] in SPLIT_OF_DATA:
+        ctx.split(SPLIT_OF_DATA[argv[1]], "--data", list(params["data"]))
     for baseline in params.get("baseline") or []:
         ctx.path("--baseline", baseline.partition("=")[2])
 
@@ -246,6 +256,8 @@ def _retrain(ctx: Context, params: dict) -> None:
     for section, key in CHECKED_RETRAIN_PATHS:
         node = data if section is None else data.get(section)
         ctx.path(f"{section + '.' if section else ''}{key}", node[key])
+    ctx.split("policy", "policy.data", retrain.policy.data)
+    ctx.split("eval", "eval_data", retrain.eval_data)
     train = ctx.load(TrainConfig, "train_config", retrain.train_config, retrain.train_overrides)
     if train is not None:
         _train_checks(ctx, train, prefix="train_config: ")
@@ -263,7 +275,8 @@ def _submitted(ctx: Context, params: dict, args: list[str], field_name: str) -> 
     head, workers = cluster_pods(ctx.clusters[cluster])
     for one in (head, *workers):
         one.where = f"RayCluster {cluster} {one.where}"
-    job = Context(ctx.where, ctx.reader, [head, *workers], workers, ctx.configmaps, ctx.clusters, ctx.errors)
+    job = Context(ctx.where, ctx.reader, [head, *workers], workers, ctx.configmaps, ctx.clusters, ctx.errors,
+                  ctx.splits)
     config = ["--config", params["config"]] if params.get("config") else []
     _command(job, ["visor", params["job"], *config, *args], f"{field_name} (run on RayCluster {cluster})")
 
@@ -294,12 +307,13 @@ def job_errors(files: dict[str, list[dict]]) -> list[str]:
     configmaps = {d["metadata"]["name"]: d.get("data") or {} for d in documents if d.get("kind") == "ConfigMap"}
     clusters = {d["metadata"]["name"]: d.get("spec") or {} for d in documents if d.get("kind") == "RayCluster"}
     errors: list[str] = []
+    splits: dict[str, dict[tuple[str, ...], list[str]]] = {}
     for document in documents:
         kind, name = document.get("kind"), f"{document.get('kind')} {document['metadata'].get('name')}"
         spec = document.get("spec") or {}
         if kind == "RayJob":
             head, workers = cluster_pods(spec.get("rayClusterSpec") or {})
-            ctx = Context(name, head, [head, *workers], workers, configmaps, clusters, errors)
+            ctx = Context(name, head, [head, *workers], workers, configmaps, clusters, errors, splits)
             _command(ctx, shlex.split(spec.get("entrypoint", "")), "spec.entrypoint")
         elif kind == "RayService":
             errors.extend(_serve_errors(name, spec))
@@ -307,8 +321,12 @@ def job_errors(files: dict[str, list[dict]]) -> list[str]:
             for template, where in _pod_templates(spec, "spec"):
                 for index, container in enumerate((template.get("spec") or {}).get("containers") or []):
                     if (container.get("command") or [None])[0] == "visor":
-                        ctx = Context(name, pod(where, template), [], [], configmaps, clusters, errors)
+                        ctx = Context(name, pod(where, template), [], [], configmaps, clusters, errors, splits)
                         _command(ctx, list(container["command"]), f"{where}.spec.containers[{index}].command")
+    for split, readers in splits.items():
+        if len(readers) > 1:
+            errors.append(f"data split {split!r} is read as different shards by different jobs: "
+                          + "; ".join(f"{', '.join(names)}: {list(specs)}" for specs, names in readers.items()))
     return errors
 
 
