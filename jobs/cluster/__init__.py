@@ -9,6 +9,6 @@ start: command, config, mounted paths, CPUs). ``ray_env`` imports only Ray;
 ``submit`` imports Ray and ``localize``, which imports the job config schemas (``jobs.config``,
 ``jobs.train.config``, ``jobs.registry.config``); ``infra`` imports the config schemas of what it renders
 (``jobs.config``, ``jobs.sections``, ``jobs.serving.config``); ``kube_schema`` imports ``crds`` and jsonschema;
-``job_check`` imports ``localize``, the job config schemas, Ray Serve's config schema and the ``visor`` command
-line (to parse commands, not run them); none of them imports what runs a job.
+``job_check`` imports ``localize``, ``infra`` (CPU quantities), the job config schemas, Ray Serve's config
+schema and the ``visor`` command line (to parse commands, not run them); none of them imports what runs a job.
 """

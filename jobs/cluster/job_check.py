@@ -33,6 +33,7 @@ from urllib.parse import urlparse
 
 import yaml
 
+from jobs.cluster.infra import cpu_count
 from jobs.cluster.localize import RETRAIN_PATHS, TRAIN_PATHS, local_path
 from jobs.config import CONFIG_DIR, ConfigError, load_config
 
@@ -65,8 +66,6 @@ class Pod:
 
 
 def _quantity(value: Any) -> float:
-    from jobs.cluster.infra import cpu_count
-
     return cpu_count(str(value)) if value is not None else 0.0
 
 
@@ -212,6 +211,8 @@ def _command(ctx: Context, argv: list[str], field_name: str) -> None:
 
     from jobs.cli import app
 
+    if argv[:3] == ["python", "-m", "jobs.cli"]:  # the same command line, as `ray job submit` examples spell it
+        argv = ["visor", *argv[3:]]
     if argv[:1] != ["visor"] or len(argv) < 2:
         ctx.error(f"{field_name}: {shlex.join(argv)!r} is not a visor command")
         return
