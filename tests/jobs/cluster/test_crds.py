@@ -11,7 +11,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+from typer.testing import CliRunner
 
+from jobs.cli import app
 from jobs.cluster import crds
 from jobs.cluster.infra import Values, manifests
 from jobs.cluster.kube_schema import crd_errors, to_json_schema
@@ -129,3 +131,11 @@ def test_quantities_nulls_status_and_the_api_version() -> None:
     assert any(re.search(r"limits\.memory: None is not of type 'integer', 'string'", e) for e in errors), errors
     assert crd_errors({**service, "apiVersion": "ray.io/v1alpha1"}) == [
         "RayService visor-serve: apiVersion: 'ray.io/v1alpha1' is not 'ray.io/v1'"]
+
+
+@needs_source
+def test_visor_infra_crds_writes_the_committed_file(tmp_path: Path) -> None:
+    out = tmp_path / "kuberay.json"
+    result = CliRunner().invoke(app, ["infra", "crds", "--source", str(SOURCE), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.read_text() == crds.SCHEMA_FILE.read_text()

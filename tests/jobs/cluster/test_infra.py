@@ -9,12 +9,13 @@ import warnings
 from pathlib import Path
 
 import kubernetes_validate
+import pytest
 import yaml
 from typer.testing import CliRunner
 
 from jobs.cli import app
-from jobs.cluster.infra import Values, check_manifests
-from jobs.config import load_config
+from jobs.cluster.infra import Values, check_manifests, cpu_count
+from jobs.config import ConfigError, load_config
 from jobs.serving.config import ServeConfig
 from jobs.train.config import TrainConfig
 
@@ -287,3 +288,15 @@ def test_data_keys_that_moved_name_their_new_place(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(values))
     result = CliRunner().invoke(app, ["infra", "render", "--values", str(path), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "retrain.evalData moved to data.eval" in " ".join(result.output.split())
+
+
+def test_cpu_quantities_and_room_left_for_training(tmp_path: Path) -> None:
+    assert (cpu_count("8"), cpu_count("7.5"), cpu_count("7500m"), cpu_count(" 2 ")) == (8, 7.5, 7.5, 2)
+    with pytest.raises(ValueError, match="'eight' is not a CPU quantity"):
+        cpu_count("eight")
+    values = yaml.safe_load(VALUES.read_text())
+    values["cluster"]["gpuWorkers"].update(cpu="16", gpus=2, dataCpus=4)
+    assert load_config(Values, values).cluster.gpu_workers.cpus_per_worker() == 6  # (16 - 4) / 2 GPUs
+    values["cluster"]["gpuWorkers"]["dataCpus"] = 16
+    with pytest.raises(ConfigError, match=r"cluster.gpuWorkers: .*dataCpus \(16\) leaves no CPU of cpu \(16\)"):
+        load_config(Values, values)
