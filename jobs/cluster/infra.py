@@ -21,6 +21,7 @@ setting it shares with a job has the job's name (``serve.reloadPollSeconds`` is 
 
 from __future__ import annotations
 
+import copy
 import json
 import shlex
 from pathlib import Path
@@ -230,7 +231,7 @@ def _volumes(every: list[VolumeValues]) -> tuple[list[dict], list[dict]]:
 
 def _pod(container: dict, volumes: tuple[list[dict], list[dict]], **spec: Any) -> dict:
     """A pod template of one container that mounts ``volumes`` (``(pod volumes, volumeMounts)``)."""
-    pod_volumes, mounts = volumes
+    pod_volumes, mounts = copy.deepcopy(volumes)  # each pod its own lists (no YAML anchors, no shared edits)
     if mounts:
         container = {**container, "volumeMounts": mounts}
     return {"spec": {"containers": [container], **({"volumes": pod_volumes} if pod_volumes else {}), **spec}}
