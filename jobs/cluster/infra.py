@@ -371,7 +371,7 @@ def manifests(values: Values) -> dict[str, list[dict]]:
         "mlflow.yaml": [
             {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(values, values.mlflow.name),
              "spec": {"replicas": 1, "selector": {"matchLabels": mlflow_labels}, "template": {
-                 "metadata": {"labels": mlflow_labels},
+                 "metadata": {"labels": dict(mlflow_labels)},
                  "spec": {"containers": [{
                      "name": "mlflow", "image": values.image, "imagePullPolicy": values.image_pull_policy,
                      "command": ["sh", "-c", _shell(
