@@ -173,8 +173,8 @@ def _train_checks(ctx: Context, config: Any, prefix: str = "") -> None:
             node = holder if section is None else holder.get(section)
             if isinstance(node, dict) and node.get(key) is not None:
                 ctx.path(f"{where}{section}.{key}", node[key])
-    seen = set()
-    for stage in stages:  # stages that share their workers and data settings are checked once
+    seen = set()  # stages that share their workers and data settings are checked once; without worker groups
+    for stage in stages if ctx.workers else []:  # Ray runs inside the job's own pod: nothing to place
         key = (stage.scaling.model_dump_json(), stage.data.preprocess_cpus)
         if key not in seen:
             seen.add(key)
@@ -305,12 +305,12 @@ def _serve_errors(name: str, spec: dict) -> Iterator[str]:
 def job_errors(files: dict[str, list[dict]]) -> list[str]:
     """Every reason a job of ``files`` (file name → documents) could not start; empty when all can."""
     documents = [d for docs in files.values() for d in docs if isinstance(d, dict)]
-    configmaps = {d["metadata"]["name"]: d.get("data") or {} for d in documents if d.get("kind") == "ConfigMap"}
-    clusters = {d["metadata"]["name"]: d.get("spec") or {} for d in documents if d.get("kind") == "RayCluster"}
+    configmaps = {_name(d): d.get("data") or {} for d in documents if d.get("kind") == "ConfigMap"}
+    clusters = {_name(d): d.get("spec") or {} for d in documents if d.get("kind") == "RayCluster"}
     errors: list[str] = []
     splits: dict[str, dict[tuple[str, ...], list[str]]] = {}
     for document in documents:
-        kind, name = document.get("kind"), f"{document.get('kind')} {document['metadata'].get('name')}"
+        kind, name = document.get("kind"), f"{document.get('kind')} {_name(document)}"
         spec = document.get("spec") or {}
         if kind == "RayJob":
             head, workers = cluster_pods(spec.get("rayClusterSpec") or {})
@@ -322,13 +322,18 @@ def job_errors(files: dict[str, list[dict]]) -> list[str]:
             for template, where in _pod_templates(spec, "spec"):
                 for index, container in enumerate((template.get("spec") or {}).get("containers") or []):
                     if (container.get("command") or [None])[0] == "visor":
-                        ctx = Context(name, pod(where, template), [], [], configmaps, clusters, errors, splits)
+                        here = pod(where, template)  # the job runs in this pod (`visor submit`: on a cluster)
+                        ctx = Context(name, here, [here], [], configmaps, clusters, errors, splits)
                         _command(ctx, list(container["command"]), f"{where}.spec.containers[{index}].command")
     for split, readers in splits.items():
         if len(readers) > 1:
             errors.append(f"data split {split!r} is read as different shards by different jobs: "
                           + "; ".join(f"{', '.join(names)}: {list(specs)}" for specs, names in readers.items()))
     return errors
+
+
+def _name(document: dict) -> str:
+    return str((document.get("metadata") or {}).get("name", "<no name>"))
 
 
 def _pod_templates(node: Any, where: str) -> Iterator[tuple[dict, str]]:
