@@ -38,5 +38,5 @@ def test_faults_come_only_from_the_environment(monkeypatch: pytest.MonkeyPatch, 
         fail_stage("universal", "recipe")
 
     monkeypatch.setenv("VISOR_TEST_FAULT", "train:step")
-    with pytest.raises(ValueError, match="expected train:rank=R:step=S, retrain:stage=NAME or recipe:stage=NAME"):
+    with pytest.raises(ValueError, match="expected train:rank=R:step=S, retrain:stage=NAME, recipe:stage=NAME"):
         train_fault("run")

@@ -1,5 +1,6 @@
 """The Ray Serve endpoint over real HTTP on 127.0.0.1: the openai client, streaming, 4xx answers, batching under
-load, bearer tokens, and reloading when the champion moves."""
+load, bearer tokens, reloading when the champion moves, and failures that stay with the request that caused them
+(apps whose model raises for marked requests, through VISOR_TEST_FAULT)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import base64
 import json
 import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import mlflow
+import openai
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -27,6 +30,7 @@ from tests.conftest import random_image
 from tests.pipelines.helpers import bomb_png
 
 QUESTION = "what colour is the background ?"
+FAULT = "FAULT"  # the marker of the requests the faulty apps' model fails (VISOR_TEST_FAULT=serve:marker=FAULT)
 
 
 def messages(image: Image.Image | None = None, question: str = QUESTION) -> list[dict]:
@@ -50,6 +54,13 @@ def server(registry):
     tight = ServeConfig(tracking_uri=registry.uri, port=port, cpus_per_replica=0.25, max_batch_size=1,
                         max_queued_requests=1, max_ongoing_requests=16, limits=Limits(max_new_tokens=32))
     serve.run(build_app(tight), name="visor-tight", route_prefix="/tight", blocking=False)
+    for at, error in (("prefill", "value"), ("decode", "runtime")):  # the model raises for requests saying FAULT
+        faulty = ServeConfig(tracking_uri=registry.uri, port=port, cpus_per_replica=0.25, batch_wait_timeout_s=0.3,
+                             limits=Limits(max_new_tokens=32))
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("VISOR_TEST_FAULT", f"serve:marker={FAULT}:at={at}:error={error}")
+            app = build_app(faulty)
+        serve.run(app, name=f"visor-faulty-{at}", route_prefix=f"/faulty-{at}", blocking=False)
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
 
@@ -294,3 +305,79 @@ def test_reload_after_promotion_keeps_requests_in_flight(server, registry) -> No
         assert http.post("/admin/reload").json() == {"reloaded": False, "version": new}
         answer = http.post("/v1/chat/completions", json={"messages": messages(image), "max_tokens": 2}).json()
         assert answer["visor"]["model_version"] == new
+
+
+def answers_alone_then_together(prefix: str, bodies: list[dict], faulty: list) -> tuple[list, list, list, dict, dict]:
+    """``bodies`` sent one at a time, then all at once with the calls ``faulty`` (started 50 ms later, while the
+    others prefill or decode): the answers alone, the answers together, what the faulty calls returned, and the
+    app's stats before and after."""
+    with httpx.Client(base_url=prefix, timeout=120) as http:
+        alone = [http.post("/v1/chat/completions", json=body) for body in bodies]
+        before = http.get("/admin/stats").json()
+        with ThreadPoolExecutor(len(bodies) + len(faulty)) as pool:
+            together = [pool.submit(http.post, "/v1/chat/completions", json=body) for body in bodies]
+            time.sleep(0.05)
+            failed = [pool.submit(call) for call in faulty]
+            together, failed = [f.result() for f in together], [f.result() for f in failed]
+        after = http.get("/admin/stats").json()
+    return alone, together, failed, before, after
+
+
+def completions(responses: list[httpx.Response]) -> list[tuple[str, str]]:
+    assert [r.status_code for r in responses] == [200] * len(responses), [r.text for r in responses]
+    return [(r.json()["choices"][0]["message"]["content"], r.json()["choices"][0]["finish_reason"]) for r in responses]
+
+
+def test_a_failure_in_a_decode_step_fails_only_its_request(server) -> None:
+    """Issue 31: a request whose decode step raises inside the model (injected at the model call) while six others
+    decode with it fails alone — a 500 in OpenAI's format, or, streamed, an error event after its 200 — and the
+    others finish with the same tokens as when they ran alone; no row is left behind."""
+    prefix = f"{server}/faulty-decode"
+    images = [render_sample(4, "eval", 20 + i).image for i in range(6)]
+    bodies = [{"messages": messages(image), "temperature": 2.0, "seed": i, "max_tokens": 16, "visor_budget": 1}
+              for i, image in enumerate(images)]
+    marked = {"messages": messages(images[0], f"{FAULT} {QUESTION}"), "temperature": 2.0, "seed": 0,
+              "max_tokens": 16}
+    client = OpenAI(base_url=f"{prefix}/v1", api_key="unused", max_retries=0)
+
+    def streamed() -> list[str]:
+        texts = []
+        with pytest.raises(openai.APIError, match="injected fault") as raised:
+            for chunk in client.chat.completions.create(model="visor", stream=True, **{
+                    k: v for k, v in marked.items() if k != "model"}):
+                texts.append(chunk.choices[0].delta.content if chunk.choices else "")
+        texts.append(raised.value.message)
+        return texts
+
+    alone, together, (failed, stream), before, after = answers_alone_then_together(
+        prefix, bodies, [lambda: httpx.post(f"{prefix}/v1/chat/completions", json=marked, timeout=120), streamed])
+    assert completions(together) == completions(alone)
+    assert failed.status_code == 500, failed.text
+    error = failed.json()["error"]
+    assert error["type"] == "server_error" and error["code"] == "generation_failed"
+    assert "injected fault" in error["message"] and "RuntimeError" in error["message"]
+    assert "injected fault" in stream[-1]  # the stream had begun (200, a role chunk) when its error came
+    assert after["retried_alone"] > before.get("retried_alone", 0)  # the fault struck a step shared with others
+    assert after["failed"] - before.get("failed", 0) == 2
+    assert after["decoding"] == 0 and after["waiting"] == 0  # no leaked rows
+    assert completions([httpx.post(f"{prefix}/v1/chat/completions", json=bodies[1], timeout=120)]) == \
+        completions(alone[1:2])  # and the replica serves on
+
+
+def test_a_request_the_model_refuses_at_prefill_gets_a_400_alone(server) -> None:
+    """Issue 31: a ValueError from the model (the input was the cause) in a prefill shared with four requests
+    answers that request 400; the others are answered as when alone."""
+    prefix = f"{server}/faulty-prefill"
+    images = [render_sample(4, "eval", 30 + i).image for i in range(4)]
+    bodies = [{"messages": messages(image), "temperature": 0, "max_tokens": 8, "visor_budget": i % 2}
+              for i, image in enumerate(images)]
+    marked = {"messages": messages(images[0], f"{QUESTION} {FAULT}"), "max_tokens": 8}
+    alone, together, (failed,), before, after = answers_alone_then_together(
+        prefix, bodies, [lambda: httpx.post(f"{prefix}/v1/chat/completions", json=marked, timeout=120)])
+    assert completions(together) == completions(alone)
+    assert failed.status_code == 400, failed.text
+    error = failed.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["code"] == "invalid_input"
+    assert "ValueError: injected fault" in error["message"]
+    assert after["retried_alone"] > before.get("retried_alone", 0)
+    assert after["failed"] - before.get("failed", 0) == 1 and after["decoding"] == 0 and after["waiting"] == 0
