@@ -172,7 +172,7 @@ def bad_requests(image: Image.Image) -> list[tuple[str, object, int, str]]:
         ("not an image", {"messages": [{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(b"hello")
                                                 .decode()}}, {"type": "text", "text": QUESTION}]}]}, 400,
-         "image rejected"),
+         "cannot identify image file (not an image in a format Pillow reads"),
         ("unknown budget", {"messages": messages(image), "visor_budget": 7}, 400, "visor_budget must be"),
         ("http image URL", {"messages": [{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "http://127.0.0.1:9/x.png"}},
@@ -188,6 +188,11 @@ def bad_requests(image: Image.Image) -> list[tuple[str, object, int, str]]:
         ("top_logprobs alone", {"messages": messages(image), "top_logprobs": 2}, 400, "needs logprobs"),
         ("ends with the assistant", {"messages": [*messages(image), {"role": "assistant", "content": "red"}]}, 400,
          "last message must be a user message"),
+        ("image_url as a bare string", {"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": image_data_url(image)}, {"type": "text", "text": QUESTION}]}]}, 400,
+         'needs "image_url": {"url"'),
+        ("lone surrogate", b'{"messages": [{"role": "user", "content": "hi \\ud800"}]}', 400, "not valid Unicode"),
+        ("text beyond max_text_chars", {"messages": messages(image, "what " * 50_000)}, 400, "characters, more than"),
     ]
 
 
@@ -201,6 +206,7 @@ def test_bad_requests_get_4xx_in_openai_format(server) -> None:
             assert response.status_code == status, (name, response.text)
             error = response.json()["error"]
             assert message in error["message"] and error["type"] == "invalid_request_error", name
+            assert "object at 0x" not in error["message"], name
             if "unsupported parameter" in message:
                 assert error["param"] == message.split("'")[1] and error["code"] == "unsupported_parameter"
         ok = http.post("/v1/chat/completions", json={"messages": messages(image), "max_tokens": 2})
@@ -381,3 +387,64 @@ def test_a_request_the_model_refuses_at_prefill_gets_a_400_alone(server) -> None
     assert "ValueError: injected fault" in error["message"]
     assert after["retried_alone"] > before.get("retried_alone", 0)
     assert after["failed"] - before.get("failed", 0) == 1 and after["decoding"] == 0 and after["waiting"] == 0
+
+
+def test_openai_surface_models_routes_roles_and_streamed_logprobs(server) -> None:
+    """Issue 31: models.retrieve, OpenAI error objects on unknown routes and methods, the developer role, logprobs
+    streamed with each token, and a 20 MB text body refused before anything tokenizes it."""
+    image = render_sample(4, "eval", 8).image
+    client = OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
+    assert client.models.retrieve("visor").id == "visor" and client.models.retrieve("visor/1").id == "visor"
+    with pytest.raises(openai.NotFoundError, match="not served here"):
+        client.models.retrieve("gpt-4")
+    with httpx.Client(base_url=server, timeout=60) as http:
+        for method, path, status in (("GET", "/v1/nothing", 404), ("GET", "/v1/chat/completions", 405),
+                                     ("DELETE", "/v1/models", 405)):
+            response = http.request(method, path)
+            assert response.status_code == status and response.json()["error"]["type"] == "invalid_request_error"
+            assert path in response.json()["error"]["message"]
+        started = time.perf_counter()
+        huge = http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x " * 10_000_000}]})
+        assert huge.status_code == 400 and "characters, more than" in huge.json()["error"]["message"]
+        assert time.perf_counter() - started < 10  # refused on its length (tokenizing it took 31 s)
+
+    developer = [{"role": "developer", "content": "answer briefly"}, *messages(image)]
+    system = [{"role": "system", "content": "answer briefly"}, *messages(image)]
+    ask = {"model": "visor", "temperature": 0, "max_tokens": 6, "extra_body": {"visor_budget": 1}}
+    reply = client.chat.completions.create(messages=developer, logprobs=True, top_logprobs=2, **ask)
+    assert reply.choices[0].message.content == client.chat.completions.create(messages=system, **ask).choices[
+        0].message.content  # developer is OpenAI's newer name for system
+    chunks = list(client.chat.completions.create(messages=developer, logprobs=True, top_logprobs=2, stream=True,
+                                                 **ask))
+    with_text = [c for c in chunks if c.choices and c.choices[0].delta.content]
+    assert with_text and all(c.choices[0].logprobs and c.choices[0].logprobs.content for c in with_text)
+    streamed = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in reply.choices[0].logprobs.content]
+
+
+def test_16_bit_pngs_are_answered_like_their_8_bit_images(server) -> None:
+    """Issue 31: a 16-bit PNG (RGB or greyscale) reaches the model as the same pixels as its 8-bit version, not
+    clipped to black and white: the same answer, the same log-probabilities."""
+    import numpy as np
+
+    from tests.pipelines.helpers import png16
+
+    pixels = np.asarray(render_sample(4, "eval", 9).image).astype(np.uint16)
+    grey = np.asarray(render_sample(4, "eval", 9).image.convert("L")).astype(np.uint16)
+    client = OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
+
+    def answer(url: str) -> tuple[str, list[float]]:
+        reply = client.chat.completions.create(
+            model="visor", temperature=0, max_tokens=4, logprobs=True, extra_body={"visor_budget": 1},
+            messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                                   {"type": "text", "text": QUESTION}]}])
+        return reply.choices[0].message.content, [round(e.logprob, 4) for e in reply.choices[0].logprobs.content]
+
+    def png_url(data: bytes) -> str:
+        return "data:image/png;base64," + base64.b64encode(data).decode()
+
+    for eight, sixteen in ((pixels, pixels * 257), (grey, grey * 257)):
+        eight_bit = image_data_url(Image.fromarray(eight.astype(np.uint8)))
+        assert answer(png_url(png16(sixteen))) == answer(eight_bit)
+    clipped = image_data_url(Image.fromarray(np.where(grey > 0, 255, 0).astype(np.uint8)))  # what it was before
+    assert answer(png_url(png16(grey * 257)))[1] != answer(clipped)[1]
