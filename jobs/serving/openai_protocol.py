@@ -99,7 +99,7 @@ def _conversation(messages: Any, limits: Limits) -> tuple[list[dict], list[Any]]
         raise ApiError(400, "'messages' is required and must be a non-empty list", "messages")
     conversation, urls = [], []
     for message in messages:
-        if not isinstance(message, dict) or message.get("role") not in ROLES:
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str) or message["role"] not in ROLES:
             raise ApiError(400, "each message needs a role of system, developer, user or assistant", "messages")
         role, content = ROLES[message["role"]], []
         for part in _parts(message.get("content")):
