@@ -28,7 +28,7 @@ inverse RMS while the visual stream is unchanged (it changes only in S layers).
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
@@ -37,6 +37,14 @@ from .layers import CAUSAL, Attend, PositionEmbedding, attention, attention_or_z
 from .streams import Streams
 
 Segment = tuple[int, int, int]  # text queries [start, end) that see the first `visible` visual tokens
+
+
+@dataclass(frozen=True)
+class RowSet:
+    """A subset of a batch's rows: ``key`` on the host (row indices, sorted), ``index`` the same on the device."""
+
+    key: tuple[int, ...]
+    index: torch.LongTensor
 
 
 def _take(x: torch.Tensor, index: torch.LongTensor, dim: int) -> torch.Tensor:
@@ -62,11 +70,11 @@ class AttentionLayout:
         """The layout of ``streams`` with rotary embeddings from ``rotary`` (in ``like``'s dtype)."""
         return cls(streams, rotary(like, streams.text_pos), rotary(like, streams.visual_pos))
 
-    def select(self, rows: torch.LongTensor | None) -> AttentionLayout:
+    def select(self, row_set: RowSet | None) -> AttentionLayout:
         """The layout of a subset of rows (``None``: all rows); built once per subset."""
-        if rows is None:
+        if row_set is None:
             return self
-        key = tuple(rows.tolist())
+        key, rows = row_set.key, row_set.index
         if key not in self._subsets:
             s = self.streams
             streams = Streams(*(getattr(s, f.name).index_select(0, rows) for f in fields(s)))

@@ -92,23 +92,37 @@ class VisorCache:
         return out
 
     def compact(self) -> None:
-        """Drop the text slots no row holds (left by rows that joined with longer prompts and then left), so
-        the cache of a decode that rows keep joining does not grow without bound."""
-        used = torch.zeros(self.length, dtype=torch.bool, device=self.key_valid[0].device)
+        """Drop the slots no row holds, so a decode that rows keep joining and leaving neither grows without
+        bound nor keeps paying for rows that left: text slots of rows that joined with longer prompts, and
+        visual slots past the widest image a remaining row has (each layer's visual part and each gated
+        sublayer's). Visual entries are valid-first in every row, so a width is a count."""
+        text_used = torch.zeros(self.length, dtype=torch.bool, device=self.key_valid[0].device)
         for layer in range(self.num_layers):
             offset = self.visual_offset[layer]
-            used |= self.key_valid[layer][:, offset : offset + self.length].any(0)
-        if bool(used.all()):
+            text_used |= self.key_valid[layer][:, offset : offset + self.length].any(0)
+        widths = [valid[:, :offset].sum(1).amax() for valid, offset in zip(self.key_valid, self.visual_offset,
+                                                                           strict=True)]
+        widths += [g[2].sum(1).amax() for g in self.gated if g is not None]
+        host = torch.stack(widths).tolist()  # one copy to the host for every layer's width
+        visual, gated = host[: self.num_layers], iter(host[self.num_layers :])
+        for layer, part in enumerate(self.gated):
+            width = None if part is None else next(gated)
+            if part is not None and width < part[2].shape[1]:  # a copy, so the wider tensors are freed
+                k, v, valid = part
+                self.gated[layer] = (k[:, :, :width].contiguous(), v[:, :, :width].contiguous(),
+                                     valid[:, :width].clone())
+        if bool(text_used.all()) and visual == self.visual_offset:
             return
-        kept = used.nonzero().squeeze(1)
+        kept = text_used.nonzero().squeeze(1)
         room = self.capacity - self.length
         for layer in range(self.num_layers):
-            offset = self.visual_offset[layer]
-            columns = torch.cat([torch.arange(offset, device=kept.device), offset + kept,
+            offset, width = self.visual_offset[layer], visual[layer]
+            columns = torch.cat([torch.arange(width, device=kept.device), offset + kept,
                                  torch.arange(offset + self.length, offset + self.capacity, device=kept.device)])
             self.keys[layer] = self.keys[layer].index_select(2, columns)
             self.values[layer] = self.values[layer].index_select(2, columns)
             self.key_valid[layer] = self.key_valid[layer].index_select(1, columns)
+            self.visual_offset[layer] = width
         self.length = len(kept)
         self.capacity = self.length + room
 

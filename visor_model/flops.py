@@ -12,23 +12,29 @@ tiles (base tile included):
 
 * ``vision`` — SigLIP on every tile (patch-embedding convolution + every encoder layer);
 * ``projector`` — the two projector linears on every tile's patches;
-* ``language`` — the decoder layers in their modes under the budget, plus
-  ``lm_head`` on the text tokens (VISOR computes logits for text tokens only;
-  the baseline is counted the same way, so the comparison is fair).
+* ``language`` — the decoder layers in what they run under the budget
+  (:meth:`~visor_model.plan.LayerPlan.run_modes`), plus ``lm_head`` on the text
+  tokens (VISOR computes logits for text tokens only; the baseline is counted the
+  same way, so the comparison is fair). The baseline is LLaVA-OneVision as
+  ``transformers`` runs it: every layer over every token.
 
 Mode costs (``P`` = per-token projection + MLP cost, ``Pkv`` its K/V part,
 ``a = 4·H·d`` attention cost per query-key pair):
-T ``Nt·P + a·Nt²``; S ``(Nt+Nv)·P + a·(Nt+Nv)²``; joint C
-``Nt·P + Nv·Pkv + a·Nt·(Nt+Nv)``; gated C = T + ``Nt·(Pq+Po) + Nv·Pkv +
-2·Nv·D·k + a·Nt·Nv``.
+T ``Nt·P + a·Nt²``; S ``(Nt+Nv)·P + a·(Nt+Nv)²``; joint C and ``s`` (the text side
+of an S layer whose visual update nothing reads) ``Nt·P + Nv·Pkv + a·Nt·(Nt+Nv)``;
+gated C = T + ``Nt·(Pq+Po) + Nv·Pkv + 2·Nv·D·k + a·Nt·Nv``.
+
+The tile count of an image comes from its size by the processor's anyres rule
+(:func:`visor_model.anyres.image_tokens`); there is no estimate from a token count.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from .config import VisorConfig
-from .plan import LayerPlan
+from .plan import LayerPlan, RunMode
 
 KEYS = ("vision", "projector", "language", "total")
 
@@ -42,18 +48,6 @@ def tokens_per_tile(config: VisorConfig) -> int:
     vision = config.vision_config
     side = vision.image_size // vision.patch_size
     return math.ceil(side / config.token_reduction) ** 2
-
-
-def estimate_tiles(config: VisorConfig, num_visual_tokens: int) -> int:
-    """Tiles behind ``num_visual_tokens`` for a roughly square image (base tile + grid).
-
-    Each tile brings ``p`` patch tokens plus about ``sqrt(p)`` newline tokens;
-    pass the true count to the FLOPs functions when you know it.
-    """
-    if num_visual_tokens <= 0:
-        return 0
-    per_tile = tokens_per_tile(config)
-    return max(1, round(num_visual_tokens / (per_tile + math.sqrt(per_tile))))
 
 
 def vision_flops(config: VisorConfig, num_tiles: int) -> dict[str, float]:
@@ -83,26 +77,32 @@ def _layer_costs(config: VisorConfig) -> dict[str, float]:
     }
 
 
-def language_flops(
-    config: VisorConfig, budget: int, num_visual_tokens: int, num_text_tokens: int, plan: LayerPlan | None = None
-) -> float:
-    """Decoder layers under ``budget`` plus ``lm_head`` on the text tokens."""
-    plan = plan or config.layer_plan
+def _modes_flops(config: VisorConfig, modes: Sequence[RunMode], num_visual_tokens: int, num_text_tokens: int) -> float:
+    """Decoder layers running ``modes`` (one per layer) plus ``lm_head`` on the text tokens."""
     c = _layer_costs(config)
     per_token = c["q"] + c["kv"] + c["o"] + c["mlp"]
     nt, nv = num_text_tokens, num_visual_tokens
     total = 0.0
-    for mode in plan.modes(budget):
+    for mode in modes:
         if mode == "S":
             total += (nt + nv) * per_token + c["pair"] * (nt + nv) ** 2
             continue
         total += nt * per_token + c["pair"] * nt * nt
-        if mode == "C" and nv:
-            if config.cross_attention == "joint":
-                total += nv * c["kv"] + c["pair"] * nt * nv
-            else:
-                total += nt * (c["q"] + c["o"]) + nv * c["kv"] + nv * c["cpe"] + c["pair"] * nt * nv
+        if not nv or mode == "T":
+            continue
+        if mode == "s" or config.cross_attention == "joint":
+            total += nv * c["kv"] + c["pair"] * nt * nv
+        else:
+            total += nt * (c["q"] + c["o"]) + nv * c["kv"] + nv * c["cpe"] + c["pair"] * nt * nv
     return total + 2.0 * nt * config.text_config.hidden_size * config.text_config.vocab_size
+
+
+def language_flops(
+    config: VisorConfig, budget: int, num_visual_tokens: int, num_text_tokens: int, plan: LayerPlan | None = None
+) -> float:
+    """Decoder layers as they run under ``budget`` plus ``lm_head`` on the text tokens."""
+    plan = plan or config.layer_plan
+    return _modes_flops(config, plan.run_modes(budget), num_visual_tokens, num_text_tokens)
 
 
 def visor_flops(
@@ -110,29 +110,32 @@ def visor_flops(
     budget: int,
     num_visual_tokens: int,
     num_text_tokens: int,
-    num_tiles: int | None = None,
+    num_tiles: int,
     plan: LayerPlan | None = None,
 ) -> dict[str, float]:
-    """FLOPs of one sample's forward under ``budget``: ``{vision, projector, language, total}``."""
+    """FLOPs of one sample's forward under ``budget``: ``{vision, projector, language, total}``; ``num_tiles``
+    is the sample's tile count (base tile included; 0 without an image)."""
     plan = plan or config.layer_plan
     plan.check_budget(budget)
-    tiles = estimate_tiles(config, num_visual_tokens) if num_tiles is None else num_tiles
-    out = vision_flops(config, tiles)
+    out = vision_flops(config, num_tiles)
     out["language"] = language_flops(config, budget, num_visual_tokens, num_text_tokens, plan)
     out["total"] = out["vision"] + out["projector"] + out["language"]
     return out
 
 
 def baseline_flops(
-    config: VisorConfig, num_visual_tokens: int, num_text_tokens: int, num_tiles: int | None = None
+    config: VisorConfig, num_visual_tokens: int, num_text_tokens: int, num_tiles: int
 ) -> dict[str, float]:
-    """FLOPs of the LLaVA-OneVision forward (every layer over visual + text tokens)."""
-    plan = LayerPlan.full_attention(config.text_config.num_hidden_layers)
-    return visor_flops(config, 0, num_visual_tokens, num_text_tokens, num_tiles, plan=plan)
+    """FLOPs of the LLaVA-OneVision forward as ``transformers`` runs it (every layer over visual + text tokens)."""
+    out = vision_flops(config, num_tiles)
+    modes: list[RunMode] = ["S"] * config.text_config.num_hidden_layers
+    out["language"] = _modes_flops(config, modes, num_visual_tokens, num_text_tokens)
+    out["total"] = out["vision"] + out["projector"] + out["language"]
+    return out
 
 
 def flops_table(
-    config: VisorConfig, num_visual_tokens: int, num_text_tokens: int, num_tiles: int | None = None
+    config: VisorConfig, num_visual_tokens: int, num_text_tokens: int, num_tiles: int
 ) -> dict:
     """Baseline and every budget, with savings (baseline / budget), as printed by ``visor flops --json``."""
     plan = config.layer_plan
@@ -144,6 +147,7 @@ def flops_table(
             {
                 "budget": b,
                 "sa_layers": list(plan.budgets[b]),
+                "text_side_only": [i for i, m in enumerate(plan.run_modes(b)) if m == "s"],
                 "language": f["language"],
                 "total": f["total"],
                 "saving_language": base["language"] / f["language"],
@@ -154,7 +158,7 @@ def flops_table(
         "config": {
             "num_visual_tokens": num_visual_tokens,
             "num_text_tokens": num_text_tokens,
-            "num_tiles": num_tiles if num_tiles is not None else estimate_tiles(config, num_visual_tokens),
+            "num_tiles": num_tiles,
             "cross_attention": config.cross_attention,
             "cross_layers": list(plan.cross_layers),
         },

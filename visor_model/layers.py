@@ -24,7 +24,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention.bias import causal_lower_right
+from torch.nn.attention.bias import CausalBias, causal_lower_right
 from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm, repeat_kv, rotate_half
 
 _SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
@@ -56,19 +56,35 @@ def apply_rope(x: torch.Tensor, pos_emb: PositionEmbedding) -> torch.Tensor:
 def attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Mask, scale: float, dropout: float = 0.0
 ) -> torch.Tensor:
-    """Scaled dot-product attention with grouped K/V; returns ``[B, n, H*d]``."""
-    groups = q.shape[1] // k.shape[1]
-    if groups > 1 and not _SDPA_HAS_GQA:
-        k, v = repeat_kv(k, groups), repeat_kv(v, groups)
-    kwargs = {"enable_gqa": True} if groups > 1 and _SDPA_HAS_GQA else {}
+    """Scaled dot-product attention with grouped K/V; returns ``[B, n, H*d]``.
+
+    Grouped K/V (``H = g·Hkv``) run without copying K/V: with no mask tensor through SDPA's ``enable_gqa``;
+    under a boolean mask — where a GPU would leave the fused kernels for the math kernel with
+    ``enable_gqa`` — the ``g`` query heads of each K/V head are folded into the query axis
+    (``[B, Hkv, g·n, d]``, the mask repeated per head), which is plain multi-head attention.
+    """
+    n, m = q.shape[2], k.shape[2]
+    kwargs = {}
     if mask is CAUSAL:
-        n, m = q.shape[2], k.shape[2]
         if n == m:
             mask, kwargs["is_causal"] = None, True
         elif q.is_cuda:
             mask = causal_lower_right(n, m)
         else:
             mask = torch.ones(n, m, dtype=torch.bool, device=q.device).tril(m - n)
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1 and isinstance(mask, torch.Tensor) and not isinstance(mask, CausalBias):
+        batch, heads, _, dim = q.shape
+        folded_q = q.reshape(batch, k.shape[1], groups * n, dim)  # head h = kv head h // g, group h % g
+        folded_mask = mask[..., None, :, :].expand(*mask.shape[:-2], groups, n, m).reshape(
+            *mask.shape[:-2], groups * n, m
+        )
+        out = F.scaled_dot_product_attention(folded_q, k, v, attn_mask=folded_mask, dropout_p=dropout, scale=scale)
+        return out.view(batch, heads, n, -1).transpose(1, 2).flatten(2)
+    if groups > 1 and not _SDPA_HAS_GQA:
+        k, v = repeat_kv(k, groups), repeat_kv(v, groups)
+    elif groups > 1:
+        kwargs["enable_gqa"] = True
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale, **kwargs)
     return out.transpose(1, 2).flatten(2)
 

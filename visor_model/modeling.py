@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -33,7 +32,8 @@ from transformers.models.llava_onevision.modeling_llava_onevision import (
     image_size_to_num_patches,
 )
 
-from .attention_layout import AttentionLayout
+from .anyres import packing_view
+from .attention_layout import AttentionLayout, RowSet
 from .cache import DecodeState, VisorCache
 from .config import VisorConfig
 from .layers import CAUSAL, GatedCrossAttention, attention_or_zero, finish, layer_attend, project, project_visual_kv
@@ -41,7 +41,7 @@ from .plan import LayerPlan
 from .policy import BudgetPolicy, choose_budget, last_valid_index
 from .streams import Streams, scatter_visual, split_streams
 
-MODE_CODES = {"T": 0, "C": 1, "S": 2}
+MODE_CODES = {"T": 0, "C": 1, "S": 2, "s": 3}  # the run modes of LayerPlan.run_modes
 PREFILL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "image_sizes", "budget", "tau", "batch_num_images")
 Budget = int | torch.Tensor | str | None
 
@@ -96,18 +96,8 @@ class VisorBackbone(LlavaOnevisionModel):
         if factor == 1:
             return super().pack_image_features(image_features, image_sizes, image_newline, vision_aspect_ratio)
         vision = self.config.vision_config
-        side = vision.image_size // vision.patch_size
-        pooled_side = -(-side // factor)
-        pooled = [_pool_tiles(x, side, factor) for x in image_features]
-        grid_patch = vision.image_size // pooled_side
-        if vision.image_size // grid_patch != pooled_side:
-            raise ValueError(f"token_reduction={factor} does not fit a {side}x{side} patch grid")
-        view = SimpleNamespace(
-            config=SimpleNamespace(
-                vision_config=SimpleNamespace(image_size=vision.image_size, patch_size=grid_patch),
-                image_grid_pinpoints=self.config.image_grid_pinpoints,
-            )
-        )
+        view = packing_view(self.config)
+        pooled = [_pool_tiles(x, vision.image_size // vision.patch_size, factor) for x in image_features]
         return LlavaOnevisionModel.pack_image_features(view, pooled, image_sizes, image_newline, vision_aspect_ratio)
 
     def slot_counts(self, image_sizes: torch.Tensor, batch_num_images: torch.Tensor | None) -> list[int]:
@@ -217,17 +207,16 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
                 budget = budget.expand(batch)
             if budget.shape[0] != batch:
                 raise ValueError(f"budget has {budget.shape[0]} entries for a batch of {batch}")
-            for b in budget.unique().tolist():
-                plan.check_budget(b)
             return budget
         return torch.full((batch,), plan.check_budget(int(budget)), dtype=torch.long, device=device)
 
-    def _mode_table(self, device: torch.device) -> torch.LongTensor:
-        """``[K+1, L]`` mode codes (T=0, C=1, S=2) of every layer under every budget."""
-        plan = self.plan
-        return torch.tensor(
-            [[MODE_CODES[m] for m in plan.modes(b)] for b in range(plan.num_budgets)], device=device
-        )
+    def _host_budgets(self, budgets: torch.LongTensor) -> list[int]:
+        """``budgets [B]`` on the host, each checked: the one device-to-host copy a prefill makes per budget
+        decision (the row groups of every layer are then derived on the host)."""
+        host = budgets.tolist()
+        for b in set(host):
+            self.plan.check_budget(b)
+        return host
 
     def image_features(
         self, pixel_values: torch.Tensor, image_sizes: torch.Tensor, batch_num_images: torch.Tensor | None = None
@@ -253,6 +242,7 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
         batch_num_images: torch.Tensor | None,
         cache: VisorCache | None = None,
         policy_only: bool = False,
+        labels: torch.LongTensor | None = None,
     ) -> _Prefill:
         batch, device = input_ids.shape[0], input_ids.device
         budgets = self._budget_tensor(budget, batch, device)
@@ -279,18 +269,21 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
         layout = AttentionLayout.build(streams, self.language_model.rotary_emb, h_t)
 
         plan = self.plan
-        table = self._mode_table(device)
-        modes = table[budgets] if budgets is not None else table[torch.zeros(batch, dtype=torch.long, device=device)]
+        table = [[MODE_CODES[m] for m in plan.run_modes(b)] for b in range(plan.num_budgets)]
+        host = [0] * batch if budgets is None else self._host_budgets(budgets)  # before the policy: budget 0's
+        groups = _RowGroups(device)
         policy_logits = policy_features = None
         for layer_idx, layer in enumerate(self.language_model.layers):
             if budgets is None and layer_idx == plan.policy_layer:
-                policy_features = BudgetPolicy.features(h_t, streams.text_valid, h_v, streams.visual_valid)
+                query_valid = streams.text_valid if labels is None else _prompt_slots(streams, labels)
+                policy_features = BudgetPolicy.features(h_t, query_valid, h_v, streams.visual_valid)
                 if policy_only:
                     break
                 policy_logits = self.policy(policy_features)
                 budgets = choose_budget(policy_logits, self.config.policy_tau if tau is None else tau)
-                modes = table[budgets]
-            h_t, h_v = self._run_layer(layer_idx, layer, modes[:, layer_idx], h_t, h_v, layout, cache)
+                host = self._host_budgets(budgets)
+            codes = groups.split([table[b][layer_idx] for b in host])
+            h_t, h_v = self._run_layer(layer_idx, layer, codes, h_t, h_v, layout, cache)
         if budgets is None:  # "auto" with a plan whose policy layer is past the end (no budget-dependent layer)
             budgets = torch.zeros(batch, dtype=torch.long, device=device)
         return _Prefill(self.language_model.norm(h_t), streams, budgets, policy_logits, policy_features)
@@ -299,28 +292,28 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
         self,
         layer_idx: int,
         layer: nn.Module,
-        codes: torch.LongTensor,
+        codes: list[tuple[int, RowSet | None]],
         h_t: torch.Tensor,
         h_v: torch.Tensor,
         layout: AttentionLayout,
         cache: VisorCache | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run one decoder layer, each sample in its mode ``codes[b]``; fill ``cache`` if given.
+        """Run one decoder layer, each group of rows in its run mode (``codes``: ``(mode code, rows)``, rows
+        None for the whole batch, from :class:`_RowGroups`); fill ``cache`` if given.
 
-        Samples are grouped by mode; a group covering the whole batch runs on
-        the tensors as they are, otherwise on row subsets that are then merged.
+        A group covering the whole batch runs on the tensors as they are, otherwise on row subsets that
+        are then merged. Nothing here copies from the device to the host.
         """
         batch = h_t.shape[0]
-        present = codes.unique().tolist()
         new_t, new_v = h_t, h_v  # groups are merged with out-of-place index_copy
         k_t_all = v_t_all = None
         self_kv: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         gated_kv: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        for code in present:
-            rows = None if len(present) == 1 else (codes == code).nonzero().squeeze(1)
+        for code, row_set in codes:
+            rows = None if row_set is None else row_set.index
             pick = (lambda t: t) if rows is None else (lambda t, r=rows: t.index_select(0, r))
-            fn = {0: self._mode_t, 1: self._mode_c, 2: self._mode_s}[code]
-            fn_args = (layer_idx, layer, pick(h_t), pick(h_v), layout.select(rows))
+            fn = {0: self._mode_t, 1: self._mode_c, 2: self._mode_s, 3: self._mode_read}[code]
+            fn_args = (layer_idx, layer, pick(h_t), pick(h_v), layout.select(row_set))
             if self.activation_checkpointing and self.training:
                 out = torch.utils.checkpoint.checkpoint(fn, *fn_args, use_reentrant=False)
             else:
@@ -355,13 +348,22 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
         return finish(layer, h_t, layer_attend(layer)(q, k, v, CAUSAL)), h_v, (k, v), None
 
     def _mode_c(self, layer_idx: int, layer: nn.Module, h_t, h_v, layout: AttentionLayout):
-        """Text over the image and the text (joint: the layer's own attention; gated: a sublayer first)."""
+        """Text over the image and the text (joint: the layer's own attention; gated: a sublayer first). With no
+        visual token in the batch (text-only prompts) the gated sublayer adds exactly zero and is skipped."""
         if self.config.cross_attention == "gated":
+            if h_v.shape[1] == 0:
+                return self._mode_t(layer_idx, layer, h_t, h_v, layout)
             gated = self.gated[str(layer_idx)]
             k_g, v_g = gated.visual_kv(h_v, layout.streams.visual_valid)
             h_t = gated.update(h_t, layout.text_over_visual(gated.query(h_t), k_g, v_g, gated.scaling))
             h_t, _, text_kv, _ = self._mode_t(layer_idx, layer, h_t, h_v, layout)
             return h_t, h_v, text_kv, ("gated", k_g, v_g)
+        return self._mode_read(layer_idx, layer, h_t, h_v, layout)
+
+    def _mode_read(self, layer_idx: int, layer: nn.Module, h_t, h_v, layout: AttentionLayout):
+        """Text over ``[visual ; text]`` through the layer's own attention, the visual stream untouched: the
+        joint C mode, and the ``s`` run mode (the text side of an S layer whose visual update nothing reads —
+        a text query of S sees exactly these keys)."""
         inv_rms = layout.visual_inv_rms(h_v, layer.input_layernorm.variance_epsilon)
         k_v, v_v = project_visual_kv(layer, h_v, inv_rms, layout.pe_v)
         q, k_t, v_t = project(layer, h_t, layout.pe_t)
@@ -387,7 +389,6 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
         budget: Budget = None,
         tau: float | None = None,
         batch_num_images: torch.Tensor | None = None,
-        **_: Any,
     ) -> VisorOutput:
         """Logits (and loss) for a batch under ``budget``.
 
@@ -397,10 +398,11 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
         for ignored tokens: the token at column i is trained to predict
         ``labels[i+1]``. A prediction LLaVA-OneVision would make from the last
         visual token of an image is dropped (visual tokens carry no logits here);
-        with user turns masked, as in every chat recipe, there is none.
+        with user turns masked, as in every chat recipe, there is none. With ``budget="auto"`` the policy
+        reads the prompt, never the answer: the end of its input is the last token before the first label.
         """
         pre = self._prefill(
-            input_ids, attention_mask, pixel_values, image_sizes, budget, tau, batch_num_images
+            input_ids, attention_mask, pixel_values, image_sizes, budget, tau, batch_num_images, labels=labels
         )
         logits = self.lm_head(pre.hidden)
         loss = loss_per_sample = correct = None
@@ -470,7 +472,9 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
         tau: float | None = None,
         batch_num_images: torch.Tensor | None = None,
         return_dict_in_generate: bool = False,
-        **_: Any,
+        min_new_tokens: int = 0,
+        repetition_penalty: float = 1.0,
+        **unsupported: Any,
     ) -> torch.LongTensor | GenerationResult:
         """Batched greedy or sampled decoding with VISOR's reduced KV cache.
 
@@ -478,9 +482,22 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
         ``pad_token_id`` after a row's EOS (as ``transformers``' ``generate``), or
         a :class:`GenerationResult` when ``return_dict_in_generate``. Works with left
         or right padding. Stops at ``max_new_tokens`` or when every row has produced EOS.
+        ``min_new_tokens``: EOS cannot be chosen before that many new tokens; ``repetition_penalty``: as in
+        ``transformers`` (CTRL's rule), every token already in a row — its prompt and what it has generated —
+        has its logit divided by the penalty when positive, multiplied when negative. Any other argument of
+        ``transformers``' ``generate`` (beam search, n-gram blocking, …) raises a ``TypeError`` naming it.
         """
+        if unsupported:
+            raise TypeError(
+                f"generate() does not support {sorted(unsupported)}: VISOR decodes greedily or by sampling "
+                "(do_sample, temperature, top_k, top_p), with min_new_tokens and repetition_penalty"
+            )
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
+        if not 0 <= min_new_tokens <= max_new_tokens:
+            raise ValueError(f"min_new_tokens must be in 0..max_new_tokens ({max_new_tokens}), got {min_new_tokens}")
+        if repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty}")
         eos = eos_token_id if eos_token_id is not None else self.config.text_config.eos_token_id
         eos_ids = torch.tensor([] if eos is None else ([eos] if isinstance(eos, int) else list(eos)),
                                device=input_ids.device)
@@ -491,13 +508,25 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
                                     pixel_values=pixel_values, image_sizes=image_sizes, budget=budget, tau=tau,
                                     batch_num_images=batch_num_images)
         finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
+        seen = None
+        if repetition_penalty != 1.0:  # [B, V]: which tokens each row holds so far
+            mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+            prompt = input_ids.masked_fill(mask == 0, self.config.image_token_id)  # never an output anyway
+            seen = torch.zeros_like(state.logits, dtype=torch.bool).scatter_(1, prompt, True)
         new_tokens = []
         for step in range(max_new_tokens):
             logits = state.logits
             logits[:, self.config.image_token_id] = float("-inf")  # an image placeholder is never an output
+            if step < min_new_tokens and eos_ids.numel():
+                logits[:, eos_ids] = float("-inf")
+            if seen is not None:
+                penalised = torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
+                logits = torch.where(seen, penalised, logits)
             token = next_token(logits, do_sample, temperature, top_k, top_p, generator)
             token = token.masked_fill(finished, pad)
             new_tokens.append(token)
+            if seen is not None:
+                seen.scatter_(1, token[:, None], True)
             finished |= torch.isin(token, eos_ids)
             if finished.all() or step == max_new_tokens - 1:
                 break
@@ -528,7 +557,8 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
         input_ids = inputs["input_ids"]
         if inputs.get("attention_mask") is None:
             inputs["attention_mask"] = torch.ones_like(input_ids)
-        streams_len = int((input_ids != self.config.image_token_id).sum(1).max())
+        text = (input_ids != self.config.image_token_id) & inputs["attention_mask"].bool()
+        streams_len = int(text.sum(1).max())  # the text stream's width: padding takes no slot
         cache = VisorCache(self.config.text_config.num_hidden_layers, streams_len, capacity)
         pre = self._prefill(*(inputs.get(name) for name in PREFILL_INPUTS), cache=cache)
         streams = pre.streams
@@ -639,6 +669,36 @@ class GenerationResult:
     cache_bytes: int
     num_visual_tokens: torch.LongTensor
     num_text_tokens: torch.LongTensor
+
+
+class _RowGroups:
+    """Rows of a batch grouped by run mode, per layer, decided on the host: a layer's mode codes (one per row,
+    a Python list) become ``[(code, RowSet | None)]`` (None: every row), each distinct row set's index tensor
+    made once per batch."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._sets: dict[tuple[int, ...], RowSet] = {}
+
+    def split(self, codes: list[int]) -> list[tuple[int, RowSet | None]]:
+        present = sorted(set(codes))
+        if len(present) == 1:
+            return [(present[0], None)]
+        groups = []
+        for code in present:
+            key = tuple(i for i, c in enumerate(codes) if c == code)
+            if key not in self._sets:
+                self._sets[key] = RowSet(key, torch.tensor(key, dtype=torch.long, device=self.device))
+            groups.append((code, self._sets[key]))
+        return groups
+
+
+def _prompt_slots(streams: Streams, labels: torch.LongTensor) -> torch.BoolTensor:
+    """Text slots ``[B, Tt]`` of the prompt: valid and before the first labelled column of ``labels [B, T]``
+    (the token before it predicts the first answer token)."""
+    columns = torch.arange(labels.shape[1], device=labels.device)
+    first = torch.where(labels != -100, columns, labels.shape[1]).amin(1, keepdim=True)
+    return streams.text_valid & (streams.text_index < first)
 
 
 def _merge_rows(

@@ -8,6 +8,12 @@ A VISOR decoder layer runs in one of three modes (docs/DESIGN.md §3.3):
 * ``S`` (self): the unchanged decoder layer over visual + text tokens; both
   streams are updated.
 
+What *runs* differs in one place (:meth:`LayerPlan.run_modes`): an S layer after which no
+layer reads the visual stream — the last layer of a budget that touches the image, when it
+is an S layer — would update visual tokens nobody reads. It runs as ``s``: its text queries
+read ``[visual ; text]`` through the layer's own attention (exactly the text side of S),
+and the visual update is skipped. The text stream, hence every logit, is unchanged.
+
 A :class:`LayerPlan` gives each layer a *base* mode (``C`` for the layers listed
 in ``cross_layers``, ``T`` for the others) and a list of nested budgets
 ``S_0 ⊂ S_1 ⊂ … ⊂ S_K``. Budget ``b`` runs the layers of ``S_b`` in mode ``S``
@@ -22,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 Mode = Literal["T", "C", "S"]
+RunMode = Literal["T", "C", "S", "s"]  # "s": an S layer whose visual update nothing reads (text side only)
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,21 @@ class LayerPlan:
     def modes(self, budget: int) -> list[Mode]:
         return [self.mode(i, budget) for i in range(self.num_layers)]
 
+    def run_modes(self, budget: int) -> list[RunMode]:
+        """What each layer runs under ``budget``: :meth:`modes`, except that an S layer with no later layer
+        reading the visual stream (mode C or S) runs as ``s`` — the text side of S alone.
+
+        Under ``budget="auto"`` the policy reads the visual stream at :attr:`policy_layer`, so an S layer
+        before it keeps its update (with two or more budgets; a one-budget plan has no policy).
+        """
+        modes: list[RunMode] = list(self.modes(budget))
+        readers = [i for i, m in enumerate(modes) if m != "T"]
+        if readers and modes[readers[-1]] == "S":
+            last = readers[-1]
+            if self.num_budgets == 1 or last >= self.policy_layer:
+                modes[last] = "s"
+        return modes
+
     def visual_layers(self, budget: int) -> list[int]:
         """Layers that read visual keys/values under ``budget`` (``C ∪ S_b``)."""
         return [i for i, m in enumerate(self.modes(budget)) if m != "T"]
@@ -112,11 +134,13 @@ class LayerPlan:
             )
 
     def describe(self) -> str:
-        """A text picture: one row per budget, one column per layer (T/C/S)."""
+        """A text picture of what runs: one row per budget, one column per layer (T/C/S/s, :meth:`run_modes`)."""
         header = "budget | " + " ".join(f"{i % 10}" for i in range(self.num_layers))
         rows = [header, "-" * len(header)]
         for b in range(self.num_budgets):
-            rows.append(f"{b:>6} | " + " ".join(self.modes(b)))
+            rows.append(f"{b:>6} | " + " ".join(self.run_modes(b)))
+        if any("s" in self.run_modes(b) for b in range(self.num_budgets)):
+            rows.append("(s: an S layer after which nothing reads the visual tokens: only its text side runs)")
         return "\n".join(rows)
 
     # ------------------------------------------------------------ constructors

@@ -24,21 +24,28 @@ class CrossAttention(str, Enum):
 @commands.command()
 def flops(
     preset: Preset = typer.Option(Preset.llava_ov_05b, help="Model shape."),
-    visual_tokens: int = typer.Option(7371, min=0, help="Visual tokens per sample (after any reduction)."),
+    image_size: str = typer.Option(
+        "1000x1000", help="Image HEIGHTxWIDTH in pixels: tiles and visual tokens follow by the anyres rule."
+    ),
     text_tokens: int = typer.Option(64, min=1, help="Text tokens per sample."),
-    tiles: int | None = typer.Option(None, min=0, help="Image tiles incl. the base tile (default: estimated)."),
     cross_attention: CrossAttention = typer.Option(CrossAttention.joint, help="Cross-attention variant."),
     token_reduction: int = typer.Option(1, help="Visual-token pooling factor per tile side (1 or 2)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     """Analytic FLOPs per budget against the LLaVA-OneVision baseline (no weights are allocated)."""
     from visor_model import flops as visor_flops
+    from visor_model.anyres import image_tokens
     from visor_model.presets import llava_ov_config
 
+    height, _, width = image_size.lower().partition("x")
+    if not (height.isdigit() and width.isdigit()):
+        raise typer.BadParameter(f"expected HEIGHTxWIDTH in pixels, e.g. 1536x1536, got {image_size!r}",
+                                 param_hint="--image-size")
     try:
         config = llava_ov_config(
             preset.value, cross_attention=cross_attention.value, token_reduction=token_reduction
         )
+        tiles, visual_tokens = image_tokens(config, int(height), int(width))
     except ValueError as err:
         raise typer.BadParameter(str(err)) from err
     table = visor_flops.flops_table(config, visual_tokens, text_tokens, tiles)
@@ -60,13 +67,14 @@ def format_flops_table(name: str, table: dict) -> str:
         f"| LLaVA-OneVision | all | {base['language'] / 1e9:,.1f} | {base['total'] / 1e9:,.1f} | 1.00x | 1.00x |",
     ]
     for row in table["budgets"]:
+        layers = ", ".join(f"{i}s" if i in row["text_side_only"] else str(i) for i in row["sa_layers"])
         lines.append(
-            f"| budget {row['budget']} | {row['sa_layers']} | {row['language'] / 1e9:,.1f} | "
+            f"| budget {row['budget']} | [{layers}] | {row['language'] / 1e9:,.1f} | "
             f"{row['total'] / 1e9:,.1f} | {row['saving_language']:.2f}x | {row['saving_total']:.2f}x |"
         )
     lines.append(
         f"\nvision tower {base['vision'] / 1e9:,.1f} GFLOP + projector {base['projector'] / 1e9:,.1f} GFLOP "
-        "are the same in every row."
+        "are the same in every row. `Ns`: S layer N runs its text side only (nothing reads its visual update)."
     )
     return "\n".join(lines)
 

@@ -36,6 +36,7 @@ def run_model_demo(cross_attention: str = "joint", seed: int = 0, max_new_tokens
                             return_tensors="pt"))
     inputs.pop("batch_num_images", None)
     prompt_len = inputs["input_ids"].shape[1]
+    tiles = int(inputs["pixel_values"].shape[1])  # one image: its tiles, base tile included
     base = None
     lines = [
         f"tiny VISOR model ({sum(p.numel() for p in model.parameters()):,} parameters, random weights), "
@@ -48,8 +49,8 @@ def run_model_demo(cross_attention: str = "joint", seed: int = 0, max_new_tokens
     for budget in range(model.plan.num_budgets):
         result = model.generate(**inputs, budget=budget, max_new_tokens=max_new_tokens, return_dict_in_generate=True)
         nv, nt = int(result.num_visual_tokens[0]), int(result.num_text_tokens[0])
-        cost = flops.visor_flops(config, budget, nv, nt)
-        base = base or flops.baseline_flops(config, nv, nt)
+        cost = flops.visor_flops(config, budget, nv, nt, tiles)
+        base = base or flops.baseline_flops(config, nv, nt, tiles)
         text = tokenizer.decode(result.sequences[0, prompt_len:], skip_special_tokens=True)
         lines.append(
             f"| {budget} | {list(model.plan.budgets[budget])} | {text!r} | {cost['language'] / 1e6:.2f} | "

@@ -58,10 +58,10 @@ def prompt_mask(attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Ten
 
 @torch.no_grad()
 def score_batch(
-    model: VisorForConditionalGeneration, batch: dict[str, torch.Tensor], num_tiles: np.ndarray | None = None
+    model: VisorForConditionalGeneration, batch: dict[str, torch.Tensor], num_tiles: np.ndarray
 ) -> dict[str, np.ndarray]:
-    """Per-sample scores of a collated batch at every budget (see the module docstring); ``num_tiles``
-    (per sample) makes the vision-tower FLOPs exact, else they are estimated from the token count."""
+    """Per-sample scores of a collated batch at every budget (see the module docstring); ``num_tiles`` (per
+    sample, the dataset's ``num_tiles`` column) sizes the vision-tower FLOPs."""
     model.eval()
     config = model.config
     num_budgets = model.plan.num_budgets
@@ -86,8 +86,7 @@ def score_batch(
         loss[:, budget] = out.loss_per_sample.float().cpu().numpy()
         correct[:, budget] = out.correct_per_sample.cpu().numpy()
         for i in range(size):
-            tiles = None if num_tiles is None else int(num_tiles[i])
-            counts = (int(out.num_visual_tokens[i]), int(prompt_text[i]), tiles)
+            counts = (int(out.num_visual_tokens[i]), int(prompt_text[i]), int(num_tiles[i]))
             cost = visor_flops(config, budget, *counts)
             flops[i, budget], language[i, budget] = cost["total"], cost["language"]
             if budget == 0:

@@ -76,8 +76,9 @@ class VisorPyfunc(mlflow.pyfunc.PythonModel):
                                              return_dict_in_generate=True)
             prompt_len = inputs["input_ids"].shape[1]
             used = int(result.budget[0])
+            tiles = int(inputs["pixel_values"].shape[1]) if image is not None else 0
             cost = flops.visor_flops(self.model.config, used, int(result.num_visual_tokens[0]),
-                                     int(result.num_text_tokens[0]))
+                                     int(result.num_text_tokens[0]), tiles)
             answers.append({
                 "answer": self.processor.tokenizer.decode(result.sequences[0, prompt_len:],
                                                           skip_special_tokens=True).strip(),

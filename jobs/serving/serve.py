@@ -330,7 +330,8 @@ def build_app(config: ServeConfig):
 def app_builder(args: dict):
     """Ray Serve application builder (``import_path: jobs.serving.serve:app_builder`` in a ``serveConfigV2``):
     ``args`` are :class:`ServeConfig` fields (``limits`` a mapping of :class:`~jobs.serving.config.Limits`
-    fields), validated by :func:`jobs.config.load_config`."""
+    fields), validated by :func:`jobs.config.load_config`. ``host`` and ``port`` are not used here: the HTTP proxy
+    listens where the ``serveConfigV2``'s ``http_options`` say (``visor infra check`` refuses them in ``args``)."""
     from jobs.config import load_config
     from jobs.registry.tracking import tracking_uri
 

@@ -91,6 +91,8 @@ def test_no_sequence_square_mask_without_padding(tokenizer, processor, cross_att
     model = build_model(tokenizer, cross_attention)
     batch = unpadded(processor, [0, 0], same_image=True)
     num_text = int((batch["input_ids"][0] != model.config.image_token_id).sum())
+    text_config = model.config.text_config
+    groups = text_config.num_attention_heads // text_config.num_key_value_heads
     for budget in range(model.plan.num_budgets):
         calls.clear()
         with torch.no_grad():
@@ -100,7 +102,10 @@ def test_no_sequence_square_mask_without_padding(tokenizer, processor, cross_att
             if mask is None:
                 assert is_causal or cross_attention == "gated", (budget, queries, keys)
             else:
-                assert cross_attention == "joint" and mask[-2] < num_text and mask[-2] == queries, (budget, mask)
-        s_mode = [c for c in calls if c[0] > num_text]  # queries over the whole sequence
+                # joint C layers, and (both variants) the text side of a final S layer (run mode "s"); the
+                # query heads sharing a K/V head are folded into the query axis, the mask repeated per head
+                assert mask[-2] == queries and queries % groups == 0 and queries // groups < num_text, (budget, mask)
+                assert cross_attention == "joint" or "s" in model.plan.run_modes(budget), (budget, mask)
+        s_mode = [c for c in calls if c[0] == c[1] > num_text]  # the whole sequence over itself
         assert (len(s_mode) > 0) == (budget > 0)
         assert all(mask is None and is_causal for _, _, mask, is_causal in s_mode)

@@ -25,7 +25,7 @@ def uncached_greedy(model, batch, budget, steps):
     image_id = model.config.image_token_id
     for _ in range(steps):
         with torch.no_grad():
-            out = model(ids, mask, batch["pixel_values"], batch["image_sizes"], budget=budget)
+            out = model(ids, mask, batch.get("pixel_values"), batch.get("image_sizes"), budget=budget)
         logits = out.logits[torch.arange(ids.shape[0]), last_valid_index(out.text_mask)]
         logits[:, image_id] = float("-inf")
         token = logits.argmax(-1, keepdim=True)
@@ -62,7 +62,8 @@ def test_mixed_budgets_equal_each_sample_alone(tokenizer, processor, cross_atten
 
 @pytest.mark.parametrize("cross_attention", ["joint", "gated"])
 def test_only_s_layers_touch_visual_tokens(tokenizer, processor, cross_attention, monkeypatch):
-    """Hooks: an S-candidate layer outside S_b sees only text tokens; h_v changes only at S layers."""
+    """Hooks: an S-candidate layer outside S_b sees only text tokens; h_v changes only at S layers (and not at
+    the last one when no later layer reads it: run mode ``s``)."""
     model = build_model(tokenizer, cross_attention)
     batch = make_batch(processor)
     plan = model.plan
@@ -83,8 +84,8 @@ def test_only_s_layers_touch_visual_tokens(tokenizer, processor, cross_attention
         with torch.no_grad():
             out = model(**batch, budget=budget)
         text_width = out.text_index.shape[1]
-        for idx, mode in enumerate(plan.modes(budget)):
-            assert visual_changed[idx] == (mode == "S"), (budget, idx, mode)
+        for idx, mode in enumerate(plan.run_modes(budget)):
+            assert visual_changed[idx] == (mode == "S"), (budget, idx, mode)  # "s": no visual update
             if mode != "S":
                 assert seen[idx] == text_width, f"layer {idx} ({mode}) saw visual tokens under budget {budget}"
             else:

@@ -28,7 +28,19 @@ def test_modes_and_visual_layers():
     assert plan.modes(0) == ["T", "C", "T", "T", "C", "T"]
     assert plan.modes(2) == ["T", "C", "S", "T", "C", "S"]
     assert plan.visual_layers(1) == [1, 2, 4]
-    assert "T C S T C S" in plan.describe()
+    assert plan.run_modes(1) == plan.modes(1)  # layer 4 (C) still reads the visual stream after layer 2
+    assert plan.run_modes(2) == ["T", "C", "S", "T", "C", "s"]  # nothing reads layer 5's visual update
+    assert "T C S T C s" in plan.describe() and "(s: " in plan.describe()
+
+
+def test_run_modes_keep_the_update_the_policy_reads():
+    """A final S layer before the policy layer keeps its visual update: ``budget="auto"`` reads the visual
+    stream there. A one-budget plan (full attention) has no policy: its last layer runs as ``s``."""
+    plan = LayerPlan(num_layers=6, cross_layers=(1,), budgets=((2,), (2, 4)))
+    assert plan.policy_layer == 4
+    assert plan.run_modes(0) == ["T", "C", "S", "T", "T", "T"]
+    assert plan.run_modes(1) == ["T", "C", "S", "T", "s", "T"]
+    assert LayerPlan.full_attention(3).run_modes(0) == ["S", "S", "s"]
 
 
 def test_full_attention_is_all_s():

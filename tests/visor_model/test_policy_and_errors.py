@@ -96,3 +96,61 @@ def test_correct_per_sample_is_greedy_exact_match(processor) -> None:
         greedy["input_ids"][0, c] = greedy["labels"][0, c] = token
     assert bool(next_token_predictions(greedy)[1].correct_per_sample[0])
     assert int(out.num_visual_tokens[0]) == int((example["input_ids"] == 2).sum())
+
+
+def prompt_only(processor, image, question: str) -> dict:
+    inputs = dict(processor(text=[processor.prompt(question)], images=[image], return_tensors="pt"))
+    inputs.pop("batch_num_images", None)
+    return inputs
+
+
+def test_auto_with_labels_reads_the_prompt_not_the_answer(tokenizer, processor):
+    """forward(budget="auto", labels=…) decides from the prompt: the same choice and policy logits as the prompt
+    alone, whatever the answer."""
+    model = build_model(tokenizer)
+    image = random_image(40, 40, 0)
+    with torch.no_grad():
+        alone = model.policy(model.policy_features(**prompt_only(processor, image, "what colour is the box ?")))
+        for answer in ("red", "blue green blue"):
+            example = processor.build_example(image, "what colour is the box ?", answer)
+            out = model(**example, budget="auto")
+            assert torch.allclose(out.policy_logits, alone, atol=1e-6), answer
+
+
+def test_generate_refuses_what_it_does_not_implement(tokenizer, processor):
+    model = build_model(tokenizer)
+    batch = make_batch(processor)
+    for name, value in [("num_beams", 4), ("no_repeat_ngram_size", 2), ("max_lenght", 5)]:
+        with pytest.raises(TypeError, match=name):
+            model.generate(**batch, **{name: value})
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        model(**batch, max_new_tokens=3)
+    with pytest.raises(ValueError, match="min_new_tokens"):
+        model.generate(**batch, max_new_tokens=2, min_new_tokens=3)
+    with pytest.raises(ValueError, match="repetition_penalty"):
+        model.generate(**batch, repetition_penalty=0)
+
+
+def test_min_new_tokens_holds_eos_back(tokenizer, processor):
+    model = build_model(tokenizer)
+    batch = make_batch(processor)
+    first = model.generate(**batch, budget=1, max_new_tokens=1)[:, -1]
+    eos = first.tolist()  # make every row's first greedy token its EOS
+    free = model.generate(**batch, budget=1, max_new_tokens=4, eos_token_id=eos)
+    held = model.generate(**batch, budget=1, max_new_tokens=4, eos_token_id=eos, min_new_tokens=3)
+    new = held[:, batch["input_ids"].shape[1]:]
+    assert not torch.isin(new[:, :3], torch.tensor(eos)).any()
+    assert not torch.equal(free, held)
+
+
+def test_repetition_penalty_matches_transformers(reference_model, processor):
+    from tests.visor_model.test_reference import full_attention_model
+
+    model = full_attention_model(reference_model, "joint")
+    inputs = prompt_only(processor, random_image(40, 60, 2), "what colour is the box ?")
+    ours = model.generate(**inputs, max_new_tokens=8, eos_token_id=-1, repetition_penalty=1.8)
+    theirs = reference_model.generate(**inputs, max_new_tokens=8, do_sample=False, pad_token_id=0,
+                                      eos_token_id=None, repetition_penalty=1.8,
+                                      suppress_tokens=[reference_model.config.image_token_id])
+    plain = model.generate(**inputs, max_new_tokens=8, eos_token_id=-1)
+    assert torch.equal(ours, theirs) and not torch.equal(ours, plain)
