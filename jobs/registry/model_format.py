@@ -70,7 +70,7 @@ class VisorPyfunc(mlflow.pyfunc.PythonModel):
 
         rows = [self._checked(index, row) for index, row in enumerate(model_input.to_dict("records"))]
         answers = []
-        for budget, max_new_tokens, inputs in rows:
+        for image, budget, max_new_tokens, inputs in rows:
             with torch.no_grad():
                 result = self.model.generate(**inputs, budget=budget, max_new_tokens=max_new_tokens,
                                              return_dict_in_generate=True)
@@ -87,8 +87,8 @@ class VisorPyfunc(mlflow.pyfunc.PythonModel):
             })
         return pd.DataFrame(answers)
 
-    def _checked(self, index: int, row: dict[str, Any]) -> tuple[str | int, int, dict]:
-        """Row ``index`` checked as the endpoint checks a request (module docstring): its budget,
+    def _checked(self, index: int, row: dict[str, Any]) -> tuple[Any, str | int, int, dict]:
+        """Row ``index`` checked as the endpoint checks a request (module docstring): its image (or None), budget,
         ``max_new_tokens`` and model inputs; raises ``MlflowException`` (``INVALID_PARAMETER_VALUE``)."""
         from mlflow.exceptions import MlflowException
         from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
@@ -130,7 +130,7 @@ class VisorPyfunc(mlflow.pyfunc.PythonModel):
                           self.model.config.text_config.max_position_embeddings)
         except ApiError as err:
             raise MlflowException(f"row {index}, column {column!r}: {err}", INVALID_PARAMETER_VALUE) from None
-        return budget, max_new_tokens, inputs
+        return image, budget, max_new_tokens, inputs
 
 
 def _plain(value: Any, missing: Any) -> Any:
