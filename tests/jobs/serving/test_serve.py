@@ -329,9 +329,12 @@ def answers_alone_then_together(prefix: str, bodies: list[dict], faulty: list) -
     return alone, together, failed, before, after
 
 
-def completions(responses: list[httpx.Response]) -> list[tuple[str, str]]:
+def completions(responses: list[httpx.Response]) -> list[tuple[str, str, list[str] | None]]:
+    """Each response's answer, finish reason and tokens (from ``logprobs``, when asked); all must be 200s."""
     assert [r.status_code for r in responses] == [200] * len(responses), [r.text for r in responses]
-    return [(r.json()["choices"][0]["message"]["content"], r.json()["choices"][0]["finish_reason"]) for r in responses]
+    choices = [r.json()["choices"][0] for r in responses]
+    return [(c["message"]["content"], c["finish_reason"],
+             [entry["token"] for entry in c["logprobs"]["content"]] if c["logprobs"] else None) for c in choices]
 
 
 def test_a_failure_in_a_decode_step_fails_only_its_request(server) -> None:
@@ -340,8 +343,8 @@ def test_a_failure_in_a_decode_step_fails_only_its_request(server) -> None:
     others finish with the same tokens as when they ran alone; no row is left behind."""
     prefix = f"{server}/faulty-decode"
     images = [render_sample(4, "eval", 20 + i).image for i in range(6)]
-    bodies = [{"messages": messages(image), "temperature": 2.0, "seed": i, "max_tokens": 16, "visor_budget": 1}
-              for i, image in enumerate(images)]
+    bodies = [{"messages": messages(image), "temperature": 2.0, "seed": i, "max_tokens": 16, "visor_budget": 1,
+               "logprobs": True} for i, image in enumerate(images)]
     marked = {"messages": messages(images[0], f"{FAULT} {QUESTION}"), "temperature": 2.0, "seed": 0,
               "max_tokens": 16}
     client = OpenAI(base_url=f"{prefix}/v1", api_key="unused", max_retries=0)
@@ -375,7 +378,7 @@ def test_a_request_the_model_refuses_at_prefill_gets_a_400_alone(server) -> None
     answers that request 400; the others are answered as when alone."""
     prefix = f"{server}/faulty-prefill"
     images = [render_sample(4, "eval", 30 + i).image for i in range(4)]
-    bodies = [{"messages": messages(image), "temperature": 0, "max_tokens": 8, "visor_budget": i % 2}
+    bodies = [{"messages": messages(image), "temperature": 0, "max_tokens": 8, "visor_budget": i % 2, "logprobs": True}
               for i, image in enumerate(images)]
     marked = {"messages": messages(images[0], f"{QUESTION} {FAULT}"), "max_tokens": 8}
     alone, together, (failed,), before, after = answers_alone_then_together(
@@ -455,8 +458,9 @@ def test_a_text_only_chat_beside_image_chats(server) -> None:
     """Issue 31's report: eight image chats and a text-only chat 50 ms later — all nine are answered, each as when
     it ran alone."""
     images = [render_sample(4, "eval", 40 + i).image for i in range(8)]
-    bodies = [{"messages": messages(image), "temperature": 0, "max_tokens": 6} for image in images]
-    text_only = {"messages": messages(None, "how many shapes are there ?"), "temperature": 0, "max_tokens": 6}
+    bodies = [{"messages": messages(image), "temperature": 0, "max_tokens": 6, "logprobs": True} for image in images]
+    text_only = {"messages": messages(None, "how many shapes are there ?"), "temperature": 0, "max_tokens": 6,
+                 "logprobs": True}
     with httpx.Client(base_url=server, timeout=120) as http:
         alone = http.post("/v1/chat/completions", json=text_only)
     others_alone, others, (together,), _, after = answers_alone_then_together(
