@@ -75,12 +75,14 @@ def _load(model_uri: str, tracking_uri: str) -> Loaded:
 def prepare(request: ChatRequest, loaded: Loaded) -> dict[str, np.ndarray]:
     """Tile and tokenize one request (``[T]`` ids, ``[tiles, 3, H, W]`` pixels); checks the context length.
     Raises :class:`ApiError` (400) when the processor refuses the input."""
+    from jinja2 import TemplateError  # a chat template's raise_exception (e.g. roles out of order)
+
     processor = loaded.processor
     images = [request.image] if request.image is not None else None
     try:
         text = processor.apply_chat_template(request.conversation, add_generation_prompt=True, tokenize=False)
         out = processor(text=[text], images=images, return_tensors="np")
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, TemplateError) as err:
         raise ApiError(400, f"the model's processor refused the input: {err}", "messages", "invalid_input") from err
     ids = out["input_ids"][0]
     check_context(len(ids), request.max_tokens, loaded.model.config.text_config.max_position_embeddings)

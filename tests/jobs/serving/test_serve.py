@@ -191,6 +191,8 @@ def bad_requests(image: Image.Image) -> list[tuple[str, object, int, str]]:
         ("image_url as a bare string", {"messages": [{"role": "user", "content": [
             {"type": "image_url", "image_url": image_data_url(image)}, {"type": "text", "text": QUESTION}]}]}, 400,
          'needs "image_url": {"url"'),
+        ("an <image> placeholder typed as text", {"messages": messages(None, "<image> what is it ?")}, 400,
+         "the model's processor refused the input"),
         ("lone surrogate", b'{"messages": [{"role": "user", "content": "hi \\ud800"}]}', 400, "not valid Unicode"),
         ("text beyond max_text_chars", {"messages": messages(image, "what " * 50_000)}, 400, "characters, more than"),
     ]
