@@ -27,6 +27,18 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 
+# Tests that need a real Ray (in process or a `ray start --head` cluster) or an S3-compatible server, directly or
+# through another fixture, are integration tests; so are the modules that mark themselves (they start `visor`
+# jobs as subprocesses). `make test` runs everything; `make test-fast` (`pytest -m "not integration"`) the rest.
+INTEGRATION_FIXTURES = {"ray_local", "ray_head", "moto_endpoint"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def job_logs(tmp_path_factory):
     """Job log files (jobs/console.py) of every command a test runs go to a temporary folder, never the checkout."""

@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.integration  # runs the quality benchmark's whole pipeline (Ray Train, MLflow) as a subprocess
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

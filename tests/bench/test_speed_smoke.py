@@ -6,6 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.integration  # runs bench/bench_speed.py as a subprocess
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

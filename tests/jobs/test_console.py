@@ -15,6 +15,7 @@ from jobs import console
 from pipelines.synth import write_synth
 from tests.jobs.cluster.test_cluster import VISOR, environment
 
+pytestmark = pytest.mark.integration  # runs `visor` jobs (Ray Train, Ray Data) as subprocesses
 
 def run(*args: str, cwd: Path) -> tuple[list[str], list[str]]:
     """The command's (stderr, stdout) lines: progress on stderr, the result on stdout."""

@@ -12,8 +12,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
+
 from jobs.cluster.ray_env import recorded_cluster
 from pipelines.synth import write_synth
+
+pytestmark = pytest.mark.integration  # starts Ray through `visor` subprocesses
 
 BIN = Path(sys.executable).parent
 

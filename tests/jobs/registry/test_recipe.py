@@ -22,6 +22,8 @@ from visor_model import LayerPlan, VisorForConditionalGeneration
 from visor_model.presets import tiny_config
 from visor_model.processing import VisorProcessor
 
+pytestmark = pytest.mark.integration  # Ray Train runs
+
 STAGES = [
     {"name": "largest", "budgets": {"strategy": "largest"},
      "freeze": ["vision_tower", "projector", "language_model", "lm_head"]},

@@ -16,6 +16,7 @@ from jobs.registry.config import RetrainConfig
 from jobs.registry.retrain import AlreadyRunning, retrain_lock, run_retrain
 from pipelines.synth import write_split, write_synth
 
+pytestmark = pytest.mark.integration  # Ray Train runs
 
 def retrain_config(root: Path) -> RetrainConfig:
     data = root / "data"

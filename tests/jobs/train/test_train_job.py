@@ -17,6 +17,8 @@ from jobs.train.config import TrainConfig, load_train_config
 from jobs.train.driver import run_training
 from pipelines.synth import write_synth
 
+pytestmark = pytest.mark.integration  # Ray Train runs
+
 SAMPLES = 48  # 2 workers x batch 4 -> 6 steps an epoch
 
 
