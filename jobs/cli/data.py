@@ -1,4 +1,5 @@
-"""``visor data ...``: data tools (synthetic benchmark shards, inspecting a shard set)."""
+"""``visor data ...``: data tools (synthetic benchmark shards, packing real datasets into shards, inspecting a
+shard set)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import typer
 from jobs.cli.options import INPUT_ERRORS, VERBOSE, load, option, usage_errors
 from jobs.sections import ReadSection
 
-data_app = typer.Typer(help="Data tools: synthetic VQA shards, shard statistics.", no_args_is_help=True)
+data_app = typer.Typer(help="Data tools: synthetic VQA shards, packing your own data, shard statistics.",
+                       no_args_is_help=True)
 
 
 @data_app.command()
@@ -31,6 +33,57 @@ def synth(
     manifest = write_synth(out, train, eval, shard_size, seed, policy, detail)
     typer.echo(json.dumps({split: info["samples"] for split, info in manifest["splits"].items()}))
     typer.echo(f"wrote {out}")
+
+
+@data_app.command()
+def pack(
+    source: list[str] = typer.Argument(..., help="LLaVA JSON / JSON lines / parquet files, directories or globs, "
+                                       "local or s3://…"),
+    out: str = typer.Option(..., help="Directory (or s3://bucket/prefix) for the shards."),
+    image_root: str | None = typer.Option(None, help="Where the images' relative paths point (local or s3://; "
+                                          "default: each source file's folder)."),
+    answers_field: str | None = typer.Option(None, help="Column holding the reference answers (default: 'answers', "
+                                             "else 'answer')."),
+    metric: str | None = typer.Option(None, help="Metric of every row: exact, anls, relaxed, vqa or contains "
+                                      "(default: the benchmark's own, by data_source or path, else none)."),
+    data_source: str | None = typer.Option(None, help="Benchmark name stored in every sample (default: the row's "
+                                           "'data_source' column)."),
+    image_format: str = typer.Option("keep", help="keep (store the bytes as they came), png or jpg (re-encode)."),
+    shard_size: int = typer.Option(1000, min=1, help="Samples per shard at most."),
+    max_shard_bytes: int = typer.Option(1 << 30, min=1, help="Bytes per shard at most."),
+    prefix: str = typer.Option("part", help="Shards are PREFIX-NNNNNN.tar."),
+    max_image_pixels: int = option(ReadSection, "max_image_pixels"),
+    cpus: float = typer.Option(1.0, min=0.05, help="CPUs reserved by each packing task."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (for scripts and CI)."),
+    verbose: bool = VERBOSE,
+) -> None:
+    """Pack real VLM data into WebDataset shards (Ray Data job, deterministic); rows that cannot be packed are
+    skipped, counted by reason and listed in OUT/pack_quarantine.jsonl."""
+    from jobs.cluster.ray_env import init_ray
+    from jobs.console import job_console
+    from pipelines.pack import PackOptions
+    from pipelines.pack import pack as run_pack
+
+    with usage_errors(errors=(ValueError,)):
+        options = PackOptions(image_root=image_root, answers_field=answers_field, metric=metric,
+                              data_source=data_source, image_format=image_format, shard_size=shard_size,
+                              max_shard_bytes=max_shard_bytes, prefix=prefix, max_image_pixels=max_image_pixels)
+    with usage_errors("SOURCE", INPUT_ERRORS), job_console("pack", verbose) as console:
+        init_ray()
+        with console.stage("pack", unit="rows") as stage:
+            summary = run_pack(source, out, options, cpus,
+                               progress=lambda rows, skipped: stage.update(rows, f"{skipped} skipped"))
+            stage.close(f"{summary['packed']} packed into {len(summary['shards'])} shards, "
+                        f"{sum(summary['skipped'].values())} skipped")
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    typer.echo(f"rows {summary['rows']}: {summary['packed']} packed, {sum(summary['skipped'].values())} skipped")
+    for reason, count in summary["skipped"].items():
+        typer.echo(f"  skipped {reason}: {count}")
+    typer.echo(f"wrote {len(summary['shards'])} shards to {summary['out']} (skipped rows: "
+               f"{summary['out']}/pack_quarantine.jsonl)")
+    typer.echo(f"data version {summary['data_version']}")
 
 
 @data_app.command()
