@@ -73,8 +73,9 @@ class PackOptions:
     """How rows become samples and samples become shards.
 
     ``image_root``: where relative image paths point (None: each source's folder); ``answers_field``: the column
-    holding the references (None: ``answers``, else ``answer``); ``metric``: the metric of every row (None: by
-    :data:`BENCHMARK_METRICS`, else none); ``data_source``: stored in every sample (None: the row's own);
+    holding the references (None: ``answers``, else ``answer``); ``metric``: the metric of every row (None: the
+    row's own ``metric``, else by :data:`BENCHMARK_METRICS`, else none); ``data_source``: stored in every sample
+    (None: the row's own);
     ``image_format``: ``keep``, ``png`` or ``jpg``; ``max_image_pixels``: the reader's decompression-bomb limit;
     ``shard_size`` samples / ``max_shard_bytes`` bytes at most per shard (a sample larger than that gets a shard
     of its own); ``prefix``: shards are ``<prefix>-NNNNNN.tar``; ``batch_size`` rows per packing call.
@@ -320,7 +321,7 @@ def pack_row(url: str, record_text: str, image: bytes | None, options: PackOptio
         sample["data_source"] = options.data_source
     if references is not None:
         sample["answers"] = references
-    metric = options.metric or default_metric(str(sample.get("data_source", "")), url)
+    metric = options.metric or record.get("metric") or default_metric(str(sample.get("data_source", "")), url)
     if metric is not None:
         sample["metric"] = metric
     encoded = json.dumps(sample, ensure_ascii=False, sort_keys=True, default=str).encode()
