@@ -10,8 +10,9 @@ local or ``s3://``. The job, for each run of consecutive sources of one format:
 2. packs rows in parallel tasks (:func:`pack_batch`): the image's bytes come from the parquet ``image`` struct
    (``{bytes, path}``) or from the file its path names (relative to ``--image-root``, default the source's folder;
    local or ``s3://``); the sample JSON is built (LLaVA ``conversations``, or a benchmark export's ``question``
-   plus first answer; ``answers``/``metric``/``data_source`` of :data:`BENCHMARK_METRICS`) and checked with the
-   reader's own :func:`pipelines.validate.parse_sample`, so every packed sample is one training will accept;
+   plus first answer; ``answers``; ``metric`` and ``data_source`` by default from :data:`BENCHMARK_METRICS` when
+   the row's ``data_source`` or the source path names a benchmark) and checked with the reader's own
+   :func:`pipelines.validate.parse_sample`, so every packed sample is one training will accept;
 3. the driver takes the packed rows **in input order** (Ray Data's ``preserve_order``), gives each the key
    ``<source index>_<row index>`` (4 and 9 digits: no dot, unique) and cuts shards every ``shard_size`` samples
    or ``max_shard_bytes`` bytes; each shard is written by a Ray task (:func:`write_shard`: a tar with fixed
@@ -211,13 +212,15 @@ def _read(sources: list[Source], storage: S3Options):
 # ---- packing one row
 
 
+def benchmark_in(text: str) -> str | None:
+    """The first benchmark of :data:`BENCHMARK_METRICS` whose name occurs in ``text`` (case ignored)."""
+    return next((name for name in BENCHMARK_METRICS if name in text.lower()), None)
+
+
 def default_metric(data_source: str, url: str) -> str | None:
     """The metric of the benchmark named in ``data_source`` or, failing that, in the source path."""
-    for text in (data_source.lower(), url.lower()):
-        for name, metric in BENCHMARK_METRICS.items():
-            if name in text:
-                return metric
-    return None
+    name = benchmark_in(data_source) or benchmark_in(url)
+    return BENCHMARK_METRICS[name] if name else None
 
 
 def _references(record: dict, options: PackOptions) -> list[str] | None:
@@ -319,6 +322,8 @@ def pack_row(url: str, record_text: str, image: bytes | None, options: PackOptio
     sample.update({k: record[k] for k in KEPT_FIELDS if record.get(k) is not None})
     if options.data_source is not None:
         sample["data_source"] = options.data_source
+    elif "data_source" not in sample and benchmark_in(url):  # e.g. lmms-lab/DocVQA/…parquet: its rows are DocVQA's
+        sample["data_source"] = benchmark_in(url)
     if references is not None:
         sample["answers"] = references
     metric = options.metric or record.get("metric") or default_metric(str(sample.get("data_source", "")), url)

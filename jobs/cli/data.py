@@ -129,5 +129,7 @@ def inspect(
     typer.echo(f"question types: {stats['question_types']}")
     typer.echo(f"tokens: {stats['tokens']}")
     typer.echo(f"tiles per sample: {stats['tiles']}")
+    if stats["metrics"]:
+        typer.echo(f"benchmarks: {stats['benchmarks']}; metrics: {stats['metrics']}")
     for path in rendered:
         typer.echo(f"rendered {path}")

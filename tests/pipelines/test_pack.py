@@ -157,6 +157,8 @@ def test_packed_shards_through_inspect_and_two_training_steps(packed, processor)
     assert stats["samples"] == stats["valid"] == summary["packed"] and stats["quarantined"] == {}
     assert stats["data_version"] == summary["data_version"]
     assert stats["tiles"]["0"] == 2  # the two text-only samples
+    # the parquet file lies under docvqa/: its three rows are DocVQA's, scored by ANLS
+    assert stats["metrics"] == {"anls": 3, "vqa": 1} and stats["benchmarks"] == {"docvqa": 3, "textvqa": 1}
     # two optimizer steps of the training step function on batches read from the packed shards
     split = build_split(str(root / "out"), processor, ReadOptions(preprocess_batch_size=4))
     batches = split.dataset.iter_torch_batches(batch_size=6, collate_fn=Collator(processor.tokenizer.pad_token_id))
