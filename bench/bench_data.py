@@ -103,7 +103,7 @@ def pack_throughput(source: Path, cpus: int) -> dict:
         seconds = time.perf_counter() - start
     ray.shutdown()
     return {"cpus": cpus, "rows": summary["rows"], "packed": summary["packed"], "shards": len(summary["shards"]),
-            "seconds": seconds, "rows_per_s": summary["rows"] / seconds}
+            "seconds": seconds, "rows_per_s": summary["rows"] / seconds, "load_average": os.getloadavg()[0]}
 
 
 def data_wait(data: Path, steps: int, workdir: Path) -> dict:
@@ -169,12 +169,14 @@ def pack_markdown(results: dict) -> str:
         "text-only) packed by `visor data pack`'s job (`pipelines.pack.pack`: Ray Data reads, one CPU per packing "
         "task, shards of 500 written by Ray tasks); a fresh local Ray per row of the table, its start excluded.",
         "",
-        "| CPUs for Ray | rows | packed | shards | whole job (s) | rows/s |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| CPUs for Ray | rows | packed | shards | whole job (s) | rows/s | machine load (1-min average) at the end |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in results["pack"]:
         lines.append(f"| {row['cpus']} | {row['rows']} | {row['packed']} | {row['shards']} | {row['seconds']:.1f} | "
-                     f"{row['rows_per_s']:.0f} |")
+                     f"{row['rows_per_s']:.0f} | {row['load_average']:.1f} |")
+    lines += ["", "A load average above the machine's CPU count means other processes shared the cores: the two "
+              "rows then do not measure how packing scales with CPUs."]
     return "\n".join([*lines, ""])
 
 

@@ -79,7 +79,9 @@ class PackOptions:
     (None: the row's own);
     ``image_format``: ``keep``, ``png`` or ``jpg``; ``max_image_pixels``: the reader's decompression-bomb limit;
     ``shard_size`` samples / ``max_shard_bytes`` bytes at most per shard (a sample larger than that gets a shard
-    of its own); ``prefix``: shards are ``<prefix>-NNNNNN.tar``; ``batch_size`` rows per packing call.
+    of its own); ``prefix``: shards are ``<prefix>-NNNNNN.tar``; ``batch_size`` rows per packing call;
+    ``rows_per_task``: the rows read are re-cut into blocks of at most this many, one packing task each (one big
+    JSON file is one block when read: without this its images would load in one task).
     """
 
     image_root: str | None = None
@@ -92,6 +94,7 @@ class PackOptions:
     max_shard_bytes: int = 1 << 30
     prefix: str = "part"
     batch_size: int = 16
+    rows_per_task: int = 64
     storage: S3Options = field(default_factory=S3Options)
 
     def __post_init__(self) -> None:
@@ -99,8 +102,8 @@ class PackOptions:
             raise ValueError(f"metric {self.metric!r} is not one of {', '.join(METRICS)}")
         if self.image_format not in ("keep", "png", "jpg"):
             raise ValueError(f"image_format must be keep, png or jpg, got {self.image_format!r}")
-        if self.shard_size < 1 or self.max_shard_bytes < 1:
-            raise ValueError("shard_size and max_shard_bytes must be >= 1")
+        if min(self.shard_size, self.max_shard_bytes, self.batch_size, self.rows_per_task) < 1:
+            raise ValueError("shard_size, max_shard_bytes, batch_size and rows_per_task must be >= 1")
 
 
 def _format_of(url: str) -> str | None:
@@ -496,7 +499,8 @@ def pack(specs: Sequence[str], out: str, options: PackOptions | None = None, cpu
     skipped: list[dict] = []
     try:
         for run in _runs(sources):
-            dataset = _read(run, options.storage).map_batches(
+            dataset = _read(run, options.storage).repartition(target_num_rows_per_block=options.rows_per_task)
+            dataset = dataset.map_batches(
                 pack_batch, fn_kwargs={"options": options}, batch_size=options.batch_size, batch_format="numpy",
                 num_cpus=cpus)
             for batch in dataset.iter_batches(batch_size=options.batch_size, batch_format="numpy"):

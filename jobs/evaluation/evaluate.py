@@ -106,13 +106,7 @@ def pareto_figure(rows: list[dict]):
             ax.plot(r["mean_flops"] / 1e9, r["accuracy"], "r*", markersize=14, label="VISOR policy")
         elif r.get("baseline"):
             ax.plot(r["mean_flops"] / 1e9, r["accuracy"], "s", label=r["name"])
-    ax.set_xlabel("mean GFLOPs per sample (prefill)")
-    ax.set_ylabel("accuracy (exact match, or each sample's metric)")
-    ax.set_title("Accuracy vs compute")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    return _flops_axes(fig, ax, "accuracy (exact match, or each sample's metric)", "Accuracy vs compute")
 
 
 def metric_key(name: str) -> str:
@@ -140,9 +134,14 @@ def benchmark_figure(rows: list[dict]):
         for r in policy:
             ax.plot(r["mean_flops_by_benchmark"][benchmark] / 1e9, r["accuracy_by_benchmark"][benchmark], "*",
                     color=drawn.get_color(), markersize=14)
+    return _flops_axes(fig, ax, "score (each benchmark's metric)", "Per benchmark: budgets (line), policy (star)")
+
+
+def _flops_axes(fig, ax, ylabel: str, title: str):
+    """Finish a figure whose x axis is mean GFLOPs per sample: labels, title, grid, legend."""
     ax.set_xlabel("mean GFLOPs per sample (prefill)")
-    ax.set_ylabel("score (each benchmark's metric)")
-    ax.set_title("Per benchmark: budgets (line), policy (star)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -179,11 +179,16 @@ def test_pack_command_and_errors(packed) -> None:
     root, sources, _, _, summary = packed
     runner = CliRunner()
     result = runner.invoke(app, ["data", "pack", str(sources["json"]), "--image-root", str(sources["images"]),
-                                 "--out", str(root / "cli"), "--shard-size", "100", "--json"])
+                                 "--out", str(root / "cli"), "--max-shard-bytes", "1", "--image-format", "png",
+                                 "--prefix", "mix", "--json"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout.strip().splitlines()[-1])
-    assert out["packed"] == 7 and out["shards"] == ["part-000000.tar"] and len(out["data_version"]) == 16
-    assert (root / "cli" / "pack_manifest.json").exists()
+    assert out["packed"] == 7 and len(out["shards"]) == 7 and len(out["data_version"]) == 16  # a sample a shard
+    assert json.loads((root / "cli" / "pack_manifest.json").read_text()) == out
+    import tarfile
+
+    names = [m for shard in sorted((root / "cli").glob("mix-*.tar")) for m in tarfile.open(shard).getnames()]
+    assert sum(n.endswith(".png") for n in names) == 6 and not any(n.endswith(".jpg") for n in names)  # re-encoded
     result = runner.invoke(app, ["data", "pack", str(root / "nothing-*.json"), "--out", str(root / "x")])
     assert result.exit_code == 2 and "matches no .json" in result.output
     result = runner.invoke(app, ["data", "pack", str(sources["json"]), "--out", str(root / "x"), "--metric", "bleu"])
@@ -216,17 +221,21 @@ def test_pack_from_and_to_s3(ray_local, s3_env, tmp_path: Path) -> None:
     sources = make_sources(tmp_path)
     client = boto3.client("s3", endpoint_url=s3_env, region_name="us-east-1")
     client.create_bucket(Bucket="raw")
-    client.put_object(Bucket="raw", Key="src/llava.json", Body=sources["json"].read_bytes())
+    for key, path in (("src/llava.json", sources["json"]), ("src/extra.jsonl", sources["jsonl"]),
+                      ("src/docvqa/val.parquet", sources["parquet"] / "val.parquet")):
+        client.put_object(Bucket="raw", Key=key, Body=path.read_bytes())
     for path in sources["images"].rglob("*"):
         if path.is_file():
             client.put_object(Bucket="raw", Key=f"img/{path.relative_to(sources['images']).as_posix()}",
                               Body=path.read_bytes())
     options = PackOptions(image_root="s3://raw/img", shard_size=4, storage=S3Options())
-    remote = pack(["s3://raw/src/"], "s3://raw/shards", options)
-    local = pack([str(sources["json"])], str(tmp_path / "local"),
+    remote = pack(["s3://raw/src/llava.json", "s3://raw/src/*.jsonl", "s3://raw/src/docvqa/"], "s3://raw/shards",
+                  options)
+    local = pack([str(sources["json"]), str(sources["jsonl"]), str(sources["parquet"])], str(tmp_path / "local"),
                  PackOptions(image_root=str(sources["images"]), shard_size=4))
-    assert remote["packed"] == local["packed"] == 7 and remote["skipped"] == local["skipped"]
+    assert remote["packed"] == local["packed"] == 12 and remote["skipped"] == local["skipped"] == EXPECTED_SKIPPED
     assert remote["data_version"] == local["data_version"]  # the same bytes wherever they were packed
     assert ShardSet.resolve("s3://raw/shards").version == remote["data_version"]
     report = client.get_object(Bucket="raw", Key="shards/pack_quarantine.jsonl")["Body"].read().decode()
-    assert {json.loads(line)["url"] for line in report.splitlines()} == {"s3://raw/src/llava.json"}
+    assert {json.loads(line)["url"] for line in report.splitlines()} == {"s3://raw/src/llava.json",
+                                                                         "s3://raw/src/extra.jsonl"}
