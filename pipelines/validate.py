@@ -2,7 +2,8 @@
 
 A sample is ``<key>.json`` in the LLaVA conversation format
 (``{"conversations": [{"from": "human", "value": "<image>\\n…"}, {"from": "gpt", "value": "…"}, …]}``,
-other fields kept as metadata) plus at most one ``<key>.jpg|jpeg|png|webp``.
+other fields kept as metadata; optional ``answers`` — a list of reference strings — and ``metric`` — one of
+:data:`METRICS` — say how a generated answer is scored) plus at most one ``<key>.jpg|jpeg|png|webp``.
 :func:`parse_sample` returns a :class:`ParsedSample` or raises :class:`Rejected`
 with one of :data:`REASONS`; nothing else escapes it.
 """

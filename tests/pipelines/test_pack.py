@@ -239,3 +239,18 @@ def test_pack_from_and_to_s3(ray_local, s3_env, tmp_path: Path) -> None:
     report = client.get_object(Bucket="raw", Key="shards/pack_quarantine.jsonl")["Body"].read().decode()
     assert {json.loads(line)["url"] for line in report.splitlines()} == {"s3://raw/src/llava.json",
                                                                          "s3://raw/src/extra.jsonl"}
+
+
+def test_references_and_metric_are_checked_like_the_rest_of_a_sample() -> None:
+    from pipelines.validate import Rejected, parse_sample
+
+    def sample(**extra) -> bytes:
+        return json.dumps({"conversations": turn("what ?", "red"), **extra}).encode()
+
+    parsed = parse_sample(None, sample(answers=["red", "Red"], metric="vqa"), 10**6)
+    assert parsed.metadata == {"answers": ["red", "Red"], "metric": "vqa"}
+    for extra, reason in (({"answers": "red"}, "bad_answers"), ({"answers": []}, "bad_answers"),
+                          ({"answers": ["red", " "]}, "bad_answers"), ({"metric": "bleu"}, "unknown_metric")):
+        with pytest.raises(Rejected) as caught:
+            parse_sample(None, sample(**extra), 10**6)
+        assert caught.value.reason == reason, extra
