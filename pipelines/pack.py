@@ -38,15 +38,16 @@ import os
 import tarfile
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from .options import PackOptions
 from .shards import S3Options, ShardSet
-from .validate import IMAGE_PLACEHOLDER, METRICS, Rejected, parse_sample
+from .validate import IMAGE_PLACEHOLDER, Rejected, parse_sample
 
 FORMATS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 # a benchmark's own metric, found by name in the row's ``data_source`` or in the source path (lmms-lab exports)
@@ -67,43 +68,6 @@ class Source:
 
     url: str
     format: str
-
-
-@dataclass(frozen=True)
-class PackOptions:
-    """How rows become samples and samples become shards.
-
-    ``image_root``: where relative image paths point (None: each source's folder); ``answers_field``: the column
-    holding the references (None: ``answers``, else ``answer``); ``metric``: the metric of every row (None: the
-    row's own ``metric``, else by :data:`BENCHMARK_METRICS`, else none); ``data_source``: stored in every sample
-    (None: the row's own);
-    ``image_format``: ``keep``, ``png`` or ``jpg``; ``max_image_pixels``: the reader's decompression-bomb limit;
-    ``shard_size`` samples / ``max_shard_bytes`` bytes at most per shard (a sample larger than that gets a shard
-    of its own); ``prefix``: shards are ``<prefix>-NNNNNN.tar``; ``batch_size`` rows per packing call;
-    ``rows_per_task``: the rows read are re-cut into blocks of at most this many, one packing task each (one big
-    JSON file is one block when read: without this its images would load in one task).
-    """
-
-    image_root: str | None = None
-    answers_field: str | None = None
-    metric: str | None = None
-    data_source: str | None = None
-    image_format: str = "keep"
-    max_image_pixels: int = 50_000_000
-    shard_size: int = 1000
-    max_shard_bytes: int = 1 << 30
-    prefix: str = "part"
-    batch_size: int = 16
-    rows_per_task: int = 64
-    storage: S3Options = field(default_factory=S3Options)
-
-    def __post_init__(self) -> None:
-        if self.metric is not None and self.metric not in METRICS:
-            raise ValueError(f"metric {self.metric!r} is not one of {', '.join(METRICS)}")
-        if self.image_format not in ("keep", "png", "jpg"):
-            raise ValueError(f"image_format must be keep, png or jpg, got {self.image_format!r}")
-        if min(self.shard_size, self.max_shard_bytes, self.batch_size, self.rows_per_task) < 1:
-            raise ValueError("shard_size, max_shard_bytes, batch_size and rows_per_task must be >= 1")
 
 
 def _format_of(url: str) -> str | None:
@@ -319,7 +283,7 @@ def pack_row(url: str, record_text: str, image: bytes | None, options: PackOptio
                                           "supported yet")
     if image is None and paths:
         root = options.image_root if options.image_root is not None else url.rsplit("/", 1)[0]
-        image = _load(_join(root, paths[0]), options.storage)
+        image = _load(_join(root, paths[0]), options.storage or S3Options())
     references = _references(record, options)
     sample: dict[str, Any] = {"conversations": _conversations(record, references, image is not None)}
     sample.update({k: record[k] for k in KEPT_FIELDS if record.get(k) is not None})
@@ -476,18 +440,19 @@ class _ShardCutter:
         return self.names
 
 
-def pack(specs: Sequence[str], out: str, options: PackOptions | None = None, cpus: float = 1.0,
+def pack(specs: Sequence[str], out: str, options: PackOptions | None = None,
          progress: Callable[[int, int], None] | None = None) -> dict:
     """Pack the sources of ``specs`` into shards under ``out`` (local or ``s3://``); see the module docstring.
 
     Returns (and writes to ``<out>/pack_manifest.json``) ``{"rows", "packed", "skipped": {reason: n}, "shards":
-    [names], "data_version", "out"}``; ``rows == packed + sum(skipped.values())`` always holds. ``cpus`` is
-    reserved by each packing task; ``progress(rows, skipped)`` is called after every batch. Raises ``ValueError``
+    [names], "data_version", "out"}``; ``rows == packed + sum(skipped.values())`` always holds.
+    ``progress(rows, skipped)`` is called after every batch. Raises ``ValueError``
     for a spec that names no source.
     """
     import ray.data
 
     options = options or PackOptions()
+    options = replace(options, storage=options.storage or S3Options())
     sources = list_sources(specs, options.storage)
     index = {s.url: i for i, s in enumerate(sources)}
     out = out.rstrip("/") if out.startswith("s3://") else str(Path(out).expanduser().resolve())
@@ -502,7 +467,7 @@ def pack(specs: Sequence[str], out: str, options: PackOptions | None = None, cpu
             dataset = _read(run, options.storage).repartition(target_num_rows_per_block=options.rows_per_task)
             dataset = dataset.map_batches(
                 pack_batch, fn_kwargs={"options": options}, batch_size=options.batch_size, batch_format="numpy",
-                num_cpus=cpus)
+                num_cpus=options.cpus)
             for batch in dataset.iter_batches(batch_size=options.batch_size, batch_format="numpy"):
                 for url, record, image, extension, reason, detail in zip(
                         *(batch[name] for name in PACKED_COLUMNS), strict=True):

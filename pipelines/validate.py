@@ -18,9 +18,9 @@ from typing import Any
 
 from PIL import Image
 
+from .options import METRICS
+
 IMAGE_PLACEHOLDER = "<image>"
-# how a sample's ``answers`` are scored against a generated answer (jobs/evaluation/metrics.py implements each)
-METRICS = ("exact", "anls", "relaxed", "vqa", "contains")
 USER_ROLES = ("human", "user")
 ASSISTANT_ROLES = ("gpt", "assistant")
 

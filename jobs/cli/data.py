@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from jobs.cli.options import INPUT_ERRORS, VERBOSE, load, option, usage_errors
-from jobs.sections import ReadSection
+from jobs.sections import PackSection, ReadSection
 
 data_app = typer.Typer(help="Data tools: synthetic VQA shards, packing your own data, shard statistics.",
                        no_args_is_help=True)
@@ -40,20 +40,16 @@ def pack(
     source: list[str] = typer.Argument(..., help="LLaVA JSON / JSON lines / parquet files, directories or globs, "
                                        "local or s3://…"),
     out: str = typer.Option(..., help="Directory (or s3://bucket/prefix) for the shards."),
-    image_root: str | None = typer.Option(None, help="Where the images' relative paths point (local or s3://; "
-                                          "default: each source file's folder)."),
-    answers_field: str | None = typer.Option(None, help="Column holding the reference answers (default: 'answers', "
-                                             "else 'answer')."),
-    metric: str | None = typer.Option(None, help="Metric of every row: exact, anls, relaxed, vqa or contains "
-                                      "(default: the benchmark's own, by data_source or path, else none)."),
-    data_source: str | None = typer.Option(None, help="Benchmark name stored in every sample (default: the row's "
-                                           "'data_source' column)."),
-    image_format: str = typer.Option("keep", help="keep (store the bytes as they came), png or jpg (re-encode)."),
-    shard_size: int = typer.Option(1000, min=1, help="Samples per shard at most."),
-    max_shard_bytes: int = typer.Option(1 << 30, min=1, help="Bytes per shard at most."),
-    prefix: str = typer.Option("part", help="Shards are PREFIX-NNNNNN.tar."),
-    max_image_pixels: int = option(ReadSection, "max_image_pixels"),
-    cpus: float = typer.Option(1.0, min=0.05, help="CPUs reserved by each packing task."),
+    image_root: str | None = option(PackSection, "image_root"),
+    answers_field: str | None = option(PackSection, "answers_field"),
+    metric: str | None = option(PackSection, "metric"),
+    data_source: str | None = option(PackSection, "data_source"),
+    image_format: str = option(PackSection, "image_format"),
+    shard_size: int = option(PackSection, "shard_size"),
+    max_shard_bytes: int = option(PackSection, "max_shard_bytes"),
+    prefix: str = option(PackSection, "prefix"),
+    max_image_pixels: int = option(PackSection, "max_image_pixels"),
+    cpus: float = option(PackSection, "cpus"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (for scripts and CI)."),
     verbose: bool = VERBOSE,
 ) -> None:
@@ -61,17 +57,19 @@ def pack(
     skipped, counted by reason and listed in OUT/pack_quarantine.jsonl."""
     from jobs.cluster.ray_env import init_ray
     from jobs.console import job_console
-    from pipelines.pack import PackOptions
     from pipelines.pack import pack as run_pack
 
-    with usage_errors(errors=(ValueError,)):
-        options = PackOptions(image_root=image_root, answers_field=answers_field, metric=metric,
-                              data_source=data_source, image_format=image_format, shard_size=shard_size,
-                              max_shard_bytes=max_shard_bytes, prefix=prefix, max_image_pixels=max_image_pixels)
+    settings = {"image_root": image_root, "answers_field": answers_field, "metric": metric,
+                "data_source": data_source, "image_format": image_format, "shard_size": shard_size,
+                "max_shard_bytes": max_shard_bytes, "prefix": prefix, "max_image_pixels": max_image_pixels,
+                "cpus": cpus}
+    section = load(PackSection, {k: v for k, v in settings.items() if v is not None})
+    with usage_errors():
+        options = section.pack_options()
     with usage_errors("SOURCE", INPUT_ERRORS), job_console("pack", verbose) as console:
         init_ray()
         with console.stage("pack", unit="rows") as stage:
-            summary = run_pack(source, out, options, cpus,
+            summary = run_pack(source, out, options,
                                progress=lambda rows, skipped: stage.update(rows, f"{skipped} skipped"))
             stage.close(f"{summary['packed']} packed into {len(summary['shards'])} shards, "
                         f"{sum(summary['skipped'].values())} skipped")
