@@ -14,7 +14,8 @@ Accuracy is the mean ``score`` of :mod:`jobs.evaluation.scoring`: greedy exact m
 for a sample that names a benchmark metric (``anls``, ``relaxed``, ``vqa``, ``contains``, ``exact``), that metric
 of its generated answer (:mod:`jobs.evaluation.generation`); ``accuracy_by_benchmark`` is the same per
 ``data_source`` (only when some sample has one; ``mean_flops_by_benchmark`` beside it), logged to MLflow as
-``<row>/accuracy/<benchmark>`` and drawn in ``plots/benchmarks.png``.
+``<row>/accuracy/<benchmark>`` and drawn in ``plots/benchmarks.png``; the generated answers go to
+``generated_answers.jsonl``.
 FLOPs are per sample from :mod:`visor_model.flops` with each sample's own token
 counts. Baselines (``--baseline NAME=URI``, e.g. a full-attention LLaVA-OneVision
 conversion or a token-reduction model) are scored the same way and added as rows.
@@ -80,6 +81,19 @@ def summarize(scores: Scores) -> list[dict]:
         }
         rows.append(row)
     return rows
+
+
+def generated_answers(scores: Scores) -> list[dict]:
+    """One record per sample that names a metric: ``url``, ``key``, ``data_source``, ``metric``, the answer
+    generated at the largest budget and its score at every budget (logged as ``generated_answers.jsonl``, to
+    check a benchmark's scores by eye)."""
+    c = scores.columns
+    if "prediction" not in c or "metric" not in c:
+        return []
+    return [{"url": str(c["url"][i]), "key": str(c["key"][i]), "data_source": str(c["data_source"][i]),
+             "metric": str(c["metric"][i]), "prediction": str(c["prediction"][i]),
+             "score": [round(float(v), 6) for v in c["score"][i]]}
+            for i in range(scores.num_samples) if str(c["metric"][i])]
 
 
 def operating_point(rows: list[dict]) -> dict:
@@ -220,6 +234,10 @@ def evaluate(
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(report, indent=2) + "\n")
             mlflow.log_artifact(str(path))
+            answers = generated_answers(scores)
+            if answers:
+                (Path(tmp) / "generated_answers.jsonl").write_text("".join(json.dumps(a) + "\n" for a in answers))
+                mlflow.log_artifact(str(Path(tmp) / "generated_answers.jsonl"))
         run_id = run.info.run_id
 
     version = registered_version(model_uri, tracking_uri)

@@ -182,6 +182,12 @@ def test_evaluation_by_generation_scores_each_benchmark_with_its_metric(registry
                                 f"tags.model_uri = '{uri}'")
     assert run.data.metrics[f"budget_{largest}/accuracy/textvqa"] == pytest.approx(0.9)
     assert "plots/benchmarks.png" in {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    logged = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="generated_answers.jsonl",
+                                                 tracking_uri=registry.uri)
+    generated = {r["data_source"]: r for r in map(json.loads, Path(logged).read_text().splitlines())}
+    assert set(generated) == set(expected)  # the sample without a metric is not generated for
+    assert [generated[s]["prediction"] for s in ("docvqa", "ocrbench")] == answers[:2]
+    assert generated["textvqa"]["score"][largest] == pytest.approx(0.9)
 
 
 def test_scoring_a_one_budget_plan_gives_no_policy_input(tmp_path) -> None:
