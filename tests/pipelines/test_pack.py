@@ -254,3 +254,19 @@ def test_references_and_metric_are_checked_like_the_rest_of_a_sample() -> None:
         with pytest.raises(Rejected) as caught:
             parse_sample(None, sample(**extra), 10**6)
         assert caught.value.reason == reason, extra
+
+
+def test_benchmark_export_rows_get_references_metric_and_source() -> None:
+    from pipelines.pack import pack_row
+
+    chartqa = json.dumps({"question": "what is the peak ?", "answer": "12", "type": "human_test", "label": "12.0"})
+    record, image, extension = pack_row("/x/lmms-lab/ChartQA/test.parquet", chartqa, tiny_png(), PackOptions())
+    sample = json.loads(record)
+    assert sample["conversations"] == turn("<image>\nwhat is the peak ?", "12")
+    assert (sample["answers"], sample["metric"], sample["data_source"]) == (["12"], "relaxed", "chartqa")
+    assert image == tiny_png() and extension == "png"
+    chosen = PackOptions(answers_field="label", metric="exact", data_source="charts")
+    sample = json.loads(pack_row("/x/mine.parquet", chartqa, tiny_png(), chosen)[0])
+    assert (sample["answers"], sample["metric"], sample["data_source"]) == (["12.0"], "exact", "charts")
+    plain = json.dumps({"conversations": turn("is it red ?", "red")})  # no references, no benchmark: neither added
+    assert set(json.loads(pack_row("/x/train.jsonl", plain, None, PackOptions())[0])) == {"conversations"}
