@@ -50,8 +50,9 @@ from .shards import S3Options, ShardSet
 from .validate import IMAGE_PLACEHOLDER, Rejected, parse_sample
 
 FORMATS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
-# a benchmark's own metric, found by name in the row's ``data_source`` or in the source path (lmms-lab exports)
-BENCHMARK_METRICS: dict[str, str] = {"docvqa": "anls", "infovqa": "anls", "infographicvqa": "anls",
+# a benchmark's own metric, found by name in the row's ``data_source`` or in the source path (lmms-lab exports);
+# the first name found wins, so InfoVQA (lmms-lab/DocVQA/InfographicVQA/…) comes before DocVQA
+BENCHMARK_METRICS: dict[str, str] = {"infographicvqa": "anls", "infovqa": "anls", "docvqa": "anls",
                                      "chartqa": "relaxed", "textvqa": "vqa", "vqav2": "vqa", "ocrbench": "contains"}
 PIL_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 ANSWER_FIELDS = ("answers", "answer")  # looked up in this order when --answers-field is not given

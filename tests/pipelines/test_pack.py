@@ -15,7 +15,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from jobs.cli import app
-from pipelines.pack import PackOptions, default_metric, list_sources, pack, tar_bytes
+from pipelines.pack import PackOptions, benchmark_in, default_metric, list_sources, pack, tar_bytes
 from pipelines.shards import S3Options, ShardSet
 
 from .helpers import tiny_png
@@ -206,6 +206,7 @@ def test_source_listing_defaults_and_tar_layout(tmp_path: Path) -> None:
         list_sources([str(tmp_path / "a" / "notes.txt")])
     assert default_metric("", "s3://x/lmms-lab/ChartQA/test.parquet") == "relaxed"
     assert default_metric("OCRBench", "") == "contains" and default_metric("", "mine.json") is None
+    assert benchmark_in("s3://raw/lmms-lab/DocVQA/InfographicVQA/validation-0.parquet") == "infographicvqa"
     data = tar_bytes([("k1", b"{}", b"img", "png"), ("k2", b"{}", None, "")])
     import tarfile
 
