@@ -5,11 +5,15 @@ from a config file or a command-line flag):
   step S (a marker file remembers, so the replacement worker and a resumed driver carry on);
 * ``VISOR_TEST_FAULT=retrain:stage=NAME`` — the retrain raises at the start of stage NAME (``train``,
   ``policy``, ``evaluate`` or ``promote``);
-* ``VISOR_TEST_FAULT=recipe:stage=NAME`` — a training recipe raises at the start of its stage NAME.
+* ``VISOR_TEST_FAULT=recipe:stage=NAME`` — a training recipe raises at the start of its stage NAME;
+* ``VISOR_TEST_FAULT=serve:marker=TEXT[:at=prefill|decode][:error=runtime|value]`` — a serving replica's
+  model call (prefill, or every decode step) raises for any batch holding a request whose text contains
+  TEXT (``RuntimeError`` by default, ``ValueError`` with ``error=value``).
 
-The variable is read where a run starts, in the driver's process. Ray Train workers are processes of a
-Ray instance that may have started before the variable was set, and do not see it: the driver hands the
-training fault to them (:class:`TrainFault`, a field of the workers' inputs).
+The variable is read where a run starts, in the driver's process. Ray Train workers and Serve replicas are
+processes of a Ray instance that may have started before the variable was set, and do not see it: the driver
+hands the fault to them (:class:`TrainFault`, a field of the workers' inputs; :class:`ServeFault`, an argument
+of the deployment).
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ def _injected(kind: str) -> dict[str, str] | None:
         return None
     items = [item.partition("=") for item in rest.split(":") if item]
     if not items or any(not sep for _, sep, _ in items):
-        raise ValueError(f"{ENV}={value!r}: expected train:rank=R:step=S, retrain:stage=NAME or recipe:stage=NAME")
+        raise ValueError(f"{ENV}={value!r}: expected train:rank=R:step=S, retrain:stage=NAME, recipe:stage=NAME "
+                         "or serve:marker=TEXT")
     return {key: item for key, _, item in items}
 
 
@@ -63,3 +68,32 @@ def fail_stage(stage: str, kind: str = "retrain") -> None:
     items = _injected(kind)
     if items is not None and items.get("stage") == stage:
         raise RuntimeError(f"injected failure in {kind} stage {stage} ({ENV})")
+
+
+@dataclass(frozen=True)
+class ServeFault:
+    """A serving replica's model call ``at`` (``prefill`` or ``decode``) raises ``error`` (``runtime`` or
+    ``value``) whenever its batch holds a request whose text contains ``marker``."""
+
+    marker: str
+    at: str = "prefill"
+    error: str = "runtime"
+
+    def maybe_fail(self, at: str, texts: list[str]) -> None:
+        """Raise if this is the faulty call: ``at`` matches and one of the batch's request ``texts`` holds the
+        marker."""
+        if at != self.at or not any(self.marker in text for text in texts):
+            return
+        kind = ValueError if self.error == "value" else RuntimeError
+        raise kind(f"injected fault ({ENV}) in the model's {at} of a request containing {self.marker!r}")
+
+
+def serve_fault() -> ServeFault | None:
+    """The serving fault ``$VISOR_TEST_FAULT`` asks for (None: none)."""
+    items = _injected("serve")
+    if items is None:
+        return None
+    fault = ServeFault(items["marker"], items.get("at", "prefill"), items.get("error", "runtime"))
+    if fault.at not in ("prefill", "decode") or fault.error not in ("runtime", "value"):
+        raise ValueError(f"{ENV}: serve faults take at=prefill|decode and error=runtime|value, got {items}")
+    return fault

@@ -104,6 +104,19 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
         raise Rejected("undecodable_image", f"{type(err).__name__}: {err}") from err
     if width < 1 or height < 1:
         raise Rejected("undecodable_image", f"image of size {width}x{height}")
+    return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """``image`` as 8-bit RGB. Pillow's own ``convert("RGB")`` clips the 16-bit (``I;16*``) and 32-bit (``I``, ``F``)
+    grey modes to 0-255, turning every 16-bit greyscale PNG into black and white: their values are scaled instead
+    (16-bit and integer: ``/257``; float: taken as 0-1)."""
+    if image.mode.startswith("I") or image.mode == "F":
+        import numpy as np
+
+        values = np.asarray(image, dtype=np.float64)
+        values = values * 255 if image.mode == "F" else values / 257
+        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
     return image.convert("RGB")
 
 

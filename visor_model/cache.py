@@ -1,30 +1,93 @@
 """The reduced KV cache of VISOR generation (docs/DESIGN.md §3.5).
 
-Every layer keeps text keys/values; a layer keeps visual keys/values only for
-the samples that read the image there (mode C or S). Per layer ``l``:
+Every layer keeps text keys/values; a layer keeps visual keys/values only for the rows that read
+the image there (mode C, S or ``s``). Per layer ``l``:
 
-* ``keys[l]``/``values[l]`` ``[B, Hkv, Nv_l + capacity, d]`` — the keys the
-  layer's own attention reads: first ``Nv_l`` visual entries (``Nv_l = 0`` when
-  no sample uses the layer's own attention over the image: text-only layers and
-  ``gated`` C layers), then text entries, preallocated for the whole generation;
-* ``key_valid[l]`` ``[B, Nv_l + capacity]`` — which entries are real;
-* ``gated[l]`` — ``(k, v, valid)`` of the gated cross-attention sublayer, or None.
+* ``keys[l]``/``values[l]`` ``[B, Hkv, capacity, d]`` and ``key_valid[l]`` ``[B, capacity]`` — the text
+  entries, preallocated for the whole generation (``length`` of them written so far); a row's padding
+  takes no slot, but a shorter row's text part is as wide as the longest row's;
+* ``visual[l]`` — the visual keys/values the layer's own attention reads, as :class:`VisualPart`\\ s:
+  the rows with the same number of visual tokens share one ``[b, Hkv, n, d]`` tensor, so a batch of
+  images of different sizes holds what its rows would alone (no padding to the widest image);
+* ``gated[l]`` — the same for the gated cross-attention sublayer of a ``gated`` C layer.
 
-A sample then holds ``L × text_len + |C ∪ S_b| × Nv`` entries, which
-:meth:`VisorCache.num_entries` counts.
+A row then holds ``L × text_len + |C ∪ S_b| × Nv`` entries, which :meth:`VisorCache.num_entries` counts.
+Decode attends over the text part and every visual part of a layer and merges them by their
+log-sum-exp (:func:`visor_model.layers.attention_over_parts`).
 
-Rows can join and leave between decode steps (continuous batching):
-:meth:`VisorCache.concat` stacks caches of different batches — each layer's visual part and
-text part padded with invalid entries so every row appends at the same slot — and
-:meth:`VisorCache.select` keeps a subset of rows. :class:`DecodeState` is a cache together with
-what the next decode step needs per row (logits, next position, the budget used).
+Rows can join and leave between decode steps (continuous batching): :meth:`VisorCache.concat` stacks
+caches (text parts padded to a common length, visual parts kept as they are, those of equal width
+merged), :meth:`VisorCache.select` keeps a subset of rows, :meth:`VisorCache.compact` drops what no
+remaining row holds. :class:`DecodeState` is a cache together with what the next decode step needs
+per row (logits, next position, the budget used).
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
+
+
+@dataclass
+class VisualPart:
+    """Visual keys/values ``[b, Hkv, n, d]`` of the batch rows ``rows`` (host) = ``index`` (device), every row
+    with exactly ``n`` visual tokens (so no mask)."""
+
+    rows: tuple[int, ...]
+    index: torch.LongTensor
+    keys: torch.Tensor
+    values: torch.Tensor
+
+    @property
+    def width(self) -> int:
+        return self.keys.shape[2]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.keys, self.values))
+
+
+def split_visual(
+    rows: tuple[int, ...], keys: torch.Tensor, values: torch.Tensor, widths: list[int]
+) -> list[VisualPart]:
+    """Visual K/V ``[len(rows), Hkv, N, d]`` of batch rows ``rows`` (each row's valid tokens first) as parts of
+    equal width; ``widths[r]`` is batch row ``r``'s visual token count (rows without any are left out)."""
+    by_width: dict[int, list[int]] = defaultdict(list)
+    for local, row in enumerate(rows):
+        if widths[row]:
+            by_width[widths[row]].append(local)
+    parts = []
+    for width, local in sorted(by_width.items()):
+        members = tuple(rows[i] for i in local)
+        if len(local) == len(rows) and width == keys.shape[2]:
+            k, v = keys, values
+        else:
+            pick = torch.tensor(local, device=keys.device)
+            k = keys.index_select(0, pick)[:, :, :width].contiguous()
+            v = values.index_select(0, pick)[:, :, :width].contiguous()
+        parts.append(VisualPart(members, torch.tensor(members, device=keys.device), k, v))
+    return parts
+
+
+def _merge_equal_widths(parts: list[VisualPart]) -> list[VisualPart]:
+    """Parts of the same width as one part (rows concatenated), so decode makes one attention call per width."""
+    by_width: dict[int, list[VisualPart]] = defaultdict(list)
+    for part in parts:
+        by_width[part.width].append(part)
+    merged = []
+    for _, same in sorted(by_width.items()):
+        if len(same) == 1:
+            merged.append(same[0])
+            continue
+        rows = tuple(r for p in same for r in p.rows)
+        merged.append(VisualPart(rows, torch.cat([p.index for p in same]), torch.cat([p.keys for p in same]),
+                                 torch.cat([p.values for p in same])))
+    return merged
+
+
+def _shifted(parts: list[VisualPart], offset: int) -> list[VisualPart]:
+    return [VisualPart(tuple(r + offset for r in p.rows), p.index + offset, p.keys, p.values) for p in parts]
 
 
 class VisorCache:
@@ -35,36 +98,25 @@ class VisorCache:
         self.keys: list[torch.Tensor | None] = [None] * num_layers
         self.values: list[torch.Tensor | None] = [None] * num_layers
         self.key_valid: list[torch.Tensor | None] = [None] * num_layers
-        self.visual_offset: list[int] = [0] * num_layers
-        self.gated: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None] = [None] * num_layers
+        self.visual: list[list[VisualPart]] = [[] for _ in range(num_layers)]
+        self.gated: list[list[VisualPart]] = [[] for _ in range(num_layers)]
 
-    def write_prefill(
-        self,
-        layer: int,
-        text_kv: tuple[torch.Tensor, torch.Tensor],
-        text_valid: torch.Tensor,
-        visual_kv: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
-    ) -> None:
-        """Store a layer's prompt entries. ``visual_kv = (k, v, valid [B, Nv])`` or None."""
+    def write_prefill(self, layer: int, text_kv: tuple[torch.Tensor, torch.Tensor], text_valid: torch.Tensor) -> None:
+        """Store a layer's prompt text entries ``[B, Hkv, text_len, d]`` (``text_valid [B, text_len]``); its visual
+        parts go to ``visual[layer]`` / ``gated[layer]``."""
         k_t, v_t = text_kv
         batch, heads, text_len, dim = k_t.shape
-        offset = 0 if visual_kv is None else visual_kv[0].shape[2]
-        shape = (batch, heads, offset + self.capacity, dim)
+        shape = (batch, heads, self.capacity, dim)
         keys, values = k_t.new_zeros(shape), v_t.new_zeros(shape)
-        valid = torch.zeros(batch, offset + self.capacity, dtype=torch.bool, device=k_t.device)
-        if visual_kv is not None:
-            keys[:, :, :offset], values[:, :, :offset], valid[:, :offset] = visual_kv
-        keys[:, :, offset : offset + text_len] = k_t
-        values[:, :, offset : offset + text_len] = v_t
-        valid[:, offset : offset + text_len] = text_valid
+        valid = torch.zeros(batch, self.capacity, dtype=torch.bool, device=k_t.device)
+        keys[:, :, :text_len], values[:, :, :text_len], valid[:, :text_len] = k_t, v_t, text_valid
         self.keys[layer], self.values[layer], self.key_valid[layer] = keys, values, valid
-        self.visual_offset[layer] = offset
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Write one new text entry ``[B, Hkv, 1, d]`` and return views ``(K, V, valid)`` up to it."""
+        """Write one new text entry ``[B, Hkv, 1, d]`` and return the text part ``(K, V, valid)`` up to it."""
         if self.length >= self.capacity:
             raise RuntimeError("VisorCache is full: allocate it with a larger capacity")
-        end = self.visual_offset[layer] + self.length
+        end = self.length
         self.keys[layer][:, :, end : end + 1] = k
         self.values[layer][:, :, end : end + 1] = v
         self.key_valid[layer][:, end] = True
@@ -80,130 +132,105 @@ class VisorCache:
         return self.key_valid[0].shape[0]
 
     def select(self, rows: torch.LongTensor) -> VisorCache:
-        """A cache holding only ``rows`` (same slots)."""
+        """A cache holding only ``rows`` (in that order; same text slots)."""
+        chosen = {row: new for new, row in enumerate(rows.tolist())}
         out = VisorCache(self.num_layers, self.length, self.capacity - self.length)
-        out.visual_offset = list(self.visual_offset)
         for layer in range(self.num_layers):
             out.keys[layer] = self.keys[layer].index_select(0, rows)
             out.values[layer] = self.values[layer].index_select(0, rows)
             out.key_valid[layer] = self.key_valid[layer].index_select(0, rows)
-            if self.gated[layer] is not None:
-                out.gated[layer] = tuple(t.index_select(0, rows) for t in self.gated[layer])
+            out.visual[layer] = _select_parts(self.visual[layer], chosen)
+            out.gated[layer] = _select_parts(self.gated[layer], chosen)
         return out
 
     def compact(self) -> None:
-        """Drop the slots no row holds, so a decode that rows keep joining and leaving neither grows without
-        bound nor keeps paying for rows that left: text slots of rows that joined with longer prompts, and
-        visual slots past the widest image a remaining row has (each layer's visual part and each gated
-        sublayer's). Visual entries are valid-first in every row, so a width is a count."""
-        text_used = torch.zeros(self.length, dtype=torch.bool, device=self.key_valid[0].device)
+        """Drop the text slots no row holds (left by rows that joined with longer prompts and then left), so a
+        decode that rows keep joining does not grow without bound. Visual parts leave with their rows
+        (:meth:`select`): they never hold a slot for a row that is gone."""
+        used = torch.zeros(self.length, dtype=torch.bool, device=self.key_valid[0].device)
         for layer in range(self.num_layers):
-            offset = self.visual_offset[layer]
-            text_used |= self.key_valid[layer][:, offset : offset + self.length].any(0)
-        widths = [valid[:, :offset].sum(1).amax() for valid, offset in zip(self.key_valid, self.visual_offset,
-                                                                           strict=True)]
-        widths += [g[2].sum(1).amax() for g in self.gated if g is not None]
-        host = torch.stack(widths).tolist()  # one copy to the host for every layer's width
-        visual, gated = host[: self.num_layers], iter(host[self.num_layers :])
-        for layer, part in enumerate(self.gated):
-            width = None if part is None else next(gated)
-            if part is not None and width < part[2].shape[1]:  # a copy, so the wider tensors are freed
-                k, v, valid = part
-                self.gated[layer] = (k[:, :, :width].contiguous(), v[:, :, :width].contiguous(),
-                                     valid[:, :width].clone())
-        if bool(text_used.all()) and visual == self.visual_offset:
+            used |= self.key_valid[layer][:, : self.length].any(0)
+        if bool(used.all()):
             return
-        kept = text_used.nonzero().squeeze(1)
+        kept = used.nonzero().squeeze(1)
         room = self.capacity - self.length
+        columns = torch.cat([kept, torch.arange(self.length, self.capacity, device=kept.device)])
         for layer in range(self.num_layers):
-            offset, width = self.visual_offset[layer], visual[layer]
-            columns = torch.cat([torch.arange(width, device=kept.device), offset + kept,
-                                 torch.arange(offset + self.length, offset + self.capacity, device=kept.device)])
             self.keys[layer] = self.keys[layer].index_select(2, columns)
             self.values[layer] = self.values[layer].index_select(2, columns)
             self.key_valid[layer] = self.key_valid[layer].index_select(1, columns)
-            self.visual_offset[layer] = width
         self.length = len(kept)
         self.capacity = self.length + room
 
     @staticmethod
     def concat(caches: list[VisorCache]) -> VisorCache:
-        """The rows of ``caches`` in one cache: per layer the visual part is padded to the widest, each cache's
-        text entries keep their slots and are followed by invalid ones up to the longest ``length``, and the
-        room left is the largest any cache had."""
+        """The rows of ``caches`` in one cache: each cache's text entries keep their slots and are followed by
+        invalid ones up to the longest ``length``, the room left is the largest any cache had, and the visual
+        parts are kept (those of equal width merged)."""
         if len(caches) == 1:
             return caches[0]
         first = caches[0]
         length = max(c.length for c in caches)
         out = VisorCache(first.num_layers, length, max(c.capacity - c.length for c in caches))
+        offsets = [0]
+        for c in caches:
+            offsets.append(offsets[-1] + c.batch_size)
         for layer in range(first.num_layers):
-            offset = max(c.visual_offset[layer] for c in caches)
-            parts = [_pad_layer(c, layer, offset, out.capacity) for c in caches]
+            parts = [_pad_text(c, layer, out.capacity) for c in caches]
             out.keys[layer], out.values[layer], out.key_valid[layer] = (torch.cat(t) for t in zip(*parts, strict=True))
-            out.visual_offset[layer] = offset
-            gated = [c.gated[layer] for c in caches]
-            if any(g is not None for g in gated):
-                out.gated[layer] = _concat_gated(gated, [c.batch_size for c in caches])
+            for kind in ("visual", "gated"):
+                shifted = [p for c, offset in zip(caches, offsets, strict=False)
+                           for p in _shifted(getattr(c, kind)[layer], offset)]
+                getattr(out, kind)[layer] = _merge_equal_widths(shifted)
         return out
 
     def num_entries(self) -> torch.LongTensor:
-        """Real K/V entries per sample ``[B]`` (text + visual, all layers, both attention kinds)."""
-        total = None
-        for layer in range(self.num_layers):
-            count = self.key_valid[layer][:, : self.visual_offset[layer] + self.length].sum(1)
-            if self.gated[layer] is not None:
-                count = count + self.gated[layer][2].sum(1)
-            total = count if total is None else total + count
-        return total
+        """Real K/V entries per row ``[B]`` (text + visual, all layers, both attention kinds)."""
+        total = sum(valid[:, : self.length].sum(1) for valid in self.key_valid)
+        return total + self.num_visual_entries()
 
     def num_visual_entries(self) -> torch.LongTensor:
-        """Visual K/V entries per sample ``[B]``."""
-        total = torch.zeros_like(self.key_valid[0][:, 0], dtype=torch.long)
-        for layer in range(self.num_layers):
-            total = total + self.key_valid[layer][:, : self.visual_offset[layer]].sum(1)
-            if self.gated[layer] is not None:
-                total = total + self.gated[layer][2].sum(1)
+        """Visual K/V entries per row ``[B]``."""
+        total = torch.zeros(self.batch_size, dtype=torch.long, device=self.key_valid[0].device)
+        for part in (p for parts in self.visual + self.gated for p in parts):
+            total = total.index_add(0, part.index, torch.full_like(part.index, part.width))
         return total
 
     def nbytes(self) -> int:
         """Bytes held by the cache tensors (preallocated text capacity included)."""
-        size = sum(t.numel() * t.element_size() for t in self.keys + self.values if t is not None)
-        return size + sum(k.numel() * k.element_size() * 2 for k, _, _ in filter(None, self.gated))
+        text = sum(t.numel() * t.element_size() for t in self.keys + self.values if t is not None)
+        return text + sum(p.nbytes() for parts in self.visual + self.gated for p in parts)
 
 
-def _pad_layer(cache: VisorCache, layer: int, offset: int, capacity: int) -> tuple[torch.Tensor, ...]:
-    """``cache``'s layer as ``(keys, values, valid)`` with ``offset`` visual slots and ``capacity`` text slots."""
+def _select_parts(parts: list[VisualPart], chosen: dict[int, int]) -> list[VisualPart]:
+    """The parts' rows that are in ``chosen`` (old row -> new row), renumbered; parts left with no row dropped."""
+    out = []
+    for part in parts:
+        local = [i for i, row in enumerate(part.rows) if row in chosen]
+        if not local:
+            continue
+        rows = tuple(chosen[part.rows[i]] for i in local)
+        if len(local) == len(part.rows):
+            keys, values = part.keys, part.values
+        else:
+            pick = torch.tensor(local, device=part.keys.device)
+            keys, values = part.keys.index_select(0, pick), part.values.index_select(0, pick)
+        out.append(VisualPart(rows, torch.tensor(rows, device=part.keys.device), keys, values))
+    return out
+
+
+def _pad_text(cache: VisorCache, layer: int, capacity: int) -> tuple[torch.Tensor, ...]:
+    """``cache``'s text part at ``layer`` as ``(keys, values, valid)`` with ``capacity`` slots: its ``length``
+    entries first, every later slot invalid."""
     keys, values, valid = cache.keys[layer], cache.values[layer], cache.key_valid[layer]
-    own, length = cache.visual_offset[layer], cache.length
+    own = cache.length
     batch, heads, _, dim = keys.shape
-    new_keys = keys.new_zeros(batch, heads, offset + capacity, dim)
-    new_values = values.new_zeros(batch, heads, offset + capacity, dim)
-    new_valid = valid.new_zeros(batch, offset + capacity)
-    for target, source in ((new_keys, keys), (new_values, values)):
-        target[:, :, :own] = source[:, :, :own]
-        target[:, :, offset : offset + length] = source[:, :, own : own + length]
+    new_keys = keys.new_zeros(batch, heads, capacity, dim)
+    new_values = values.new_zeros(batch, heads, capacity, dim)
+    new_valid = valid.new_zeros(batch, capacity)
+    new_keys[:, :, :own], new_values[:, :, :own] = keys[:, :, :own], values[:, :, :own]
     new_valid[:, :own] = valid[:, :own]
-    new_valid[:, offset : offset + length] = valid[:, own : own + length]
     return new_keys, new_values, new_valid
-
-
-def _concat_gated(parts: list[tuple[torch.Tensor, ...] | None], sizes: list[int]) -> tuple[torch.Tensor, ...]:
-    """Gated-sublayer ``(k, v, valid)`` of several caches in one, visual slots padded (None: no valid slot)."""
-    template = next(p for p in parts if p is not None)
-    width = max(p[0].shape[2] for p in parts if p is not None)
-    heads, dim = template[0].shape[1], template[0].shape[3]
-    keys, values, valid = [], [], []
-    for part, batch in zip(parts, sizes, strict=True):
-        k = template[0].new_zeros(batch, heads, width, dim)
-        v = template[1].new_zeros(batch, heads, width, dim)
-        ok = template[2].new_zeros(batch, width)
-        if part is not None:
-            n = part[0].shape[2]
-            k[:, :, :n], v[:, :, :n], ok[:, :n] = part
-        keys.append(k)
-        values.append(v)
-        valid.append(ok)
-    return torch.cat(keys), torch.cat(values), torch.cat(valid)
 
 
 @dataclass

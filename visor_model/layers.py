@@ -89,6 +89,49 @@ def attention(
     return out.transpose(1, 2).flatten(2)
 
 
+def attention_over_parts(
+    q: torch.Tensor, text: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None, parts: list, scale: float
+) -> torch.Tensor:
+    """One query per row ``q [B, H, 1, d]`` over keys held in pieces: ``text = (K, V, valid)`` over every row
+    (``[B, Hkv, m, d]``, ``valid [B, m]``; or None) and visual parts (:class:`~visor_model.cache.VisualPart`:
+    rows ``index``, ``keys``/``values`` ``[b, Hkv, n, d]``, all valid). Each piece is attended on its own and
+    the pieces are merged by their log-sum-exp — exactly one softmax over all of a row's keys, without
+    concatenating them. A row with no key gets zeros. Returns ``[B, 1, H*d]``.
+
+    The ``g`` query heads of a K/V head are folded (``[B, Hkv, g, d]``), so grouped K/V are read once; the
+    scores and the running sums are float32.
+    """
+    batch, heads, _, dim = q.shape
+    kv_heads = (text[0] if text is not None else parts[0].keys).shape[1]
+    folded = q.reshape(batch, kv_heads, heads // kv_heads, dim).float()
+    best = folded.new_full((batch, kv_heads, heads // kv_heads, 1), float("-inf"))
+    total = torch.zeros_like(best)
+    acc: torch.Tensor | None = None
+    pieces = ([(None, text[0], text[1], text[2])] if text is not None else []) + [
+        (p.index, p.keys, p.values, None) for p in parts
+    ]
+    for rows, keys, values, valid in pieces:
+        query = folded if rows is None else folded.index_select(0, rows)
+        scores = torch.matmul(query, keys.float().transpose(-1, -2)) * scale  # [b, Hkv, g, n]
+        if valid is not None:
+            scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
+        if acc is None:
+            acc = folded.new_zeros(batch, kv_heads, heads // kv_heads, values.shape[-1])
+        old = (best, total, acc) if rows is None else tuple(t.index_select(0, rows) for t in (best, total, acc))
+        new_best = torch.maximum(old[0], scores.amax(-1, keepdim=True))
+        shift = new_best.masked_fill(new_best == float("-inf"), 0.0)
+        weights = torch.exp(scores - shift)
+        keep = torch.exp(old[0] - shift)
+        new = (new_best, old[1] * keep + weights.sum(-1, keepdim=True),
+               old[2] * keep + torch.matmul(weights, values.float()))
+        if rows is None:
+            best, total, acc = new
+        else:
+            best, total, acc = (t.index_copy(0, rows, n) for t, n in zip((best, total, acc), new, strict=True))
+    out = acc / total.clamp(min=torch.finfo(total.dtype).tiny)  # zero where no key: acc is 0 there
+    return out.to(q.dtype).reshape(batch, heads, -1).unsqueeze(1).flatten(2)
+
+
 def attention_or_zero(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.BoolTensor, scale: float
 ) -> torch.Tensor:

@@ -34,9 +34,17 @@ from transformers.models.llava_onevision.modeling_llava_onevision import (
 
 from .anyres import packing_view
 from .attention_layout import AttentionLayout, RowSet
-from .cache import DecodeState, VisorCache
+from .cache import DecodeState, VisorCache, split_visual
 from .config import VisorConfig
-from .layers import CAUSAL, GatedCrossAttention, attention_or_zero, finish, layer_attend, project, project_visual_kv
+from .layers import (
+    CAUSAL,
+    GatedCrossAttention,
+    attention_over_parts,
+    finish,
+    layer_attend,
+    project,
+    project_visual_kv,
+)
 from .plan import LayerPlan
 from .policy import BudgetPolicy, choose_budget, last_valid_index
 from .streams import Streams, scatter_visual, split_streams
@@ -272,6 +280,7 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
         table = [[MODE_CODES[m] for m in plan.run_modes(b)] for b in range(plan.num_budgets)]
         host = [0] * batch if budgets is None else self._host_budgets(budgets)  # before the policy: budget 0's
         groups = _RowGroups(device)
+        cache_widths = None if cache is None else streams.num_visual.tolist()  # once per batch, for the cache
         policy_logits = policy_features = None
         for layer_idx, layer in enumerate(self.language_model.layers):
             if budgets is None and layer_idx == plan.policy_layer:
@@ -283,7 +292,7 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
                 budgets = choose_budget(policy_logits, self.config.policy_tau if tau is None else tau)
                 host = self._host_budgets(budgets)
             codes = groups.split([table[b][layer_idx] for b in host])
-            h_t, h_v = self._run_layer(layer_idx, layer, codes, h_t, h_v, layout, cache)
+            h_t, h_v = self._run_layer(layer_idx, layer, codes, h_t, h_v, layout, cache, cache_widths)
         if budgets is None:  # "auto" with a plan whose policy layer is past the end (no budget-dependent layer)
             budgets = torch.zeros(batch, dtype=torch.long, device=device)
         return _Prefill(self.language_model.norm(h_t), streams, budgets, policy_logits, policy_features)
@@ -297,9 +306,11 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
         h_v: torch.Tensor,
         layout: AttentionLayout,
         cache: VisorCache | None,
+        cache_widths: list[int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run one decoder layer, each group of rows in its run mode (``codes``: ``(mode code, rows)``, rows
-        None for the whole batch, from :class:`_RowGroups`); fill ``cache`` if given.
+        None for the whole batch, from :class:`_RowGroups`); fill ``cache`` if given (``cache_widths``: each
+        row's visual token count, on the host, to store visual K/V without padding).
 
         A group covering the whole batch runs on the tensors as they are, otherwise on row subsets that
         are then merged. Nothing here copies from the device to the host.
@@ -307,8 +318,6 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
         batch = h_t.shape[0]
         new_t, new_v = h_t, h_v  # groups are merged with out-of-place index_copy
         k_t_all = v_t_all = None
-        self_kv: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        gated_kv: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         for code, row_set in codes:
             rows = None if row_set is None else row_set.index
             pick = (lambda t: t) if rows is None else (lambda t, r=rows: t.index_select(0, r))
@@ -333,13 +342,12 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
                 v_t_all.index_copy_(0, index, v_t)
                 if visual is not None:
                     kind, k_v, v_v = visual
-                    (gated_kv if kind == "gated" else self_kv).append((index, k_v, v_v))
+                    members = tuple(range(batch)) if row_set is None else row_set.key
+                    (cache.gated if kind == "gated" else cache.visual)[layer_idx].extend(
+                        split_visual(members, k_v, v_v, cache_widths)
+                    )
         if cache is not None:
-            valid_v = layout.streams.visual_valid
-            cache.write_prefill(
-                layer_idx, (k_t_all, v_t_all), layout.streams.text_valid, _merge_rows(self_kv, valid_v)
-            )
-            cache.gated[layer_idx] = _merge_rows(gated_kv, valid_v)
+            cache.write_prefill(layer_idx, (k_t_all, v_t_all), layout.streams.text_valid)
         return new_t, new_v
 
     def _mode_t(self, layer_idx: int, layer: nn.Module, h_t, h_v, layout: AttentionLayout):
@@ -578,14 +586,14 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
         hidden = self.get_input_embeddings()(token[:, None])
         pos_emb = self.language_model.rotary_emb(hidden, pos[:, None])
         for layer_idx, layer in enumerate(self.language_model.layers):
-            if cache.gated[layer_idx] is not None:
-                k_g, v_g, valid_g = cache.gated[layer_idx]
+            if cache.gated[layer_idx]:
                 gated = self.gated[str(layer_idx)]
-                attended = attention_or_zero(gated.query(hidden), k_g, v_g, valid_g[:, None, None, :], gated.scaling)
+                attended = attention_over_parts(gated.query(hidden), None, cache.gated[layer_idx], gated.scaling)
                 hidden = gated.update(hidden, attended)
             q, k, v = project(layer, hidden, pos_emb)
-            keys, values, valid = cache.append(layer_idx, k, v)
-            hidden = finish(layer, hidden, layer_attend(layer)(q, keys, values, valid[:, None, None, :]))
+            text = cache.append(layer_idx, k, v)
+            attended = attention_over_parts(q, text, cache.visual[layer_idx], layer.self_attn.scaling)
+            hidden = finish(layer, hidden, attended)
         cache.advance()
         return self.lm_head(self.language_model.norm(hidden))[:, 0]
 
@@ -699,26 +707,6 @@ def _prompt_slots(streams: Streams, labels: torch.LongTensor) -> torch.BoolTenso
     columns = torch.arange(labels.shape[1], device=labels.device)
     first = torch.where(labels != -100, columns, labels.shape[1]).amin(1, keepdim=True)
     return streams.text_valid & (streams.text_index < first)
-
-
-def _merge_rows(
-    parts: list[tuple[torch.LongTensor, torch.Tensor, torch.Tensor]], visual_valid: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """Merge per-group visual K/V ``(rows, k, v)`` into batch tensors with a per-sample valid mask."""
-    if not parts:
-        return None
-    _, k0, v0 = parts[0]
-    batch = visual_valid.shape[0]
-    if len(parts) == 1 and parts[0][1].shape[0] == batch:
-        return k0, v0, visual_valid
-    keys = k0.new_zeros(batch, *k0.shape[1:])
-    values = v0.new_zeros(batch, *v0.shape[1:])
-    used = torch.zeros(batch, dtype=torch.bool, device=visual_valid.device)
-    for rows, k, v in parts:
-        keys.index_copy_(0, rows, k)
-        values.index_copy_(0, rows, v)
-        used[rows] = True
-    return keys, values, visual_valid & used[:, None]
 
 
 def next_token(

@@ -85,9 +85,12 @@ infra_app = typer.Typer(help="Cluster manifests (KubeRay, MLflow server, schedul
                         no_args_is_help=True)
 
 
+VALUES = typer.Option(Path("infra/values.yaml"), exists=True, dir_okay=False, help="Values file.")
+
+
 @infra_app.command()
 def render(
-    values: Path = typer.Option(Path("infra/values.yaml"), exists=True, dir_okay=False, help="Values file."),
+    values: Path = VALUES,
     out: Path = typer.Option(Path("infra/rendered"), help="Directory for the manifests."),
 ) -> None:
     """Render every manifest from the values file (namespace, image, bucket and URIs set in one place)."""
@@ -96,3 +99,42 @@ def render(
 
     for path in render_manifests(load(Values, values, param_hint="--values"), out):
         typer.echo(f"wrote {path}")
+
+
+@infra_app.command()
+def check(
+    values: Path = VALUES,
+    rendered: Path | None = typer.Option(None, exists=True, file_okay=False, help="Check the manifests in this "
+                                         "directory (*.yaml) instead of rendering the values file."),
+) -> None:
+    """Check the manifests as the API server and an operator would: every RayCluster/RayJob/RayService against
+    KubeRay's CRD schemas (strict: unknown fields refused), and every job's command, config, paths and CPUs.
+    Exit code 1 and one line per problem, naming the object and the field."""
+    import yaml
+
+    from jobs.cluster.infra import Values, check_manifests, manifests
+
+    if rendered is not None:
+        files = {p.name: [d for d in yaml.safe_load_all(p.read_text()) if d] for p in sorted(rendered.glob("*.yaml"))}
+    else:
+        files = manifests(load(Values, values, param_hint="--values"))
+    problems = check_manifests(files)
+    for problem in problems:
+        typer.echo(problem, err=True)
+    if problems:
+        raise typer.Exit(1)
+    count = sum(len(documents) for documents in files.values())
+    typer.echo(f"{count} objects: KubeRay schemas (strict) and every job's command, config, paths and CPUs: ok")
+
+
+@infra_app.command()
+def crds(
+    source: Path = typer.Option(None, help="KubeRay's CRD files (ray.io_rayclusters.yaml, ray.io_rayjobs.yaml, "
+                                "ray.io_rayservices.yaml; default: ../shared/kuberay-crds beside the checkout)."),
+    out: Path = typer.Option(None, help="Where to write the derived schema (default: the committed "
+                             "jobs/cluster/crds/kuberay-v1.7.0.json)."),
+) -> None:
+    """Derive the committed KubeRay schema (description-free, shared subtrees) from KubeRay's CRD files."""
+    from jobs.cluster import crds as kuberay
+
+    typer.echo(f"wrote {kuberay.write(source or kuberay.DEFAULT_SOURCE, out or kuberay.SCHEMA_FILE)}")

@@ -21,12 +21,14 @@ setting it shares with a job has the job's name (``serve.reloadPollSeconds`` is 
 
 from __future__ import annotations
 
+import copy
+import json
 import shlex
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from jobs.config import Section, field_of
@@ -41,22 +43,48 @@ class _Values(Section):
 
 
 class Resources(_Values):
+    """One pod's container resources (Kubernetes quantities; Ray advertises the CPU and GPU limits)."""
+
     cpu: str
     memory: str
-    gpus: int = 0
+    gpus: int = Field(0, ge=0)
+
+
+class WorkerGroup(Resources):
+    """The autoscaled GPU worker group. ``data_cpus`` of each pod's CPUs are left to Ray Data (read, validate,
+    tile): every training job is rendered with ``scaling.cpus_per_worker = (cpu - dataCpus) / gpus``.
+    ``pod_spec``: more fields of the worker pods' spec (``nodeSelector``, ``tolerations`` …), checked against the
+    KubeRay schema like everything else."""
+
     min_replicas: int = Field(0, ge=0)
     max_replicas: int = Field(1, ge=0)
+    data_cpus: float = Field(2, ge=0)
+    pod_spec: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _room_for_training(self) -> WorkerGroup:
+        if cpu_count(self.cpu) <= self.data_cpus:
+            raise ValueError(f"dataCpus ({self.data_cpus:g}) leaves no CPU of cpu ({self.cpu}) to training")
+        return self
+
+    def cpus_per_worker(self) -> float:
+        """CPUs each training worker reserves: the pod's CPUs less ``data_cpus``, shared by its GPUs."""
+        return (cpu_count(self.cpu) - self.data_cpus) / max(self.gpus, 1)
 
 
 class ClusterValues(_Values):
     name: str
     head: Resources
-    gpu_workers: Resources
+    gpu_workers: WorkerGroup
     auth_mode: str = "disabled"  # KubeRay authOptions.mode (the in-cluster CronJob submits without a token)
 
 
 class StorageValues(_Values):
+    """The bucket of checkpoints (``s3://<bucket>/<runsPrefix>``: ``run.storage_path`` of every training run) and
+    MLflow artifacts, and how pods reach it."""
+
     bucket: str
+    runs_prefix: str = "runs"
     endpoint_url: str = ""
     region: str = "us-east-1"
     credentials_secret: str
@@ -69,32 +97,48 @@ class MlflowValues(_Values):
     artifacts_prefix: str = "mlflow-artifacts"
 
 
+class ModelValues(_Values):
+    """Where training starts from (``model.path`` of every training job): ``s3://…``, a registry URI, or a path on
+    one of ``volumes``; None keeps the training config's own."""
+
+    path: str | None = None
+
+
+class VolumeValues(_Values):
+    """A volume every Ray pod mounts at ``mount_path``; ``source`` is its Kubernetes volume source, e.g.
+    ``{persistentVolumeClaim: {claimName: visor-models}}``."""
+
+    name: str
+    mount_path: str = Field(pattern=r"^/")
+    read_only: bool = True
+    source: dict[str, Any] = Field(min_length=1, max_length=1)
+
+
+class DataValues(_Values):
+    """The shard specs of each data split, used by every job that reads the split."""
+
+    train: list[str] = Field(min_length=1)
+    policy: list[str] = Field(min_length=1)
+    eval: list[str] = Field(min_length=1)
+
+
 class TrainValues(_Values):
     config: str
     overrides: list[str] = []
 
 
 class PolicyValues(_Values):
-    data: str
     model: str = f"models:/{REGISTERED_MODEL}@challenger"
 
 
-class RetrainPolicyValues(_Values):
-    data: list[str]
-
-
 class RetrainValues(_Values):
-    """The nightly retrain: its schedule, where its config is mounted, and that config's fields
-    (:class:`jobs.registry.config.RetrainConfig`, written into a ConfigMap)."""
+    """The nightly retrain: its schedule, where its config is mounted (from a ConfigMap), and that config's
+    training config (:class:`jobs.registry.config.RetrainConfig`); its data comes from ``data``."""
 
-    renamed = {"policyData": "policy.data"}
-
-    config: str = "/config/retrain.yaml"
+    config: str = Field("/config/retrain.yaml", pattern=r"^/.*[^/]$")
     schedule: str
     train_config: str = "llava-ov-0.5b"
     train_overrides: list[str] = []
-    policy: RetrainPolicyValues
-    eval_data: list[str]
 
 
 class ServeValues(_Values):
@@ -108,6 +152,10 @@ class ServeValues(_Values):
     token_secret: str | None = None
 
 
+MOVED = {("policy", "data"): "data.policy", ("retrain", "policy"): "data.policy",
+         ("retrain", "policyData"): "data.policy", ("retrain", "evalData"): "data.eval"}
+
+
 class Values(_Values):
     namespace: str
     image: str
@@ -115,12 +163,34 @@ class Values(_Values):
     ray_version: str = "2.60.0"
     cluster: ClusterValues
     storage: StorageValues
+    model: ModelValues = ModelValues()
+    volumes: list[VolumeValues] = []
+    data: DataValues
     mlflow: MlflowValues
     train: TrainValues
-    policy: PolicyValues
+    policy: PolicyValues = PolicyValues()
     retrain: RetrainValues
     serve: ServeValues
     job_ttl_seconds: int = 86400
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        """The data keys of earlier values files name their new place (not moved silently: the train-policy job's
+        and the retrain's policy data were two keys that selected different shards)."""
+        for (section, key), new in MOVED.items():
+            if isinstance(data, dict) and isinstance(data.get(section), dict) and key in data[section]:
+                raise ValueError(f"{section}.{key} moved to {new} (one key per data split, used by every job)")
+        return data
+
+
+def cpu_count(quantity: str) -> float:
+    """CPUs of a Kubernetes CPU quantity: ``"8"``, ``"7.5"``, ``"7500m"``."""
+    text = str(quantity).strip()
+    try:
+        return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+    except ValueError:
+        raise ValueError(f"{quantity!r} is not a CPU quantity (e.g. 8, 7.5, 7500m)") from None
 
 
 # ------------------------------------------------------------------------------------------------ pieces
@@ -153,22 +223,39 @@ def _container(values: Values, name: str, resources: Resources | None = None, **
     return {**container, **extra}
 
 
-def _ray_cluster_spec(values: Values) -> dict:
+def _volumes(every: list[VolumeValues]) -> tuple[list[dict], list[dict]]:
+    """``(pod volumes, container volumeMounts)`` of ``every``."""
+    return ([{"name": v.name, **v.source} for v in every],
+            [{"name": v.name, "mountPath": v.mount_path, "readOnly": v.read_only} for v in every])
+
+
+def _pod(container: dict, volumes: tuple[list[dict], list[dict]], **spec: Any) -> dict:
+    """A pod template of one container that mounts ``volumes`` (``(pod volumes, volumeMounts)``)."""
+    pod_volumes, mounts = copy.deepcopy(volumes)  # each pod its own lists (no YAML anchors, no shared edits)
+    if mounts:
+        container = {**container, "volumeMounts": mounts}
+    return {"spec": {"containers": [container], **({"volumes": pod_volumes} if pod_volumes else {}), **spec}}
+
+
+def _ray_cluster_spec(values: Values, extra_volumes: tuple[VolumeValues, ...] = ()) -> dict:
+    """A KubeRay cluster: a head that runs drivers only (``num-cpus: 0``) and the GPU worker group; every pod
+    mounts ``values.volumes`` and ``extra_volumes``."""
     workers = values.cluster.gpu_workers
+    volumes = _volumes([*values.volumes, *extra_volumes])
     return {
         "rayVersion": values.ray_version,
         "enableInTreeAutoscaling": True,
         "authOptions": {"mode": values.cluster.auth_mode},
         "headGroupSpec": {
             "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
-            "template": {"spec": {"containers": [_container(values, "ray-head", values.cluster.head, ports=[
+            "template": _pod(_container(values, "ray-head", values.cluster.head, ports=[
                 {"containerPort": 6379, "name": "gcs"}, {"containerPort": 8265, "name": "dashboard"},
-                {"containerPort": 8000, "name": "serve"}])]}},
+                {"containerPort": 8000, "name": "serve"}]), volumes),
         },
         "workerGroupSpecs": [{
             "groupName": "gpu", "replicas": workers.min_replicas, "minReplicas": workers.min_replicas,
             "maxReplicas": workers.max_replicas, "rayStartParams": {},
-            "template": {"spec": {"containers": [_container(values, "ray-worker", workers)]}},
+            "template": _pod(_container(values, "ray-worker", workers), volumes, **workers.pod_spec),
         }],
     }
 
@@ -181,14 +268,38 @@ def _sets(overrides: list[str]) -> list[str]:
     return [item for override in overrides for item in ("--set", override)]
 
 
-def _ray_job(values: Values, name: str, entrypoint: str) -> dict:
+def _ray_job(values: Values, name: str, entrypoint: str, extra_volumes: tuple[VolumeValues, ...] = ()) -> dict:
+    """A RayJob on its own cluster. ``ttlSecondsAfterFinished`` deletes that cluster after the job ends; the RayJob
+    object itself stays until deleted (``kubectl delete rayjob``)."""
     return {
         "apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": _meta(values, name, **{"visor/job": name}),
         "spec": {
             "entrypoint": entrypoint, "submissionMode": "K8sJobMode", "shutdownAfterJobFinishes": True,
-            "ttlSecondsAfterFinished": values.job_ttl_seconds, "rayClusterSpec": _ray_cluster_spec(values),
+            "ttlSecondsAfterFinished": values.job_ttl_seconds,
+            "rayClusterSpec": _ray_cluster_spec(values, extra_volumes),
         },
     }
+
+
+def training_overrides(values: Values) -> list[str]:
+    """The ``--set`` items every training job gets from the values, before its own overrides: the model it starts
+    from, the training split, where checkpoints go, and the CPUs a training worker takes (the rest of each GPU pod's
+    CPUs are Ray Data's)."""
+    sets = [f"data.train={json.dumps(values.data.train)}",
+            f"run.storage_path=s3://{values.storage.bucket}/{values.storage.runs_prefix}",
+            f"scaling.cpus_per_worker={values.cluster.gpu_workers.cpus_per_worker():g}"]
+    return ([f"model.path={values.model.path}"] if values.model.path else []) + sets
+
+
+CONFIG_VOLUME = "config"
+RETRAIN_CONFIGMAP = "visor-retrain"
+
+
+def _retrain_config_volume(values: Values) -> VolumeValues:
+    """The retrain ConfigMap, mounted so that its one key is the file ``retrain.config``."""
+    path = Path(values.retrain.config)
+    return VolumeValues(name=CONFIG_VOLUME, mount_path=str(path.parent), source={"configMap": {
+        "name": RETRAIN_CONFIGMAP, "items": [{"key": path.name, "path": path.name}]}})
 
 
 def manifests(values: Values) -> dict[str, list[dict]]:
@@ -197,14 +308,16 @@ def manifests(values: Values) -> dict[str, list[dict]]:
     serve_args = {"model": values.serve.model, "tracking_uri": _tracking_uri(values),
                   "replicas": values.serve.replicas, "max_batch_size": values.serve.max_batch_size,
                   "max_ongoing_requests": 4 * values.serve.max_batch_size,
-                  "reload_poll_seconds": values.serve.reload_poll_seconds, "host": "0.0.0.0"}
-    serve_config = {"applications": [{"name": "visor", "route_prefix": "/",
+                  "reload_poll_seconds": values.serve.reload_poll_seconds}
+    serve_config = {"http_options": {"host": "0.0.0.0", "port": 8000},  # the head's "serve" port
+                    "applications": [{"name": "visor", "route_prefix": "/",
                                       "import_path": "jobs.serving.serve:app_builder", "args": serve_args}]}
     retrain_config = {
-        "train_config": values.retrain.train_config, "train_overrides": values.retrain.train_overrides,
-        "policy": {"data": values.retrain.policy.data}, "eval_data": values.retrain.eval_data,
-        "lock_dir": "/tmp/visor-locks",
+        "train_config": values.retrain.train_config,
+        "train_overrides": training_overrides(values) + values.retrain.train_overrides,
+        "policy": {"data": values.data.policy}, "eval_data": values.data.eval, "lock_dir": "/tmp/visor-locks",
     }
+    config_volume = _retrain_config_volume(values)
     ray_service_head = _ray_cluster_spec(values)
     if values.serve.token_secret:
         for group in [ray_service_head["headGroupSpec"], *ray_service_head["workerGroupSpecs"]]:
@@ -216,6 +329,7 @@ def manifests(values: Values) -> dict[str, list[dict]]:
     if values.storage.endpoint_url:
         mlflow_env.append({"name": "MLFLOW_S3_ENDPOINT_URL", "value": values.storage.endpoint_url})
     mlflow_labels = {"app.kubernetes.io/name": values.mlflow.name}
+    policy_data = [item for spec in values.data.policy for item in ("--data", spec)]
     return {
         "namespace.yaml": [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": values.namespace}}],
         "secrets.example.yaml": [
@@ -229,37 +343,35 @@ def manifests(values: Values) -> dict[str, list[dict]]:
         "raycluster.yaml": [{"apiVersion": "ray.io/v1", "kind": "RayCluster",
                              "metadata": _meta(values, values.cluster.name), "spec": _ray_cluster_spec(values)}],
         "rayjob-train.yaml": [_ray_job(values, "visor-train", _shell(
-            "visor", "train", "--config", values.train.config, *_sets(values.train.overrides)))],
+            "visor", "train", "--config", values.train.config,
+            *_sets(training_overrides(values) + values.train.overrides)))],
         "rayjob-train-policy.yaml": [_ray_job(values, "visor-train-policy", _shell(
-            "visor", "train-policy", "--model", values.policy.model, "--data", values.policy.data))],
+            "visor", "train-policy", "--model", values.policy.model, *policy_data))],
         "rayjob-retrain.yaml": [_ray_job(values, "visor-retrain", _shell(
-            "visor", "retrain", "--config", values.retrain.config))],
+            "visor", "retrain", "--config", values.retrain.config), extra_volumes=(config_volume,))],
         "rayservice.yaml": [{
             "apiVersion": "ray.io/v1", "kind": "RayService", "metadata": _meta(values, "visor-serve"),
             "spec": {"serveConfigV2": yaml.safe_dump(serve_config, sort_keys=False),
                      "rayClusterConfig": ray_service_head},
         }],
-        "retrain-config.yaml": [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(values, "visor-retrain"),
-                                 "data": {"retrain.yaml": yaml.safe_dump(retrain_config, sort_keys=False)}}],
+        "retrain-config.yaml": [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(values, RETRAIN_CONFIGMAP),
+                                 "data": {Path(values.retrain.config).name: yaml.safe_dump(retrain_config,
+                                                                                           sort_keys=False)}}],
         "cronjob-retrain.yaml": [{
             "apiVersion": "batch/v1", "kind": "CronJob", "metadata": _meta(values, "visor-retrain-nightly"),
             "spec": {
                 "schedule": values.retrain.schedule, "concurrencyPolicy": "Forbid", "startingDeadlineSeconds": 3600,
                 "successfulJobsHistoryLimit": 3, "failedJobsHistoryLimit": 3,
-                "jobTemplate": {"spec": {"backoffLimit": 0, "template": {"spec": {
-                    "restartPolicy": "Never",
-                    "containers": [_container(values, "submit-retrain", command=[
-                        "visor", "submit", "retrain", "--address", cluster_address, "--config",
-                        values.retrain.config, "--wait"],
-                        volumeMounts=[{"name": "config", "mountPath": str(Path(values.retrain.config).parent)}])],
-                    "volumes": [{"name": "config", "configMap": {"name": "visor-retrain"}}],
-                }}}},
+                "jobTemplate": {"spec": {"backoffLimit": 0, "template": _pod(_container(
+                    values, "submit-retrain", command=["visor", "submit", "retrain", "--address", cluster_address,
+                                                       "--config", values.retrain.config, "--wait"]),
+                    _volumes([config_volume]), restartPolicy="Never")}},
             },
         }],
         "mlflow.yaml": [
             {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(values, values.mlflow.name),
              "spec": {"replicas": 1, "selector": {"matchLabels": mlflow_labels}, "template": {
-                 "metadata": {"labels": mlflow_labels},
+                 "metadata": {"labels": dict(mlflow_labels)},
                  "spec": {"containers": [{
                      "name": "mlflow", "image": values.image, "imagePullPolicy": values.image_pull_policy,
                      "command": ["sh", "-c", _shell(
@@ -285,3 +397,14 @@ def render(values: Values, out: str | Path) -> list[Path]:
                         + yaml.safe_dump_all(documents, sort_keys=False))
         paths.append(path)
     return paths
+
+
+def check_manifests(files: dict[str, list[dict]]) -> list[str]:
+    """Every problem of the manifests ``files`` (file name → documents), one line each naming the object and the
+    field: the KubeRay objects against KubeRay's CRD schemas, strictly (:mod:`jobs.cluster.kube_schema`), then
+    every job they declare (:mod:`jobs.cluster.job_check`). Empty when all pass."""
+    from jobs.cluster.job_check import RAY_KINDS, job_errors
+    from jobs.cluster.kube_schema import crd_errors
+
+    documents = [d for docs in files.values() for d in docs]
+    return [e for d in documents if d.get("kind") in RAY_KINDS for e in crd_errors(d)] + job_errors(files)

@@ -6,6 +6,7 @@ a version); ``model_format`` is how a VISOR model is logged to and loaded from M
 the ``champion`` alias (``visor promote``); ``retrain`` runs train → policy → evaluate → promote when
 the data changed (``visor retrain``); ``config`` holds ``PromotionRule`` and ``RetrainConfig``.
 ``tracking``, ``model_format`` and ``promote`` import only ``jobs.config``, ``jobs.sections``, MLflow
-and ``visor_model`` — every other job package builds on them; ``retrain`` alone drives the other
+and ``visor_model`` (``model_format`` also ``jobs.inputs``, the request checks it shares with the
+endpoint) — every other job package builds on them; ``retrain`` alone drives the other
 packages (``jobs.train``, ``jobs.evaluation``).
 """

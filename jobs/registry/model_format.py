@@ -8,9 +8,15 @@ nothing pickled) with an explicit signature, and whose code (``visor_model``, an
 needs only the URI:
 
 * ``mlflow.pyfunc.load_model("models:/visor@champion").predict(df)`` — rows of
-  ``question`` (str), ``image`` (base64-encoded PNG/JPEG, ``""`` for none),
-  ``budget`` (``"auto"`` or an integer as a string) and ``max_new_tokens`` →
-  ``answer``, ``budget``, ``flops`` (total), ``language_flops``, ``visual_tokens``;
+  ``question`` (str, required), ``image`` (an image as a ``data:`` URL or bare base64; ``""``, null
+  or no column for none), ``budget`` (``"auto"``, the default, or an integer, or an integer as a
+  string) and ``max_new_tokens`` (default 16) → ``answer``, ``budget``, ``flops`` (total),
+  ``language_flops``, ``visual_tokens``. Every row is checked like a request to the endpoint
+  (:mod:`jobs.inputs`: the same :class:`~jobs.inputs.Limits` defaults, the same messages) before
+  any row runs: ``max_new_tokens`` at most 512, the text at most 200,000 characters, the image's
+  bytes and pixels, the prompt plus ``max_new_tokens`` within the model's context; a refused row
+  raises ``MlflowException`` (``INVALID_PARAMETER_VALUE``: 400 from ``mlflow models serve``) naming
+  the row and the column;
 * :func:`load_visor` — the ``VisorForConditionalGeneration`` and ``VisorProcessor``
   themselves (what serving and evaluation use).
 
@@ -36,7 +42,7 @@ if TYPE_CHECKING:
     from visor_model.processing import VisorProcessor
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
-CODE_PATHS = [str(PACKAGE_ROOT / "visor_model"), str(PACKAGE_ROOT / "jobs")]
+CODE_PATHS = [str(PACKAGE_ROOT / name) for name in ("visor_model", "jobs", "pipelines")]  # jobs.inputs: pipelines
 MODEL_ARTIFACT = "model"
 sys.modules.setdefault("pipelines.packaging", sys.modules[__name__])  # the class path of older logged models
 
@@ -59,22 +65,15 @@ class VisorPyfunc(mlflow.pyfunc.PythonModel):
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         import torch
-        from PIL import Image
 
         from visor_model import flops
 
+        rows = [self._checked(index, row) for index, row in enumerate(model_input.to_dict("records"))]
         answers = []
-        for row in model_input.to_dict("records"):
-            image = Image.open(io.BytesIO(base64.b64decode(row["image"]))).convert("RGB") if row.get("image") else None
-            budget = str(row.get("budget", "auto"))
-            inputs = dict(self.processor(text=[self.processor.prompt(row["question"], image is not None)],
-                                         images=[image] if image is not None else None, return_tensors="pt"))
-            inputs.pop("batch_num_images", None)
+        for image, budget, max_new_tokens, inputs in rows:
             with torch.no_grad():
-                result = self.model.generate(
-                    **inputs, budget="auto" if budget == "auto" else int(budget),
-                    max_new_tokens=int(row.get("max_new_tokens", 16)), return_dict_in_generate=True,
-                )
+                result = self.model.generate(**inputs, budget=budget, max_new_tokens=max_new_tokens,
+                                             return_dict_in_generate=True)
             prompt_len = inputs["input_ids"].shape[1]
             used = int(result.budget[0])
             tiles = int(inputs["pixel_values"].shape[1]) if image is not None else 0
@@ -87,6 +86,63 @@ class VisorPyfunc(mlflow.pyfunc.PythonModel):
                 "visual_tokens": int(result.num_visual_tokens[0]),
             })
         return pd.DataFrame(answers)
+
+    def _checked(self, index: int, row: dict[str, Any]) -> tuple[Any, str | int, int, dict]:
+        """Row ``index`` checked as the endpoint checks a request (module docstring): its image (or None), budget,
+        ``max_new_tokens`` and model inputs; raises ``MlflowException`` (``INVALID_PARAMETER_VALUE``)."""
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        from jobs.inputs import (
+            ApiError,
+            Limits,
+            check_budget,
+            check_context,
+            check_max_tokens,
+            check_text,
+            decode,
+            image_bytes,
+        )
+
+        limits = Limits()
+        column = "question"
+        try:
+            question = row.get("question")
+            if not isinstance(question, str) or not question.strip():
+                raise ApiError(400, f"question must be a non-empty string, got {question!r}", column)
+            check_text([question], limits, column)
+            column = "max_new_tokens"
+            max_new_tokens = check_max_tokens(_plain(row.get(column, 16), 16), limits, column)
+            column = "budget"
+            budget = check_budget(_plain(row.get(column, "auto"), "auto"), self.model.plan.num_budgets, column,
+                                  strings=True)
+            column = "image"
+            encoded = _plain(row.get(column), "")
+            if not isinstance(encoded, str):
+                raise ApiError(400, f"image must be a string (a data: URL or base64), got {type(encoded).__name__}",
+                               column)
+            image = decode(image_bytes(encoded.strip(), limits, bare_base64=True), limits) if encoded.strip() else None
+            column = "question"
+            inputs = dict(self.processor(text=[self.processor.prompt(question, image is not None)],
+                                         images=[image] if image is not None else None, return_tensors="pt"))
+            inputs.pop("batch_num_images", None)
+            check_context(inputs["input_ids"].shape[1], max_new_tokens,
+                          self.model.config.text_config.max_position_embeddings)
+        except ApiError as err:
+            raise MlflowException(f"row {index}, column {column!r}: {err}", INVALID_PARAMETER_VALUE) from None
+        return image, budget, max_new_tokens, inputs
+
+
+def _plain(value: Any, missing: Any) -> Any:
+    """A DataFrame cell as a plain Python value: numpy scalars unwrapped, NaN/None/NA as ``missing``, a float that
+    is an integer as that integer (pandas turns an integer column with a gap into floats)."""
+    if value is None or (isinstance(value, float) and value != value) or value is pd.NA:
+        return missing
+    if hasattr(value, "item") and not isinstance(value, str | bytes):
+        value = value.item()
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def load_model_dir(path: str | Path) -> tuple[VisorForConditionalGeneration, VisorProcessor]:
@@ -113,19 +169,23 @@ def _input_example(processor: VisorProcessor) -> pd.DataFrame:
     buffer = io.BytesIO()
     Image.new("RGB", (int(size["width"]), int(size["height"])), (200, 30, 30)).save(buffer, format="PNG")
     return pd.DataFrame([{"question": "what colour is the background ?", "image": encode_image(buffer.getvalue()),
-                          "budget": "0", "max_new_tokens": 4}])
+                          "budget": 0, "max_new_tokens": 4}])
 
 
 def signature() -> mlflow.models.ModelSignature:
-    """The pyfunc's columns (module docstring), stated rather than inferred from a prediction."""
+    """The pyfunc's columns (module docstring), stated rather than inferred from a prediction: ``question`` is
+    required; ``image`` (data URL or base64), ``budget`` (``"auto"`` or an integer, as a number or a string: any
+    type, checked by the model) and ``max_new_tokens`` are optional."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
+    from mlflow.types.schema import AnyType
 
-    def schema(columns: dict[str, str]) -> Schema:
-        return Schema([ColSpec(kind, name) for name, kind in columns.items()])
+    def schema(columns: dict[str, Any], optional: tuple[str, ...] = ()) -> Schema:
+        return Schema([ColSpec(kind, name, required=name not in optional) for name, kind in columns.items()])
 
     return ModelSignature(
-        inputs=schema({"question": "string", "image": "string", "budget": "string", "max_new_tokens": "long"}),
+        inputs=schema({"question": "string", "image": "string", "budget": AnyType(), "max_new_tokens": "long"},
+                      optional=("image", "budget", "max_new_tokens")),
         outputs=schema({"answer": "string", "budget": "long", "flops": "double", "language_flops": "double",
                         "visual_tokens": "long"}),
     )

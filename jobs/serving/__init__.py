@@ -1,9 +1,11 @@
 """The OpenAI-compatible endpoint on Ray Serve, ``visor serve``.
 
-``serve`` is the deployment (FastAPI routes, batching, reloading when the champion moves);
-``openai_protocol`` parses and validates chat-completion requests, formats OpenAI-style errors and
-builds client messages; ``config`` holds the server settings and request limits (``ServeConfig``,
-``Limits``). May import ``jobs.config``, ``jobs.sections``, ``jobs.registry.tracking`` and
+``serve`` is the deployment (FastAPI routes, reloading when the champion moves); ``engine`` the
+decode loop of a replica (continuous batching; a failure fails only its own request);
+``openai_protocol`` parses and validates chat-completion requests and builds client messages, with
+the limits, checks and OpenAI-style errors of ``jobs.inputs`` (shared with the pyfunc model);
+``config`` holds the server settings (``ServeConfig``; ``Limits`` re-exported). May import
+``jobs.config``, ``jobs.sections``, ``jobs.inputs``, ``jobs.faults``, ``jobs.registry.tracking`` and
 ``jobs.registry.model_format``, ``jobs.cluster.ray_env``, ``pipelines`` and ``visor_model`` — never
 train, evaluation or the CLI.
 """

@@ -1,4 +1,5 @@
-"""Settings of the endpoint (:class:`ServeConfig`, :class:`Limits`), as :class:`jobs.config.Section` schemas.
+"""Settings of the endpoint (:class:`ServeConfig`, and :class:`~jobs.inputs.Limits`, which the ``mlflow.pyfunc``
+model shares), as :class:`jobs.config.Section` schemas.
 
 ``visor serve`` takes its flags' defaults and help from these fields, a Ray Serve ``serveConfigV2``
 passes them as the application's ``args`` (:func:`jobs.serving.serve.app_builder`), and the infra values
@@ -11,23 +12,13 @@ import os
 
 from pydantic import Field, model_validator
 
-from jobs.config import Section, default_of, field_of
+from jobs.config import Section, field_of
+from jobs.inputs import Limits
 from jobs.sections import REGISTERED_MODEL, TrackingSection
-from pipelines.options import ReadOptions
+
+__all__ = ["Limits", "ServeConfig", "TOKEN_ENV"]
 
 TOKEN_ENV = "VISOR_API_TOKEN"
-
-
-class Limits(Section):
-    """What a request may ask for; anything beyond is answered with a 4xx."""
-
-    max_image_bytes: int = Field(10_000_000, ge=1, description="Largest encoded image accepted, in bytes.")
-    max_image_pixels: int = Field(default_of(ReadOptions, "max_image_pixels"), ge=1,
-                                  description="Largest image accepted, in pixels (decompression bombs).")
-    max_new_tokens: int = Field(512, ge=1, description="Largest max_tokens a request may ask for.")
-    allow_image_urls: bool = Field(False, description="Also accept http(s) image URLs (default: data URLs only).")
-    max_images: int = Field(1, ge=1, description="Images per request.")
-    max_choices: int = Field(8, ge=1, description="Largest n (choices per request).")
 
 
 class ServeConfig(Section):

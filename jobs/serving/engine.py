@@ -15,19 +15,31 @@ Admission is bounded: at most ``max_rows`` rows decode together (a request of ``
 ``n``) and at most ``max_queued`` requests wait; beyond that :meth:`Engine.submit` raises
 :class:`QueueFull` (the handler answers 429 with ``Retry-After``). A request's sampled choices come
 from its own generator (seeded by ``seed``), so they do not depend on what else is decoding.
+
+A failure fails only the request that caused it. When a batched model call (the prefill of the admitted
+requests, or a decode step of the running rows) raises, the engine runs it again row by row (prefill: request by
+request) on copies of the state, fails the requests whose own call raises and carries on with the others, whose
+states it joins back together; the failed call leaves nothing behind (the cache slot a decode step writes is only
+claimed once the step completes). A failure in sampling fails only its request. A failed request gets an
+``("error", status, message)`` event: 400 when the model refused the input (``ValueError``/``TypeError``), 500
+otherwise. ``fault`` (:class:`~jobs.faults.ServeFault`, tests only) makes the model calls raise for chosen requests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from jobs.faults import ServeFault
 from jobs.serving.openai_protocol import ChatRequest
+
+INPUT_ERRORS = (ValueError, TypeError)  # raised by the model about its input: the request's fault (400)
 
 
 class QueueFull(Exception):
@@ -42,12 +54,14 @@ class Choice:
     text: str = ""
     sent: str = ""  # the part of ``text`` already sent to the client
     logprobs: list[dict] | None = None
+    logprobs_sent: int = 0  # entries of ``logprobs`` already streamed
     finish: str | None = None
 
 
 class Job:
     """One request on the engine. Events on :attr:`events` (put from the engine's thread):
-    ``("delta", choice, text)``, ``("finish", choice)``, ``("end", None)`` and ``("error", message)``."""
+    ``("delta", choice, text, logprobs)`` (the entries of the tokens not sent yet, or None),
+    ``("finish", choice, logprobs)``, ``("end", None)`` and ``("error", status, message)``."""
 
     def __init__(self, request: ChatRequest, loaded: Any, inputs: dict, loop: asyncio.AbstractEventLoop):
         self.request, self.loaded, self.inputs, self.loop = request, loaded, inputs, loop
@@ -57,6 +71,9 @@ class Job:
         self.choices = [Choice(logprobs=[] if request.logprobs else None) for _ in range(request.n)]
         self.visor: dict = {}
         self.prompt_tokens = 0
+        self.failed = False
+        self.text = " ".join(part["text"] for message in request.conversation for part in message["content"]
+                             if part["type"] == "text")
 
     def emit(self, *event: Any) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, event)
@@ -64,6 +81,11 @@ class Job:
     @property
     def done(self) -> bool:
         return all(choice.finish is not None for choice in self.choices)
+
+    @property
+    def gone(self) -> bool:
+        """Its rows leave the running batch: failed, or cancelled (client gone or answered)."""
+        return self.failed or self.cancelled
 
 
 def logprob_entries(token: int, logprobs: torch.Tensor, top: int, tokenizer) -> dict:
@@ -82,8 +104,8 @@ class Engine:
     """The decode loop of one replica (module docstring). ``wait_s``: how long an idle engine waits for more
     requests to arrive before prefilling the first ones."""
 
-    def __init__(self, max_rows: int, max_queued: int, wait_s: float = 0.0):
-        self.max_rows, self.max_queued, self.wait_s = max_rows, max_queued, wait_s
+    def __init__(self, max_rows: int, max_queued: int, wait_s: float = 0.0, fault: ServeFault | None = None):
+        self.max_rows, self.max_queued, self.wait_s, self.fault = max_rows, max_queued, wait_s, fault
         self.waiting: deque[Job] = deque()
         self.condition = threading.Condition()
         self.state = None
@@ -112,10 +134,25 @@ class Engine:
                         self._join(jobs)
                     if self.rows:
                         self._step()
-            except Exception as err:  # noqa: BLE001 (a failing batch fails its requests, never the loop)
+            except Exception as err:  # noqa: BLE001 (a bug of the engine itself: its requests fail, never the loop)
                 for job in {job for job, _ in self.rows} | set(jobs):
-                    job.emit("error", f"{type(err).__name__}: {err}")
+                    self._fail(job, err)
                 self.state, self.rows = None, []
+
+    def _fail(self, job: Job, err: BaseException) -> None:
+        """Answer ``job`` with ``err`` (once); its rows leave at the next step."""
+        if job.failed:
+            return
+        job.failed = True
+        self.stats["failed"] += 1
+        status = 400 if isinstance(err, INPUT_ERRORS) else 500
+        job.emit("error", status, f"{type(err).__name__}: {err}")
+
+    def _call(self, at: str, jobs: list[Job], call: Any, *args: Any) -> Any:
+        """``call(*args)``, a model call for ``jobs`` (where a test's :class:`ServeFault` strikes)."""
+        if self.fault is not None:
+            self.fault.maybe_fail(at, [job.text for job in jobs])
+        return call(*args)
 
     def _admit(self) -> list[Job]:
         """Waiting jobs that fit beside the running rows (same model version); blocks while idle."""
@@ -123,8 +160,9 @@ class Engine:
             if not self.rows:
                 while not self.waiting:
                     self.condition.wait()
-                if self.wait_s and len(self.waiting) < self.max_rows:
-                    self.condition.wait(self.wait_s)
+                deadline = time.monotonic() + self.wait_s  # each arrival wakes the wait: wait out the deadline
+                while len(self.waiting) < self.max_rows and (left := deadline - time.monotonic()) > 0:
+                    self.condition.wait(left)
             loaded = self.rows[0][0].loaded if self.rows else None
             free, jobs = self.max_rows - len(self.rows), []
             while self.waiting:
@@ -140,9 +178,33 @@ class Engine:
             return jobs
 
     def _join(self, jobs: list[Job]) -> None:
-        """Prefill ``jobs`` (``n`` rows each) and add their rows to the running state."""
-        from pipelines.dataset import Collator, object_column
+        """Prefill ``jobs`` (``n`` rows each) and add their rows to the running state; when the batched prefill
+        raises, each job is prefilled alone and only those that fail alone are failed."""
         from visor_model.cache import DecodeState
+
+        self.stats["requests"] += len(jobs)
+        try:
+            parts = [self._prefill(jobs)]
+        except Exception as err:  # noqa: BLE001 (find the culprits below)
+            if len(jobs) == 1:
+                self._fail(jobs[0], err)
+                return
+            self.stats["retried_alone"] += 1
+            parts = []
+            for job in jobs:
+                try:
+                    parts.append(self._prefill([job]))
+                except Exception as alone:  # noqa: BLE001 (this request's own failure)
+                    self._fail(job, alone)
+        for state, rows in parts:
+            if self.rows:
+                self.stats["joined_running_decode"] += len({job for job, _ in rows})
+            self.state = state if self.state is None else DecodeState.concat([self.state, state])
+            self.rows += rows
+
+    def _prefill(self, jobs: list[Job]) -> tuple[Any, list[tuple[Job, int]]]:
+        """The decode state of ``jobs``' rows after their prompts (one model call), and those rows."""
+        from pipelines.dataset import Collator, object_column
         from visor_model.flops import baseline_flops, visor_flops
         from visor_model.policy import choose_budget
 
@@ -156,12 +218,12 @@ class Engine:
         budgets = torch.tensor([0 if job.request.budget == "auto" else int(job.request.budget) for job, _ in rows])
         auto = [i for i, (job, _) in enumerate(rows) if job.request.budget == "auto"]
         if auto:
-            logits = model.policy(model.policy_features(**batch))
+            logits = self._call("prefill", jobs, lambda: model.policy(model.policy_features(**batch)))
             for i in auto:
                 tau = rows[i][0].request.tau
                 budgets[i] = choose_budget(logits[i : i + 1], model.config.policy_tau if tau is None else tau)[0]
-        state = model.start_decoding(**batch, budget=budgets,
-                                     capacity=max(job.request.max_tokens for job in jobs))
+        state = self._call("prefill", jobs, lambda: model.start_decoding(
+            **batch, budget=budgets, capacity=max(job.request.max_tokens for job in jobs)))
         for i, (job, choice) in enumerate(rows):
             if choice == 0:
                 nv, nt, tiles = int(state.num_visual[i]), int(state.num_text[i]), len(job.inputs["pixel_values"])
@@ -172,31 +234,64 @@ class Engine:
                              "full_attention_flops": full["total"],
                              "saving_vs_full_attention": full["total"] / cost["total"],
                              "model_version": loaded.version}
-        self.stats["requests"] += len(jobs)
-        if self.rows:
-            self.stats["joined_running_decode"] += len(jobs)
-        self.state = state if self.state is None else DecodeState.concat([self.state, state])
-        self.rows += rows
+        return state, rows
 
     def _step(self) -> None:
         """Sample one token for every row, send it, retire finished rows, feed the rest through the model."""
         model = self.rows[0][0].loaded.model
-        tokens = [self._sample(job, c, self.state.logits[i], model) for i, (job, c) in enumerate(self.rows)]
+        tokens = []
+        for i, (job, c) in enumerate(self.rows):
+            try:
+                tokens.append(self._sample(job, c, self.state.logits[i], model))
+            except Exception as err:  # noqa: BLE001 (fails this request only)
+                self._fail(job, err)
+                tokens.append(0)
         self.stats["steps"] += 1
         self.rows_per_step[len(self.rows)] += 1
-        keep = [i for i, (job, c) in enumerate(self.rows) if job.choices[c].finish is None and not job.cancelled]
         for job in {job for job, _ in self.rows}:
-            if job.done and not job.cancelled:
+            if job.done and not job.gone:
                 job.emit("end", None)
+        keep = [i for i, (job, c) in enumerate(self.rows) if job.choices[c].finish is None and not job.gone]
+        self._keep(keep)
+        if self.rows:
+            self._decode(model, torch.tensor([tokens[i] for i in keep]))
+
+    def _keep(self, keep: list[int]) -> None:
+        """Keep only the rows ``keep`` (indices into :attr:`rows`) in the running state."""
         if not keep:
             self.state, self.rows = None, []
-            return
-        if len(keep) < len(self.rows):
-            index = torch.tensor(keep)
-            self.state = self.state.select(index)
+        elif len(keep) < len(self.rows):
+            self.state = self.state.select(torch.tensor(keep))
             self.state.cache.compact()
             self.rows = [self.rows[i] for i in keep]
-        model.decode_step(self.state, torch.tensor([tokens[i] for i in keep]))
+
+    def _decode(self, model: Any, tokens: torch.Tensor) -> None:
+        """Feed ``tokens`` (one per row) through the model; when the batched step raises, each row steps alone
+        on a copy of its state, the rows whose own step raises fail, and the others' states are joined back."""
+        from visor_model.cache import DecodeState
+
+        try:
+            self._call("decode", [job for job, _ in self.rows], model.decode_step, self.state, tokens)
+            return
+        except Exception as err:  # noqa: BLE001 (find the culprits below)
+            if len({job for job, _ in self.rows}) == 1:
+                self._fail(self.rows[0][0], err)
+                self.state, self.rows = None, []
+                return
+        self.stats["retried_alone"] += 1
+        alone = []
+        for i, (job, _) in enumerate(self.rows):
+            if job.failed:
+                continue
+            state = self.state.select(torch.tensor([i]))  # a copy: the failed step's writes are not kept
+            try:
+                self._call("decode", [job], model.decode_step, state, tokens[i : i + 1])
+                alone.append((i, state))
+            except Exception as err:  # noqa: BLE001 (this request's own failure)
+                self._fail(job, err)
+        alone = [(i, state) for i, state in alone if not self.rows[i][0].failed]  # all choices of a failed job go
+        self.rows = [self.rows[i] for i, _ in alone]
+        self.state = DecodeState.concat([state for _, state in alone]) if alone else None
 
     def _sample(self, job: Job, index: int, logits: torch.Tensor, model) -> int:
         """Pick the next token of ``job``'s choice ``index``, record it and send the new text; sets the choice's
@@ -204,7 +299,7 @@ class Engine:
         from visor_model.modeling import next_token
 
         request, tokenizer, choice = job.request, job.loaded.processor.tokenizer, job.choices[index]
-        if choice.finish is not None or job.cancelled:
+        if choice.finish is not None or job.gone:
             return 0
         if choice.logprobs is not None:
             logprobs = torch.log_softmax(logits.float(), -1)
@@ -229,11 +324,20 @@ class Engine:
         held = max((len(stop) for stop in request.stop), default=1) - 1 if choice.finish is None else 0
         ready = choice.text[: len(choice.text) - held] if held else choice.text
         if len(ready) > len(choice.sent) and ready.startswith(choice.sent):
-            job.emit("delta", index, ready[len(choice.sent):])
+            job.emit("delta", index, ready[len(choice.sent):], self._unsent_logprobs(choice))
             choice.sent = ready
         if choice.finish is not None:
-            job.emit("finish", index)
+            job.emit("finish", index, self._unsent_logprobs(choice))
         return token
+
+    @staticmethod
+    def _unsent_logprobs(choice: Choice) -> list[dict] | None:
+        """The logprobs entries of ``choice`` not sent yet (marked sent), or None without logprobs."""
+        if choice.logprobs is None:
+            return None
+        entries = choice.logprobs[choice.logprobs_sent:]
+        choice.logprobs_sent = len(choice.logprobs)
+        return entries
 
     def snapshot(self) -> dict:
         """Counters for ``GET /admin/stats``."""

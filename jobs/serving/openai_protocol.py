@@ -8,10 +8,13 @@ conversation, at most one decoded image, budget, τ, sampling settings, limits) 
 
 Accepted — the request semantics of OpenAI's API and vLLM's OpenAI-compatible server:
 
-* ``messages``: every ``system``/``user``/``assistant`` message, in order, becomes the
-  conversation the processor's chat template renders (the template training uses); content is a
-  string or a list of ``text`` and ``image_url`` parts (``data:`` URLs, and http(s) URLs only
-  when allowed), the image staying where the user put it (VISOR takes one image per request);
+* ``messages``: every ``system``/``developer``/``user``/``assistant`` message, in order, becomes the
+  conversation the processor's chat template renders (the template training uses; ``developer``,
+  OpenAI's newer name for ``system``, is rendered as ``system``); content is a string or a list of
+  ``text`` and ``image_url`` parts (``{"url": ...}`` with a ``data:`` URL, and http(s) URLs only
+  when allowed), the image staying where the user put it (VISOR takes one image per request, and
+  none is needed: a text-only chat is answered too); the text must be valid Unicode (no lone
+  surrogates) and at most ``max_text_chars`` characters, checked before anything is tokenized;
 * ``max_completion_tokens`` (or the older ``max_tokens``), ``temperature`` (0: greedy),
   ``top_p``, ``n`` (choices), ``stop`` (a string or up to 4), ``seed`` (same seed, same sampled
   answer), ``logprobs`` and ``top_logprobs``, ``stream`` and ``stream_options.include_usage``,
@@ -26,15 +29,15 @@ parameter is never silently ignored.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
 
-from jobs.serving.config import Limits
-from pipelines.validate import Rejected, decode_image
+from jobs.inputs import ApiError, Limits, check_budget, check_max_tokens, check_text, decode, image_bytes
+
+__all__ = ["ApiError", "ChatRequest", "image_data_url", "parse_chat_request", "user_messages"]
 
 EXTENSIONS = ("visor_budget", "visor_tau")
 SUPPORTED = {"messages", "model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "n", "stop", "seed",
@@ -44,18 +47,9 @@ OFF_VALUES: dict[str, tuple] = {  # unsupported parameters accepted at the value
     "functions": ([],), "parallel_tool_calls": (True, False), "store": (False,), "metadata": ({},),
     "modalities": (["text"],), "service_tier": ("auto", "default"),
 }
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 MAX_STOP = 4
 MAX_TOP_LOGPROBS = 20
-
-
-class ApiError(Exception):
-    """An error answered to the client: ``status`` and the OpenAI error body."""
-
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error"):
-        super().__init__(message)
-        self.status = status
-        self.body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 @dataclass
@@ -85,47 +79,10 @@ class ChatRequest:
         return (self.temperature, self.top_p, self.seed)
 
 
-def _fetch(url: str, limits: Limits) -> bytes:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 (only http(s) reach here)
-            data = response.read(limits.max_image_bytes + 1)
-    except OSError as err:
-        raise ApiError(400, f"cannot fetch image_url: {err}", "messages", "invalid_image_url") from err
-    return data
-
-
 def _image_bytes(url: Any, limits: Limits) -> bytes:
     if not isinstance(url, str):
         raise ApiError(400, "image_url.url must be a string", "messages")
-    if url.startswith("data:"):
-        header, sep, payload = url.partition(",")
-        if not sep or ";base64" not in header:
-            raise ApiError(400, "image data URLs must be base64 encoded (data:image/png;base64,...)", "messages")
-        if len(payload) * 3 // 4 > limits.max_image_bytes:
-            raise ApiError(413, f"image is larger than {limits.max_image_bytes} bytes", "messages",
-                           "image_too_large")
-        try:
-            return base64.b64decode(payload, validate=True)
-        except (binascii.Error, ValueError) as err:
-            raise ApiError(400, f"image data URL is not valid base64: {err}", "messages") from err
-    if url.startswith(("http://", "https://")):
-        if not limits.allow_image_urls:
-            raise ApiError(400, "http(s) image URLs are disabled on this server; send a data URL", "messages",
-                           "image_url_not_allowed")
-        return _fetch(url, limits)
-    raise ApiError(400, "image_url.url must be a data: URL (or http(s) when enabled)", "messages")
-
-
-def _decode(data: bytes, limits: Limits) -> Image.Image:
-    if len(data) > limits.max_image_bytes:
-        raise ApiError(413, f"image is larger than {limits.max_image_bytes} bytes", "messages", "image_too_large")
-    try:
-        return decode_image(data, limits.max_image_pixels)
-    except Rejected as err:
-        code = "image_too_large" if err.reason == "decompression_bomb" else "invalid_image"
-        raise ApiError(400, f"image rejected: {err.detail}", "messages", code) from err
+    return image_bytes(url, limits, http=True)
 
 
 def _parts(content: Any) -> list[dict]:
@@ -142,14 +99,18 @@ def _conversation(messages: Any, limits: Limits) -> tuple[list[dict], list[Any]]
         raise ApiError(400, "'messages' is required and must be a non-empty list", "messages")
     conversation, urls = [], []
     for message in messages:
-        if not isinstance(message, dict) or message.get("role") not in ("system", "user", "assistant"):
-            raise ApiError(400, "each message needs a role of system, user or assistant", "messages")
-        role, content = message["role"], []
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str) or message["role"] not in ROLES:
+            raise ApiError(400, "each message needs a role of system, developer, user or assistant", "messages")
+        role, content = ROLES[message["role"]], []
         for part in _parts(message.get("content")):
             if part.get("type") == "text" and isinstance(part.get("text"), str):
                 content.append({"type": "text", "text": part["text"]})
             elif part.get("type") == "image_url" and role == "user":
-                urls.append((part.get("image_url") or {}).get("url"))
+                image_url = part.get("image_url")
+                if not isinstance(image_url, dict):
+                    raise ApiError(400, 'an image_url part needs "image_url": {"url": "data:image/...;base64,..."} '
+                                   f"(an object), got {type(image_url).__name__}", "messages")
+                urls.append(image_url.get("url"))
                 content.append({"type": "image"})
             else:
                 raise ApiError(400, f"unsupported content part {part.get('type')!r} in a {role} message", "messages")
@@ -158,6 +119,8 @@ def _conversation(messages: Any, limits: Limits) -> tuple[list[dict], list[Any]]
         part["type"] == "image" or part["text"].strip() for part in conversation[-1]["content"]
     ):
         raise ApiError(400, "the last message must be a user message with text or an image", "messages")
+    check_text([part["text"] for message in conversation for part in message["content"] if part["type"] == "text"],
+               limits)
     if len(urls) > limits.max_images:
         raise ApiError(400, f"{len(urls)} images: this model takes at most {limits.max_images} per request",
                        "messages", "too_many_images")
@@ -210,18 +173,15 @@ def parse_chat_request(body: bytes, limits: Limits, num_budgets: int) -> ChatReq
         raise ApiError(400, "request body must be a JSON object", None, "invalid_json")
     _unsupported(data)
     conversation, urls = _conversation(data.get("messages"), limits)
-    image = _decode(_image_bytes(urls[0], limits), limits) if urls else None
+    image = decode(_image_bytes(urls[0], limits), limits) if urls else None
 
-    budget = data.get("visor_budget", "auto")
-    if budget != "auto" and (isinstance(budget, bool) or not isinstance(budget, int)
-                             or not 0 <= budget < num_budgets):
-        raise ApiError(400, f"visor_budget must be \"auto\" or an integer in [0, {num_budgets - 1}], got {budget!r}",
-                       "visor_budget", "invalid_budget")
+    budget = check_budget(data.get("visor_budget", "auto"), num_budgets)
     tau = data.get("visor_tau")
     if tau is not None:
         tau = _number(data, "visor_tau", 0.0, 0.0, 1.0)
     key = "max_completion_tokens" if data.get("max_completion_tokens") is not None else "max_tokens"
-    max_tokens = _integer(data, key, min(64, limits.max_new_tokens), 1, limits.max_new_tokens)
+    max_tokens = check_max_tokens(data[key] if data.get(key) is not None else min(64, limits.max_new_tokens),
+                                  limits, key)
     logprobs = data.get("logprobs") or False
     if not isinstance(logprobs, bool):
         raise ApiError(400, f"logprobs must be a boolean, got {logprobs!r}", "logprobs")

@@ -10,9 +10,10 @@ Routes (FastAPI ingress of one deployment, :class:`VisorServer`):
   LLaVA-OneVision's FLOPs for the same input and the saving, model version). ``stream: true``
   answers with server-sent events as the tokens are generated (the first chunk leaves with the
   first token), then a usage chunk with ``include_usage``; a client that disconnects frees its slot.
-* ``GET /v1/models``, ``GET /health``; ``POST /admin/reload`` (load the version the
+* ``GET /v1/models``, ``GET /v1/models/{id}``, ``GET /health``; ``POST /admin/reload`` (load the version the
   alias points at now, if it moved) and ``GET /admin/stats`` (the decode loop's counters:
-  requests, decode steps, requests that joined a running decode, rows per step, refused).
+  requests, decode steps, requests that joined a running decode, rows per step, refused, failed, batched
+  model calls that failed and were retried row by row, rows decoding and requests waiting).
 
 Requests are tiled and tokenized in the handler, then decoded by the replica's
 :class:`~jobs.serving.engine.Engine` with continuous batching: new requests join the running
@@ -21,8 +22,10 @@ choice with their own τ) and reduced KV cache, finished rows leave; a full wait
 answered with 429 and ``Retry-After``. A reload swaps the model for new requests; rows in flight
 finish on the model they started with (the engine admits a new version once the old one's rows
 are done). With ``api_token`` set, every route but ``/health`` needs ``Authorization: Bearer <token>``.
-Ray Serve's metrics endpoint exports ``visor_requests``, ``visor_request_latency_s`` and
-``visor_budget_chosen``.
+Every error is answered in OpenAI's format (``{"error": {"message", "type", "param", "code"}}``): unknown
+routes and methods too, and an unexpected failure (500) — a failure in the model fails only its own request
+(see :mod:`jobs.serving.engine`). Ray Serve's metrics endpoint exports ``visor_requests``,
+``visor_request_latency_s`` and ``visor_budget_chosen``.
 """
 
 import asyncio
@@ -34,9 +37,13 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
+from starlette.exceptions import HTTPException
 
+from jobs.faults import ServeFault, serve_fault
+from jobs.inputs import check_context
 from jobs.serving.config import ServeConfig
 from jobs.serving.engine import Engine, Job, QueueFull
 from jobs.serving.openai_protocol import ApiError, ChatRequest, parse_chat_request
@@ -66,16 +73,19 @@ def _load(model_uri: str, tracking_uri: str) -> Loaded:
 
 
 def prepare(request: ChatRequest, loaded: Loaded) -> dict[str, np.ndarray]:
-    """Tile and tokenize one request (``[T]`` ids, ``[tiles, 3, H, W]`` pixels); checks the context length."""
+    """Tile and tokenize one request (``[T]`` ids, ``[tiles, 3, H, W]`` pixels); checks the context length.
+    Raises :class:`ApiError` (400) when the processor refuses the input."""
+    from jinja2 import TemplateError  # a chat template's raise_exception (e.g. roles out of order)
+
     processor = loaded.processor
     images = [request.image] if request.image is not None else None
-    text = processor.apply_chat_template(request.conversation, add_generation_prompt=True, tokenize=False)
-    out = processor(text=[text], images=images, return_tensors="np")
+    try:
+        text = processor.apply_chat_template(request.conversation, add_generation_prompt=True, tokenize=False)
+        out = processor(text=[text], images=images, return_tensors="np")
+    except (ValueError, TypeError, TemplateError) as err:
+        raise ApiError(400, f"the model's processor refused the input: {err}", "messages", "invalid_input") from err
     ids = out["input_ids"][0]
-    limit = loaded.model.config.text_config.max_position_embeddings
-    if len(ids) + request.max_tokens > limit:
-        raise ApiError(400, f"prompt of {len(ids)} tokens + max_tokens {request.max_tokens} exceeds the model's "
-                       f"context of {limit} tokens", "messages", "context_length_exceeded")
+    check_context(len(ids), request.max_tokens, loaded.model.config.text_config.max_position_embeddings)
     tile = processor.image_processor.size
     return {
         "input_ids": ids,
@@ -91,14 +101,21 @@ def _usage(job: Job) -> dict:
             "total_tokens": job.prompt_tokens + completion}
 
 
+def generation_error(status: int, message: str) -> ApiError:
+    """The error answered for a request the engine failed (``status`` 400: the model refused its input)."""
+    if status == 400:
+        return ApiError(400, f"the model refused the input: {message}", "messages", "invalid_input")
+    return ApiError(status, f"generation failed: {message}", None, "generation_failed", kind="server_error")
+
+
 async def _finished(job: Job) -> None:
-    """Wait until the engine has finished ``job``; raises on an engine error."""
+    """Wait until the engine has finished ``job``; raises :class:`ApiError` when the engine failed it."""
     while True:
-        kind, value = (await job.events.get())[:2]
+        kind, *value = await job.events.get()
         if kind == "end":
             return
         if kind == "error":
-            raise ApiError(500, f"generation failed: {value}", None, "generation_failed", kind="server_error")
+            raise generation_error(*value)
 
 
 async def _sse(job: Job, model: str, completion_id: str, created: int):
@@ -116,14 +133,15 @@ async def _sse(job: Job, model: str, completion_id: str, created: int):
         while True:
             kind, *value = await job.events.get()
             if kind == "delta":
-                yield event([{"index": value[0], "delta": {"content": value[1]}, "finish_reason": None}])
+                logprobs = None if value[2] is None else {"content": value[2]}
+                yield event([{"index": value[0], "delta": {"content": value[1]}, "logprobs": logprobs,
+                              "finish_reason": None}])
             elif kind == "finish":
-                choice = job.choices[value[0]]
-                logprobs = None if choice.logprobs is None else {"content": choice.logprobs}
+                logprobs = None if value[1] is None else {"content": value[1]}
                 yield event([{"index": value[0], "delta": {}, "logprobs": logprobs,
-                              "finish_reason": choice.finish}], {"visor": job.visor})
+                              "finish_reason": job.choices[value[0]].finish}], {"visor": job.visor})
             elif kind == "error":
-                yield event([], {"error": {"message": f"generation failed: {value[0]}", "type": "server_error"}})
+                yield event([], generation_error(*value).body)
                 break
             else:
                 if job.request.include_usage:
@@ -141,17 +159,40 @@ def _error(err: ApiError) -> JSONResponse:
     return JSONResponse(err.body, status_code=err.status)
 
 
+def _unexpected(err: Exception) -> ApiError:
+    return ApiError(500, f"internal error: {type(err).__name__}: {err}", None, "internal_error", kind="server_error")
+
+
+@app.exception_handler(HTTPException)
+async def _http_error(request: Request, err: HTTPException) -> JSONResponse:
+    """FastAPI's own errors (unknown route, wrong method) in OpenAI's format."""
+    code = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code)
+    message = f"{request.method} {request.url.path}: {err.detail}"
+    return _error(ApiError(err.status_code, message, None, code))
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
+    return _error(ApiError(400, f"invalid request: {err.errors()}", None, "invalid_request"))
+
+
+@app.exception_handler(Exception)
+async def _server_error(request: Request, err: Exception) -> JSONResponse:
+    """Anything unexpected: a 500 in OpenAI's format, never a plain-text page."""
+    return _error(_unexpected(err))
+
+
 @serve.deployment
 @serve.ingress(app)
 class VisorServer:
     """The Serve deployment (see the module docstring), constructed with its :class:`ServeConfig`."""
 
-    def __init__(self, config: ServeConfig):
+    def __init__(self, config: ServeConfig, fault: ServeFault | None = None):
         from ray.serve import metrics
 
         self.config = config
         self.current = _load(config.model, config.tracking_uri)
-        self.engine = Engine(config.max_batch_size, config.max_queued_requests, config.batch_wait_timeout_s)
+        self.engine = Engine(config.max_batch_size, config.max_queued_requests, config.batch_wait_timeout_s, fault)
         self.requests = metrics.Counter("visor_requests", "Chat requests by HTTP status", tag_keys=("status",))
         self.latency = metrics.Histogram("visor_request_latency_s", "Chat request latency (s)",
                                          boundaries=[0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30])
@@ -203,9 +244,23 @@ class VisorServer:
     async def models(self, request: Request):
         if (denied := self._denied(request)) is not None:
             return denied
+        return {"object": "list", "data": [self._model_card()]}
+
+    def _model_card(self) -> dict:
         loaded = self.current
-        return {"object": "list", "data": [{"id": loaded.name, "object": "model", "owned_by": "visor",
-                                            "version": loaded.version, "budgets": loaded.model.plan.num_budgets}]}
+        return {"id": loaded.name, "object": "model", "created": 0, "owned_by": "visor", "version": loaded.version,
+                "budgets": loaded.model.plan.num_budgets}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(self, model_id: str, request: Request):
+        """One model (``models.retrieve``): the served one, by name or ``name/version``."""
+        if (denied := self._denied(request)) is not None:
+            return denied
+        loaded = self.current
+        if model_id not in (loaded.name, f"{loaded.name}/{loaded.version}"):
+            return _error(ApiError(404, f"model {model_id!r} is not served here (serving {loaded.name!r})", "model",
+                                   "model_not_found"))
+        return self._model_card()
 
     @app.post("/admin/reload")
     async def reload(self, request: Request):
@@ -241,6 +296,9 @@ class VisorServer:
             return JSONResponse(ApiError(429, f"the server is busy ({err}); retry shortly", None, "queue_full",
                                          kind="rate_limit_error").body, status_code=429,
                                 headers={"Retry-After": "1"})
+        except Exception as err:  # noqa: BLE001 (a bug: this request gets a 500, in OpenAI's format)
+            self.requests.inc(tags={"status": "500"})
+            return _error(_unexpected(err))
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if parsed.stream:
             self.requests.inc(tags={"status": "200"})
@@ -263,17 +321,19 @@ class VisorServer:
 
 
 def build_app(config: ServeConfig):
-    """The Serve application for ``config`` (``serve.run`` it)."""
+    """The Serve application for ``config`` (``serve.run`` it), with the test fault ``$VISOR_TEST_FAULT`` asks for
+    (:func:`jobs.faults.serve_fault`; read here, in the driver, and handed to the replicas)."""
     return VisorServer.options(
         num_replicas=config.replicas, max_ongoing_requests=config.max_ongoing_requests,
         ray_actor_options={"num_cpus": config.cpus_per_replica},
-    ).bind(config)
+    ).bind(config, serve_fault())
 
 
 def app_builder(args: dict):
     """Ray Serve application builder (``import_path: jobs.serving.serve:app_builder`` in a ``serveConfigV2``):
     ``args`` are :class:`ServeConfig` fields (``limits`` a mapping of :class:`~jobs.serving.config.Limits`
-    fields), validated by :func:`jobs.config.load_config`."""
+    fields), validated by :func:`jobs.config.load_config`. ``host`` and ``port`` are not used here: the HTTP proxy
+    listens where the ``serveConfigV2``'s ``http_options`` say (``visor infra check`` refuses them in ``args``)."""
     from jobs.config import load_config
     from jobs.registry.tracking import tracking_uri
 

@@ -92,9 +92,9 @@ def test_renamed_keys_are_accepted_with_a_warning_for_one_release() -> None:
         retrain = load_config(RetrainConfig, "retrain-demo", ["score_batch_size=7", "score.actors=2"])
     assert (retrain.score.batch_size, retrain.score.actors) == (7, 2)
     values = yaml.safe_load(VALUES.read_text())
-    values["retrain"]["policyData"] = values["retrain"].pop("policy")["data"]
-    with pytest.warns(ConfigDeprecationWarning, match="'policyData'.*use 'policy.data'"):
-        assert load_config(Values, values).retrain.policy.data == ["s3://visor/data/policy-*.tar"]
+    values["retrain"]["policyData"] = values["data"]["policy"]  # moved (not renamed): it names its new place
+    with pytest.raises(ConfigError, match="retrain.policyData moved to data.policy"):
+        load_config(Values, values)
     with pytest.warns(ConfigDeprecationWarning), pytest.raises(ConfigError, match="keep only 'replicas'"):
         load_config(ServeConfig, {"num_replicas": 2, "replicas": 3})
 

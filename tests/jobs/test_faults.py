@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.faults import fail_stage, train_fault
+from jobs.faults import fail_stage, serve_fault, train_fault
 
 
 def test_faults_come_only_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -38,5 +38,24 @@ def test_faults_come_only_from_the_environment(monkeypatch: pytest.MonkeyPatch, 
         fail_stage("universal", "recipe")
 
     monkeypatch.setenv("VISOR_TEST_FAULT", "train:step")
-    with pytest.raises(ValueError, match="expected train:rank=R:step=S, retrain:stage=NAME or recipe:stage=NAME"):
+    with pytest.raises(ValueError, match="expected train:rank=R:step=S, retrain:stage=NAME, recipe:stage=NAME"):
         train_fault("run")
+
+
+def test_serve_faults_strike_only_marked_requests_at_their_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VISOR_TEST_FAULT", raising=False)
+    assert serve_fault() is None
+    monkeypatch.setenv("VISOR_TEST_FAULT", "serve:marker=BOOM:at=decode")
+    fault = serve_fault()
+    fault.maybe_fail("prefill", ["a BOOM"])  # not its call
+    fault.maybe_fail("decode", ["quiet", "calm"])  # no marked request in the batch
+    with pytest.raises(RuntimeError, match=r"injected fault \(VISOR_TEST_FAULT\) in the model's decode"):
+        fault.maybe_fail("decode", ["quiet", "a BOOM here"])
+    monkeypatch.setenv("VISOR_TEST_FAULT", "serve:marker=BOOM:error=value")
+    with pytest.raises(ValueError, match="prefill of a request containing 'BOOM'"):
+        serve_fault().maybe_fail("prefill", ["BOOM"])
+    monkeypatch.setenv("VISOR_TEST_FAULT", "serve:marker=BOOM:at=sample")
+    with pytest.raises(ValueError, match="at=prefill|decode"):
+        serve_fault()
+    monkeypatch.setenv("VISOR_TEST_FAULT", "train:rank=0:step=1")
+    assert serve_fault() is None

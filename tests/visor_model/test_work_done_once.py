@@ -52,23 +52,27 @@ def batched(processor, questions: list[str], sizes: list[tuple[int, int]]) -> di
 
 
 @pytest.mark.parametrize("cross_attention", ["joint", "gated"])
-def test_a_padded_batch_caches_what_its_rows_cache_alone(tokenizer, processor, cross_attention):
-    """Two prompts of the same image size but different lengths: padding takes no cache slot (the shorter row's
-    text part is as wide as the longer's, hence ± 5%; before, every pad column was a text slot in every layer)."""
+@pytest.mark.parametrize("sizes", [[(64, 64), (64, 64)], [(20, 20), (90, 90)]])
+def test_a_batch_caches_what_its_rows_cache_alone(tokenizer, processor, cross_attention, sizes):
+    """Prompts of different lengths, with images of the same size or of different sizes: padding takes no text
+    slot and no image is padded to the widest (± 5%: a shorter row's text part is as wide as the longest's).
+    Before, every pad column was a text slot in every layer and every visual part was as wide as the widest."""
     model = build_model(tokenizer, cross_attention)
-    questions, sizes = ["what colour is the box ?", "how many ?"], [(64, 64), (64, 64)]
+    questions = ["what colour is the box ?", "how many ?"]
     batch = batched(processor, questions, sizes)
     assert (batch["attention_mask"] == 0).any()
     together = model.generate(**batch, budget=2, max_new_tokens=3, return_dict_in_generate=True)
     alone = [model.generate(**prompt(processor, q, s, i), budget=2, max_new_tokens=3, return_dict_in_generate=True)
              for i, (q, s) in enumerate(zip(questions, sizes, strict=True))]
     assert sum(a.cache_bytes for a in alone) <= together.cache_bytes <= 1.05 * sum(a.cache_bytes for a in alone)
+    assert together.cache_visual_entries.tolist() == [int(a.cache_visual_entries[0]) for a in alone]
 
 
 @pytest.mark.parametrize("cross_attention", ["joint", "gated"])
 def test_a_row_left_behind_keeps_only_its_own_cache(tokenizer, processor, cross_attention):
-    """After the large image's row leaves the decode, compaction shrinks the visual and text parts to what the
-    remaining small-image row holds alone, and it decodes on as alone."""
+    """After the large image's row leaves the decode, the remaining small-image row holds what it holds alone
+    (its visual parts never were padded; compaction drops the text slots it does not use) and decodes on as
+    alone."""
     model = build_model(tokenizer, cross_attention)
     small, large = prompt(processor, "how many ?", (20, 20), 0), prompt(processor, "what colour is the box ?",
                                                                         (90, 90), 1)

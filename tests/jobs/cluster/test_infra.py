@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import importlib
+import re
 import shlex
 import warnings
 from pathlib import Path
 
 import kubernetes_validate
+import pytest
 import yaml
 from typer.testing import CliRunner
 
 from jobs.cli import app
-from jobs.cluster.infra import Values
-from jobs.config import load_config
+from jobs.cluster.infra import Values, check_manifests, cpu_count
+from jobs.config import ConfigError, load_config
 from jobs.serving.config import ServeConfig
+from jobs.train.config import TrainConfig
 
 VALUES = Path(__file__).resolve().parents[3] / "infra" / "values.yaml"
 KINDS = {
@@ -172,3 +175,128 @@ def test_manifests_pass_the_kubernetes_schemas(tmp_path: Path) -> None:
                 kubernetes_validate.validate(wrapped, version, strict=True)
                 checked["pod templates"] += 1
     assert checked == {"core": 8, "pod templates": 10}  # head + workers of the cluster, the service, 3 jobs
+
+
+def check(tmp_path: Path, values: dict) -> tuple[int, list[str]]:
+    """``visor infra check`` of ``values``: its exit code and the problems it prints."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    result = CliRunner().invoke(app, ["infra", "check", "--values", str(path)])
+    return result.exit_code, [line for line in result.output.splitlines() if line]
+
+
+def test_the_shipped_values_pass_every_check(tmp_path: Path) -> None:
+    files = render(tmp_path)
+    assert check_manifests(files) == []
+    code, output = check(tmp_path, yaml.safe_load(VALUES.read_text()))
+    assert code == 0 and output == ["13 objects: KubeRay schemas (strict) and every job's command, config, paths "
+                                    "and CPUs: ok"]
+    result = CliRunner().invoke(app, ["infra", "check", "--rendered", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+
+
+def test_every_job_gets_its_config_model_data_and_cpus(tmp_path: Path) -> None:
+    files = render(tmp_path)
+    (job,) = files["rayjob-retrain.yaml"]
+    (configmap,) = files["retrain-config.yaml"]
+    for group in [job["spec"]["rayClusterSpec"]["headGroupSpec"], *job["spec"]["rayClusterSpec"]["workerGroupSpecs"]]:
+        spec = group["template"]["spec"]
+        assert spec["containers"][0]["volumeMounts"] == [{"name": "config", "mountPath": "/config", "readOnly": True}]
+        assert spec["volumes"][0]["configMap"]["name"] == configmap["metadata"]["name"]
+    retrain = yaml.safe_load(configmap["data"]["retrain.yaml"])
+    train = load_config(TrainConfig, retrain["train_config"], retrain["train_overrides"])
+    entrypoint = shlex.split(files["rayjob-train.yaml"][0]["spec"]["entrypoint"])
+    trained = load_config(TrainConfig, entrypoint[3], entrypoint[5::2])
+    for config in (train, trained):  # the same model, data, storage and CPUs in both training jobs
+        assert config.model.path == "s3://visor/models/llava-onevision-qwen2-0.5b-ov-hf"
+        assert config.data.train == ["s3://visor/data/train-*.tar"] and config.run.storage_path == "s3://visor/runs"
+        assert config.scaling.cpus_per_worker == 6  # 8 CPUs a pod, 2 left to Ray Data
+    policy = shlex.split(files["rayjob-train-policy.yaml"][0]["spec"]["entrypoint"])
+    assert policy[policy.index("--data") + 1] == retrain["policy"]["data"][0] == "s3://visor/data/policy-*.tar"
+    serve_config = yaml.safe_load(files["rayservice.yaml"][0]["spec"]["serveConfigV2"])
+    assert serve_config["http_options"] == {"host": "0.0.0.0", "port": 8000}
+    assert not {"host", "port"} & set(serve_config["applications"][0]["args"])
+
+
+def test_broken_values_are_refused_naming_the_object_and_the_field(tmp_path: Path) -> None:
+    values = yaml.safe_load(VALUES.read_text())
+    values["model"]["path"] = "/models/llava-ov"  # a local path no pod mounts
+    values["cluster"]["gpuWorkers"]["podSpec"] = {"tolerationz": []}  # a typo KubeRay's schema refuses
+    code, output = check(tmp_path / "a", values)
+    assert code == 1
+    assert "RayJob visor-train: spec.rayClusterSpec.workerGroupSpecs[0].template.spec.tolerationz: unknown field" \
+        in output
+    assert "RayCluster visor: spec.workerGroupSpecs[0].template.spec.tolerationz: unknown field" in output
+    assert "RayJob visor-train: model.path '/models/llava-ov' is on no volume that the worker group gpu pod mounts " \
+        "(mounts: none)" in output
+    assert "RayJob visor-retrain: train_config: model.path '/models/llava-ov' is on no volume that the head pod " \
+        "mounts (mounts: /config)" in output
+    assert any(line.startswith("CronJob visor-retrain-nightly: train_config: model.path '/models/llava-ov' is on no "
+                               "volume that the RayCluster visor head pod") for line in output), output
+    values["cluster"]["gpuWorkers"]["podSpec"] = {"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}]}
+    values["volumes"] = [{"name": "models", "mountPath": "/models",
+                          "source": {"persistentVolumeClaim": {"claimName": "visor-models", "readOnly": True}}}]
+    code, output = check(tmp_path / "b", values)
+    assert code == 0, output  # the volume on every Ray pod, the model path is fine; the tolerations too
+
+
+def test_jobs_that_cannot_start_are_refused(tmp_path: Path) -> None:
+    values = yaml.safe_load(VALUES.read_text())
+    values["cluster"]["gpuWorkers"]["dataCpus"] = 0.5  # workers take 7.5 of 8 CPUs: Ray Data needs 1
+    values["retrain"]["trainOverrides"] = ["data.train=['s3://visor/other/train-*.tar']"]
+    values["train"]["overrides"] = ["data.train=['relative/train-*.tar']"]
+    code, output = check(tmp_path, values)
+    assert code == 1
+    text = "\n".join(output)
+    assert "RayJob visor-train: scaling (llava-ov-0.5b.largest): no CPU left for Ray Data: 8 training workers " \
+           "take 7.5 CPUs each" in text
+    assert "RayJob visor-train: data.train 'relative/train-*.tar' is a relative path" in text
+    assert "data split 'train' is read as different shards by different jobs: RayJob visor-train data.train: " \
+           "['relative/train-*.tar']; RayJob visor-retrain train_config: data.train, CronJob visor-retrain-nightly " \
+           "train_config: data.train: ['s3://visor/other/train-*.tar']" in text
+    values["retrain"]["trainOverrides"] = ["optim.lrr=1"]
+    text = "\n".join(check(tmp_path / "b", values)[1])
+    assert re.search(r"RayJob visor-retrain: train_config 'llava-ov-0.5b' does not load: .*optim.lrr: Extra inputs",
+                     text)
+
+
+def test_a_retrain_without_its_config_and_a_serve_app_with_ignored_args_are_refused(tmp_path: Path) -> None:
+    files = render(tmp_path)
+    (job,) = files["rayjob-retrain.yaml"]
+    for group in [job["spec"]["rayClusterSpec"]["headGroupSpec"], *job["spec"]["rayClusterSpec"]["workerGroupSpecs"]]:
+        group["template"]["spec"]["containers"][0].pop("volumeMounts")
+    (service,) = files["rayservice.yaml"]
+    serve_config = yaml.safe_load(service["spec"]["serveConfigV2"])
+    serve_config["applications"][0]["args"]["host"] = "0.0.0.0"
+    service["spec"]["serveConfigV2"] = yaml.safe_dump(serve_config)
+    files["rayjob-train-policy.yaml"][0]["spec"]["entrypoint"] += " --epochz 3"
+    assert check_manifests(files) == [
+        "RayJob visor-retrain: --config '/config/retrain.yaml' is neither a preset nor a file on a volume that the "
+        "head pod mounts (mounts: none)",
+        "RayJob visor-train-policy: spec.entrypoint: `visor train-policy`: No such option: --epochz (Possible "
+        "options: --epochs)",
+        "RayService visor-serve: spec.serveConfigV2 applications[0].args.host: ignored by app_builder (the proxy "
+        "listens where http_options say)",
+    ]
+
+
+def test_data_keys_that_moved_name_their_new_place(tmp_path: Path) -> None:
+    values = yaml.safe_load(VALUES.read_text())
+    values["retrain"]["evalData"] = ["s3://visor/data/eval-*.tar"]
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    result = CliRunner().invoke(app, ["infra", "render", "--values", str(path), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "retrain.evalData moved to data.eval" in " ".join(result.output.split())
+
+
+def test_cpu_quantities_and_room_left_for_training(tmp_path: Path) -> None:
+    assert (cpu_count("8"), cpu_count("7.5"), cpu_count("7500m"), cpu_count(" 2 ")) == (8, 7.5, 7.5, 2)
+    with pytest.raises(ValueError, match="'eight' is not a CPU quantity"):
+        cpu_count("eight")
+    values = yaml.safe_load(VALUES.read_text())
+    values["cluster"]["gpuWorkers"].update(cpu="16", gpus=2, dataCpus=4)
+    assert load_config(Values, values).cluster.gpu_workers.cpus_per_worker() == 6  # (16 - 4) / 2 GPUs
+    values["cluster"]["gpuWorkers"]["dataCpus"] = 16
+    with pytest.raises(ConfigError, match=r"cluster.gpuWorkers: .*dataCpus \(16\) leaves no CPU of cpu \(16\)"):
+        load_config(Values, values)

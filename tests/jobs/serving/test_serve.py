@@ -1,5 +1,6 @@
 """The Ray Serve endpoint over real HTTP on 127.0.0.1: the openai client, streaming, 4xx answers, batching under
-load, bearer tokens, and reloading when the champion moves."""
+load, bearer tokens, reloading when the champion moves, and failures that stay with the request that caused them
+(apps whose model raises for marked requests, through VISOR_TEST_FAULT)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import base64
 import json
 import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import mlflow
+import openai
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -27,6 +30,7 @@ from tests.conftest import random_image
 from tests.pipelines.helpers import bomb_png
 
 QUESTION = "what colour is the background ?"
+FAULT = "FAULT"  # the marker of the requests the faulty apps' model fails (VISOR_TEST_FAULT=serve:marker=FAULT)
 
 
 def messages(image: Image.Image | None = None, question: str = QUESTION) -> list[dict]:
@@ -50,6 +54,13 @@ def server(registry):
     tight = ServeConfig(tracking_uri=registry.uri, port=port, cpus_per_replica=0.25, max_batch_size=1,
                         max_queued_requests=1, max_ongoing_requests=16, limits=Limits(max_new_tokens=32))
     serve.run(build_app(tight), name="visor-tight", route_prefix="/tight", blocking=False)
+    for at, error in (("prefill", "value"), ("decode", "runtime")):  # the model raises for requests saying FAULT
+        faulty = ServeConfig(tracking_uri=registry.uri, port=port, cpus_per_replica=0.25, batch_wait_timeout_s=0.3,
+                             limits=Limits(max_new_tokens=32))
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("VISOR_TEST_FAULT", f"serve:marker={FAULT}:at={at}:error={error}")
+            app = build_app(faulty)
+        serve.run(app, name=f"visor-faulty-{at}", route_prefix=f"/faulty-{at}", blocking=False)
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
 
@@ -161,7 +172,7 @@ def bad_requests(image: Image.Image) -> list[tuple[str, object, int, str]]:
         ("not an image", {"messages": [{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(b"hello")
                                                 .decode()}}, {"type": "text", "text": QUESTION}]}]}, 400,
-         "image rejected"),
+         "cannot identify image file (not an image in a format Pillow reads"),
         ("unknown budget", {"messages": messages(image), "visor_budget": 7}, 400, "visor_budget must be"),
         ("http image URL", {"messages": [{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "http://127.0.0.1:9/x.png"}},
@@ -177,6 +188,13 @@ def bad_requests(image: Image.Image) -> list[tuple[str, object, int, str]]:
         ("top_logprobs alone", {"messages": messages(image), "top_logprobs": 2}, 400, "needs logprobs"),
         ("ends with the assistant", {"messages": [*messages(image), {"role": "assistant", "content": "red"}]}, 400,
          "last message must be a user message"),
+        ("image_url as a bare string", {"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": image_data_url(image)}, {"type": "text", "text": QUESTION}]}]}, 400,
+         'needs "image_url": {"url"'),
+        ("an <image> placeholder typed as text", {"messages": messages(None, "<image> what is it ?")}, 400,
+         "the model's processor refused the input"),
+        ("lone surrogate", b'{"messages": [{"role": "user", "content": "hi \\ud800"}]}', 400, "not valid Unicode"),
+        ("text beyond max_text_chars", {"messages": messages(image, "what " * 50_000)}, 400, "characters, more than"),
     ]
 
 
@@ -190,6 +208,7 @@ def test_bad_requests_get_4xx_in_openai_format(server) -> None:
             assert response.status_code == status, (name, response.text)
             error = response.json()["error"]
             assert message in error["message"] and error["type"] == "invalid_request_error", name
+            assert "object at 0x" not in error["message"], name
             if "unsupported parameter" in message:
                 assert error["param"] == message.split("'")[1] and error["code"] == "unsupported_parameter"
         ok = http.post("/v1/chat/completions", json={"messages": messages(image), "max_tokens": 2})
@@ -294,3 +313,160 @@ def test_reload_after_promotion_keeps_requests_in_flight(server, registry) -> No
         assert http.post("/admin/reload").json() == {"reloaded": False, "version": new}
         answer = http.post("/v1/chat/completions", json={"messages": messages(image), "max_tokens": 2}).json()
         assert answer["visor"]["model_version"] == new
+
+
+def answers_alone_then_together(prefix: str, bodies: list[dict], faulty: list) -> tuple[list, list, list, dict, dict]:
+    """``bodies`` sent one at a time, then all at once with the calls ``faulty`` (started 50 ms later, while the
+    others prefill or decode): the answers alone, the answers together, what the faulty calls returned, and the
+    app's stats before and after."""
+    with httpx.Client(base_url=prefix, timeout=120) as http:
+        alone = [http.post("/v1/chat/completions", json=body) for body in bodies]
+        before = http.get("/admin/stats").json()
+        with ThreadPoolExecutor(len(bodies) + len(faulty)) as pool:
+            together = [pool.submit(http.post, "/v1/chat/completions", json=body) for body in bodies]
+            time.sleep(0.05)
+            failed = [pool.submit(call) for call in faulty]
+            together, failed = [f.result() for f in together], [f.result() for f in failed]
+        after = http.get("/admin/stats").json()
+    return alone, together, failed, before, after
+
+
+def completions(responses: list[httpx.Response]) -> list[tuple[str, str, list[str] | None]]:
+    """Each response's answer, finish reason and tokens (from ``logprobs``, when asked); all must be 200s."""
+    assert [r.status_code for r in responses] == [200] * len(responses), [r.text for r in responses]
+    choices = [r.json()["choices"][0] for r in responses]
+    return [(c["message"]["content"], c["finish_reason"],
+             [entry["token"] for entry in c["logprobs"]["content"]] if c["logprobs"] else None) for c in choices]
+
+
+def test_a_failure_in_a_decode_step_fails_only_its_request(server) -> None:
+    """Issue 31: a request whose decode step raises inside the model (injected at the model call) while six others
+    decode with it fails alone — a 500 in OpenAI's format, or, streamed, an error event after its 200 — and the
+    others finish with the same tokens as when they ran alone; no row is left behind."""
+    prefix = f"{server}/faulty-decode"
+    images = [render_sample(4, "eval", 20 + i).image for i in range(6)]
+    bodies = [{"messages": messages(image), "temperature": 2.0, "seed": i, "max_tokens": 16, "visor_budget": 1,
+               "logprobs": True} for i, image in enumerate(images)]
+    marked = {"messages": messages(images[0], f"{FAULT} {QUESTION}"), "temperature": 2.0, "seed": 0,
+              "max_tokens": 16}
+    client = OpenAI(base_url=f"{prefix}/v1", api_key="unused", max_retries=0)
+
+    def streamed() -> list[str]:
+        texts = []
+        with pytest.raises(openai.APIError, match="injected fault") as raised:
+            for chunk in client.chat.completions.create(model="visor", stream=True, **{
+                    k: v for k, v in marked.items() if k != "model"}):
+                texts.append(chunk.choices[0].delta.content if chunk.choices else "")
+        texts.append(raised.value.message)
+        return texts
+
+    alone, together, (failed, stream), before, after = answers_alone_then_together(
+        prefix, bodies, [lambda: httpx.post(f"{prefix}/v1/chat/completions", json=marked, timeout=120), streamed])
+    assert completions(together) == completions(alone)
+    assert failed.status_code == 500, failed.text
+    error = failed.json()["error"]
+    assert error["type"] == "server_error" and error["code"] == "generation_failed"
+    assert "injected fault" in error["message"] and "RuntimeError" in error["message"]
+    assert "injected fault" in stream[-1]  # the stream had begun (200, a role chunk) when its error came
+    assert after["retried_alone"] > before.get("retried_alone", 0)  # the fault struck a step shared with others
+    assert after["failed"] - before.get("failed", 0) == 2
+    assert after["decoding"] == 0 and after["waiting"] == 0  # no leaked rows
+    assert completions([httpx.post(f"{prefix}/v1/chat/completions", json=bodies[1], timeout=120)]) == \
+        completions(alone[1:2])  # and the replica serves on
+
+
+def test_a_request_the_model_refuses_at_prefill_gets_a_400_alone(server) -> None:
+    """Issue 31: a ValueError from the model (the input was the cause) in a prefill shared with four requests
+    answers that request 400; the others are answered as when alone."""
+    prefix = f"{server}/faulty-prefill"
+    images = [render_sample(4, "eval", 30 + i).image for i in range(4)]
+    bodies = [{"messages": messages(image), "temperature": 0, "max_tokens": 8, "visor_budget": i % 2, "logprobs": True}
+              for i, image in enumerate(images)]
+    marked = {"messages": messages(images[0], f"{QUESTION} {FAULT}"), "max_tokens": 8}
+    alone, together, (failed,), before, after = answers_alone_then_together(
+        prefix, bodies, [lambda: httpx.post(f"{prefix}/v1/chat/completions", json=marked, timeout=120)])
+    assert completions(together) == completions(alone)
+    assert failed.status_code == 400, failed.text
+    error = failed.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["code"] == "invalid_input"
+    assert "ValueError: injected fault" in error["message"]
+    assert after["retried_alone"] > before.get("retried_alone", 0)
+    assert after["failed"] - before.get("failed", 0) == 1 and after["decoding"] == 0 and after["waiting"] == 0
+
+
+def test_openai_surface_models_routes_roles_and_streamed_logprobs(server) -> None:
+    """Issue 31: models.retrieve, OpenAI error objects on unknown routes and methods, the developer role, logprobs
+    streamed with each token, and a 20 MB text body refused before anything tokenizes it."""
+    image = render_sample(4, "eval", 8).image
+    client = OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
+    version = client.models.list().data[0].model_extra["version"]
+    assert client.models.retrieve("visor").id == "visor" and client.models.retrieve(f"visor/{version}").id == "visor"
+    with pytest.raises(openai.NotFoundError, match="not served here"):
+        client.models.retrieve("gpt-4")
+    with httpx.Client(base_url=server, timeout=60) as http:
+        for method, path, status in (("GET", "/v1/nothing", 404), ("GET", "/v1/chat/completions", 405),
+                                     ("DELETE", "/v1/models", 405)):
+            response = http.request(method, path)
+            assert response.status_code == status and response.json()["error"]["type"] == "invalid_request_error"
+            assert path in response.json()["error"]["message"]
+        started = time.perf_counter()
+        huge = http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x " * 10_000_000}]})
+        assert huge.status_code == 400 and "characters, more than" in huge.json()["error"]["message"]
+        assert time.perf_counter() - started < 10  # refused on its length (tokenizing it took 31 s)
+
+    developer = [{"role": "developer", "content": "answer briefly"}, *messages(image)]
+    system = [{"role": "system", "content": "answer briefly"}, *messages(image)]
+    ask = {"model": "visor", "temperature": 0, "max_tokens": 6, "extra_body": {"visor_budget": 1}}
+    reply = client.chat.completions.create(messages=developer, logprobs=True, top_logprobs=2, **ask)
+    assert reply.choices[0].message.content == client.chat.completions.create(messages=system, **ask).choices[
+        0].message.content  # developer is OpenAI's newer name for system
+    chunks = list(client.chat.completions.create(messages=developer, logprobs=True, top_logprobs=2, stream=True,
+                                                 **ask))
+    with_text = [c for c in chunks if c.choices and c.choices[0].delta.content]
+    assert with_text and all(c.choices[0].logprobs and c.choices[0].logprobs.content for c in with_text)
+    streamed = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in reply.choices[0].logprobs.content]
+
+
+def test_16_bit_pngs_are_answered_like_their_8_bit_images(server) -> None:
+    """Issue 31: a 16-bit PNG (RGB or greyscale) reaches the model as the same pixels as its 8-bit version, not
+    clipped to black and white: the same answer, the same log-probabilities."""
+    import numpy as np
+
+    from tests.pipelines.helpers import png16
+
+    pixels = np.asarray(render_sample(4, "eval", 9).image).astype(np.uint16)
+    grey = np.asarray(render_sample(4, "eval", 9).image.convert("L")).astype(np.uint16)
+    client = OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
+
+    def answer(url: str) -> tuple[str, list[float]]:
+        reply = client.chat.completions.create(
+            model="visor", temperature=0, max_tokens=4, logprobs=True, extra_body={"visor_budget": 1},
+            messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                                   {"type": "text", "text": QUESTION}]}])
+        return reply.choices[0].message.content, [round(e.logprob, 4) for e in reply.choices[0].logprobs.content]
+
+    def png_url(data: bytes) -> str:
+        return "data:image/png;base64," + base64.b64encode(data).decode()
+
+    for eight, sixteen in ((pixels, pixels * 257), (grey, grey * 257)):
+        eight_bit = image_data_url(Image.fromarray(eight.astype(np.uint8)))
+        assert answer(png_url(png16(sixteen))) == answer(eight_bit)
+    clipped = image_data_url(Image.fromarray(np.where(grey > 0, 255, 0).astype(np.uint8)))  # what it was before
+    assert answer(png_url(png16(grey * 257)))[1] != answer(clipped)[1]
+
+
+def test_a_text_only_chat_beside_image_chats(server) -> None:
+    """Issue 31's report: eight image chats and a text-only chat 50 ms later — all nine are answered, each as when
+    it ran alone."""
+    images = [render_sample(4, "eval", 40 + i).image for i in range(8)]
+    bodies = [{"messages": messages(image), "temperature": 0, "max_tokens": 6, "logprobs": True} for image in images]
+    text_only = {"messages": messages(None, "how many shapes are there ?"), "temperature": 0, "max_tokens": 6,
+                 "logprobs": True}
+    with httpx.Client(base_url=server, timeout=120) as http:
+        alone = http.post("/v1/chat/completions", json=text_only)
+    others_alone, others, (together,), _, after = answers_alone_then_together(
+        server, bodies, [lambda: httpx.post(f"{server}/v1/chat/completions", json=text_only, timeout=120)])
+    assert completions(others) == completions(others_alone)
+    assert completions([together]) == completions([alone])
+    assert after["decoding"] == 0
