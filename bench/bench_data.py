@@ -1,7 +1,14 @@
-"""Data-pipeline benchmark: preprocessing throughput with 1 and 2 CPUs, and the share of training
-step time spent waiting for data in the ``demo-tiny`` training config.
+"""Data-pipeline benchmark: preprocessing throughput with 1 and 2 CPUs, the share of training
+step time spent waiting for data in the ``demo-tiny`` training config, and ``visor data pack``
+throughput with 1 and 2 CPUs.
 
-    .venv/bin/python bench/bench_data.py [--samples 1500] [--steps 300] [--write docs/BENCHMARKS.md]
+    .venv/bin/python bench/bench_data.py [--samples 1500] [--steps 300] [--pack-rows 2000]
+                                         [--only pipeline|pack] [--write docs/BENCHMARKS.md]
+
+Packing: a LLaVA JSON file of ``--pack-rows`` rows (the synthetic eval images as PNG files in an
+image folder, one conversation each, every 10th row text-only), packed by
+``pipelines.pack.pack`` (one CPU per packing task) in a fresh local Ray with N CPUs (a subprocess
+each, Ray start excluded, the Ray Data job's start-up included); rows/s over the whole job.
 
 Throughput: a fresh local Ray with ``--num-cpus`` N (a subprocess each), the
 real read → validate → tile/tokenize path (``pipelines.dataset.build_split``, one
@@ -60,6 +67,45 @@ def throughput(data: Path, cpus: int) -> dict:
             "steady_samples_per_s": (total - seen) / max(end - cut_time, 1e-9), "tokens": [min(lengths), max(lengths)]}
 
 
+def llava_source(root: Path, rows: int) -> Path:
+    """A LLaVA JSON file of ``rows`` rows under ``root`` with its image folder (``root/images``); returns the file."""
+    from pipelines.synth import render_sample
+
+    images = root / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    records = []
+    for i in range(rows):
+        sample = render_sample(0, "eval", i)
+        record = {"id": f"r{i}", "conversations": [{"from": "human", "value": f"<image>\n{sample.question}"},
+                                                   {"from": "gpt", "value": sample.answer}]}
+        if i % 10:
+            sample.image.save(images / f"{i:06d}.png")
+            record["image"] = f"{i:06d}.png"
+        else:
+            record["conversations"][0]["value"] = sample.question
+        records.append(record)
+    path = root / "llava.json"
+    path.write_text(json.dumps(records))
+    return path
+
+
+def pack_throughput(source: Path, cpus: int) -> dict:
+    """Runs in a subprocess: ``visor data pack``'s job over ``source`` with ``cpus`` CPUs."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    from pipelines.pack import PackOptions, pack
+
+    ray.init(num_cpus=cpus, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        summary = pack([str(source)], out, PackOptions(image_root=str(source.parent / "images"), shard_size=500))
+        seconds = time.perf_counter() - start
+    ray.shutdown()
+    return {"cpus": cpus, "rows": summary["rows"], "packed": summary["packed"], "shards": len(summary["shards"]),
+            "seconds": seconds, "rows_per_s": summary["rows"] / seconds, "load_average": os.getloadavg()[0]}
+
+
 def data_wait(data: Path, steps: int, workdir: Path) -> dict:
     """Train the demo-tiny config on ``data`` and read back its data-wait metrics."""
     from mlflow.tracking import MlflowClient
@@ -116,6 +162,24 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def pack_markdown(results: dict) -> str:
+    lines = [
+        *provenance("## Packing your own data (`bench/bench_data.py`)", results["command"]),
+        f"A LLaVA JSON file of {results['rows']} rows (64–96 px PNG images in an image folder, every 10th row "
+        "text-only) packed by `visor data pack`'s job (`pipelines.pack.pack`: Ray Data reads, one CPU per packing "
+        "task, shards of 500 written by Ray tasks); a fresh local Ray per row of the table, its start excluded.",
+        "",
+        "| CPUs for Ray | rows | packed | shards | whole job (s) | rows/s | machine load (1-min average) at the end |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in results["pack"]:
+        lines.append(f"| {row['cpus']} | {row['rows']} | {row['packed']} | {row['shards']} | {row['seconds']:.1f} | "
+                     f"{row['rows_per_s']:.0f} | {row['load_average']:.1f} |")
+    lines += ["", "A load average above the machine's CPU count means other processes shared the cores: the two "
+              "rows then do not measure how packing scales with CPUs."]
+    return "\n".join([*lines, ""])
+
+
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
@@ -159,37 +223,48 @@ def write_section(path: Path, section: str, heading: str = "## Data pipeline") -
     path.write_text(re.sub(r"\n+(?=## )", "\n\n", text).rstrip("\n") + "\n")  # one blank line between sections
 
 
+def _worker(flag: str, path: Path, cpus: int) -> dict:
+    out = subprocess.run([sys.executable, __file__, flag, str(path), str(cpus)], check=True, capture_output=True,
+                         text=True, cwd=ROOT)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    print(result, flush=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=1500)
     parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--pack-rows", type=int, default=2000)
+    parser.add_argument("--only", choices=("pipeline", "pack"), help="Run one part (default: both).")
     parser.add_argument("--write", type=Path, help="Markdown file whose data-pipeline section is replaced.")
     parser.add_argument("--throughput-worker", nargs=2, metavar=("DATA", "CPUS"), help=argparse.SUPPRESS)
+    parser.add_argument("--pack-worker", nargs=2, metavar=("SOURCE", "CPUS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.throughput_worker:
         print(json.dumps(throughput(Path(args.throughput_worker[0]), int(args.throughput_worker[1]))))
         return
+    if args.pack_worker:
+        print(json.dumps(pack_throughput(Path(args.pack_worker[0]), int(args.pack_worker[1]))))
+        return
+    command = " ".join(["python", "bench/bench_data.py", *sys.argv[1:]])
 
     from pipelines.synth import write_synth
 
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "data"
-        write_synth(data, args.samples, 60, 250, seed=0)
-        rows = []
-        for cpus in (1, 2):
-            out = subprocess.run([sys.executable, __file__, "--throughput-worker", str(data), str(cpus)],
-                                 check=True, capture_output=True, text=True, cwd=ROOT)
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-            print(rows[-1], flush=True)
-        wait = data_wait(data, args.steps, Path(tmp))
-        print(wait, flush=True)
-    results = {
-        "command": " ".join(["python", "bench/bench_data.py", *sys.argv[1:]]),
-        "samples": args.samples,
-        "throughput": rows,
-        "data_wait": wait,
-    }
-    publish(markdown(results), "## Data pipeline", args.write)
+        if args.only != "pack":
+            data = Path(tmp) / "data"
+            write_synth(data, args.samples, 60, 250, seed=0)
+            rows = [_worker("--throughput-worker", data, cpus) for cpus in (1, 2)]
+            wait = data_wait(data, args.steps, Path(tmp))
+            print(wait, flush=True)
+            results = {"command": command, "samples": args.samples, "throughput": rows, "data_wait": wait}
+            publish(markdown(results), "## Data pipeline", args.write)
+        if args.only != "pipeline":
+            source = llava_source(Path(tmp) / "llava", args.pack_rows)
+            packed = [_worker("--pack-worker", source, cpus) for cpus in (1, 2)]
+            results = {"command": command, "rows": args.pack_rows, "pack": packed}
+            publish(pack_markdown(results), "## Packing your own data", args.write)
 
 
 if __name__ == "__main__":

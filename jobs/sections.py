@@ -1,12 +1,13 @@
 """Config sections that several jobs share: where MLflow runs and models go (:class:`TrackingSection`), how
-shards are read (:class:`ReadSection`) and how an S3-compatible store is reached (:class:`S3Section`)."""
+shards are read (:class:`ReadSection`), how sources are packed into shards (:class:`PackSection`) and how an
+S3-compatible store is reached (:class:`S3Section`)."""
 
 from __future__ import annotations
 
 from pydantic import Field
 
 from jobs.config import Section, default_of
-from pipelines.options import ReadOptions
+from pipelines.options import METRICS, PackOptions, ReadOptions
 from pipelines.shards import S3Options
 
 
@@ -39,6 +40,33 @@ class ReadSection(Section):
 
     def read_options(self) -> ReadOptions:
         return ReadOptions(**{name: getattr(self, name) for name in ReadSection.model_fields})
+
+
+class PackSection(Section):
+    """How ``visor data pack`` turns sources into shards (``pipelines.options.PackOptions``, whose defaults these
+    are)."""
+
+    image_root: str | None = Field(default_of(PackOptions, "image_root"), description="Where the images' relative "
+                                   "paths point, local or s3:// (default: each source file's folder).")
+    answers_field: str | None = Field(default_of(PackOptions, "answers_field"), description="Column holding the "
+                                      "reference answers (default: 'answers', else 'answer').")
+    metric: str | None = Field(default_of(PackOptions, "metric"), description=f"Metric of every row: "
+                               f"{', '.join(METRICS)} (default: the row's own, else its benchmark's, else none).")
+    data_source: str | None = Field(default_of(PackOptions, "data_source"), description="Benchmark name stored in "
+                                    "every sample (default: the row's 'data_source', else a benchmark the path names).")
+    image_format: str = Field(default_of(PackOptions, "image_format"), pattern="^(keep|png|jpg)$",
+                              description="keep (store the image bytes as they came), png or jpg (re-encode).")
+    max_image_pixels: int = Field(default_of(PackOptions, "max_image_pixels"), ge=1,
+                                  description="Largest image accepted, in pixels.")
+    shard_size: int = Field(default_of(PackOptions, "shard_size"), ge=1, description="Samples per shard at most.")
+    max_shard_bytes: int = Field(default_of(PackOptions, "max_shard_bytes"), ge=1,
+                                 description="Bytes per shard at most (a larger sample gets a shard of its own).")
+    prefix: str = Field(default_of(PackOptions, "prefix"), pattern=r"^[\w-]+$",
+                        description="Shards are PREFIX-NNNNNN.tar.")
+    cpus: float = Field(default_of(PackOptions, "cpus"), gt=0, description="CPUs reserved by each packing task.")
+
+    def pack_options(self) -> PackOptions:
+        return PackOptions(**{name: getattr(self, name) for name in PackSection.model_fields})
 
 
 class S3Section(Section):

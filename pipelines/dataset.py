@@ -18,6 +18,10 @@ Output rows (one per valid sample):
 ``image_sizes`` int64 ``[2]`` — (height, width), zeros without an image
 ``num_tiles``, ``length``  int — tiles and tokens (for statistics and bucketing)
 ``question_type``  str — from the JSON metadata, ``""`` when absent
+``data_source``  str — the benchmark the sample comes from (metadata), ``""`` when absent
+``metric``      str — how a generated answer is scored (``pipelines.validate.METRICS``), ``""``: teacher-forced
+                exact match of the conversation's answer
+``answers``     str — the JSON list of reference answers, ``"[]"`` when absent
 ``metadata``    str — the JSON of the sample's other fields
 ==============  =====================================================
 
@@ -48,7 +52,8 @@ if TYPE_CHECKING:
     from visor_model.processing import VisorProcessor
 
 TENSOR_COLUMNS = ("input_ids", "labels", "pixel_values", "image_sizes")
-OUTPUT_COLUMNS = ("key", "url", *TENSOR_COLUMNS, "num_tiles", "length", "question_type", "metadata")
+OUTPUT_COLUMNS = ("key", "url", *TENSOR_COLUMNS, "num_tiles", "length", "question_type", "data_source", "metric",
+                  "answers", "metadata")
 
 
 @dataclass
@@ -119,6 +124,9 @@ def preprocess_batch(
         out["num_tiles"].append(0 if pixel_values is None else int(pixel_values.shape[1]))
         out["length"].append(int(example["input_ids"].shape[1]))
         out["question_type"].append(str(sample.metadata.get("question_type", "")))
+        out["data_source"].append(str(sample.metadata.get("data_source", "")))
+        out["metric"].append(str(sample.metadata.get("metric", "")))
+        out["answers"].append(json.dumps(sample.metadata.get("answers", [])))
         out["metadata"].append(json.dumps(sample.metadata, sort_keys=True, default=str))
     if ledger is not None:
         import ray

@@ -5,7 +5,9 @@ jobs use (so its numbers are what training will see) and returns::
 
     {"samples": rows read, "valid": n, "quarantined": {reason: count}, "data_version": str,
      "shards": count, "question_types": {type: count}, "tokens": {min, mean, p50, p95, max},
-     "tiles": {tiles per image: count}}
+     "tiles": {tiles per image: count}, "benchmarks": {data_source: count}, "metrics": {metric: count}}
+
+(``benchmarks`` and ``metrics`` count only the samples that have one.)
 
 ``samples == valid + sum(quarantined.values())`` always holds.
 :func:`render_samples` draws a few samples (the anyres tiles as the model sees
@@ -28,7 +30,7 @@ from .shards import ShardSet
 if TYPE_CHECKING:
     from visor_model.processing import VisorProcessor
 
-STAT_COLUMNS = ["num_tiles", "length", "question_type"]
+STAT_COLUMNS = ["num_tiles", "length", "question_type", "data_source", "metric"]
 
 
 def _token_stats(lengths: list[int]) -> dict[str, float]:
@@ -56,10 +58,14 @@ def inspect_shards(
     split = build_split(source, processor, options, ledger)
     types: Counter[str] = Counter()
     tiles: Counter[int] = Counter()
+    sources: Counter[str] = Counter()
+    metrics: Counter[str] = Counter()
     lengths: list[int] = []
     for batch in split.dataset.select_columns(STAT_COLUMNS).iter_batches(batch_size=256, batch_format="numpy"):
         types.update(str(t) or "(none)" for t in batch["question_type"])
         tiles.update(int(t) for t in batch["num_tiles"])
+        sources.update(str(s) for s in batch["data_source"] if str(s))
+        metrics.update(str(m) for m in batch["metric"] if str(m))
         lengths.extend(int(x) for x in batch["length"])
     report = ray.get(ledger.report.remote())
     if report_path is not None:
@@ -73,6 +79,8 @@ def inspect_shards(
         "question_types": dict(sorted(types.items())),
         "tokens": _token_stats(lengths),
         "tiles": {str(k): v for k, v in sorted(tiles.items())},
+        "benchmarks": dict(sorted(sources.items())),
+        "metrics": dict(sorted(metrics.items())),
     }
 
 

@@ -2,7 +2,8 @@
 
 A sample is ``<key>.json`` in the LLaVA conversation format
 (``{"conversations": [{"from": "human", "value": "<image>\\n…"}, {"from": "gpt", "value": "…"}, …]}``,
-other fields kept as metadata) plus at most one ``<key>.jpg|jpeg|png|webp``.
+other fields kept as metadata; optional ``answers`` — a list of reference strings — and ``metric`` — one of
+:data:`METRICS` — say how a generated answer is scored) plus at most one ``<key>.jpg|jpeg|png|webp``.
 :func:`parse_sample` returns a :class:`ParsedSample` or raises :class:`Rejected`
 with one of :data:`REASONS`; nothing else escapes it.
 """
@@ -16,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
+
+from .options import METRICS
 
 IMAGE_PLACEHOLDER = "<image>"
 USER_ROLES = ("human", "user")
@@ -39,6 +42,10 @@ REASONS: dict[str, str] = {
     "decompression_bomb": "the image declares more pixels than the configured limit",
     "too_long": "the tokenized sequence is longer than the configured max_length",
     "processing_error": "the processor raised an unexpected error (see the detail)",
+    "bad_answers": "'answers' is not a non-empty list of non-empty strings",
+    "unknown_metric": f"'metric' is not one of {', '.join(METRICS)}",
+    "missing_image_file": "the source row names an image file that does not exist (visor data pack)",
+    "unreadable_source": "a source file or row that does not parse as JSON (visor data pack)",
 }
 
 
@@ -113,6 +120,18 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def check_references(record: dict) -> None:
+    """Raise :class:`Rejected` unless the optional ``answers`` (a non-empty list of non-empty strings: the
+    references a generated answer is scored against) and ``metric`` (one of :data:`METRICS`) are well formed."""
+    answers = record.get("answers")
+    if answers is not None and (not isinstance(answers, list) or not answers
+                                or not all(isinstance(a, str) and a.strip() for a in answers)):
+        raise Rejected("bad_answers", f"answers = {str(answers)[:200]}")
+    metric = record.get("metric")
+    if metric is not None and metric not in METRICS:
+        raise Rejected("unknown_metric", f"metric = {str(metric)[:100]}")
+
+
 def parse_sample(image: bytes | None, record: bytes | None, max_pixels: int) -> ParsedSample:
     """Validate one sample's raw members (see the module docstring)."""
     if (image is not None and len(image) == 0) or (record is not None and len(record) == 0):
@@ -137,6 +156,7 @@ def parse_sample(image: bytes | None, record: bytes | None, max_pixels: int) -> 
         raise Rejected("extra_image_placeholders", f"{sum(placeholders)} placeholders")
     if any(not answer.strip() for _, answer in turns):
         raise Rejected("empty_answer")
+    check_references(data)
     first = turns[0][0].replace(IMAGE_PLACEHOLDER, "").strip()
     turns = [(first, turns[0][1].strip())] + [(q.strip(), a.strip()) for q, a in turns[1:]]
     metadata = {k: v for k, v in data.items() if k != "conversations"}

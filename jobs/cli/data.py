@@ -1,4 +1,5 @@
-"""``visor data ...``: data tools (synthetic benchmark shards, inspecting a shard set)."""
+"""``visor data ...``: data tools (synthetic benchmark shards, packing real datasets into shards, inspecting a
+shard set)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from pathlib import Path
 import typer
 
 from jobs.cli.options import INPUT_ERRORS, VERBOSE, load, option, usage_errors
-from jobs.sections import ReadSection
+from jobs.sections import PackSection, ReadSection
 
-data_app = typer.Typer(help="Data tools: synthetic VQA shards, shard statistics.", no_args_is_help=True)
+data_app = typer.Typer(help="Data tools: synthetic VQA shards, packing your own data, shard statistics.",
+                       no_args_is_help=True)
 
 
 @data_app.command()
@@ -31,6 +33,55 @@ def synth(
     manifest = write_synth(out, train, eval, shard_size, seed, policy, detail)
     typer.echo(json.dumps({split: info["samples"] for split, info in manifest["splits"].items()}))
     typer.echo(f"wrote {out}")
+
+
+@data_app.command()
+def pack(
+    source: list[str] = typer.Argument(..., help="LLaVA JSON / JSON lines / parquet files, directories or globs, "
+                                       "local or s3://…"),
+    out: str = typer.Option(..., help="Directory (or s3://bucket/prefix) for the shards."),
+    image_root: str | None = option(PackSection, "image_root"),
+    answers_field: str | None = option(PackSection, "answers_field"),
+    metric: str | None = option(PackSection, "metric"),
+    data_source: str | None = option(PackSection, "data_source"),
+    image_format: str = option(PackSection, "image_format"),
+    shard_size: int = option(PackSection, "shard_size"),
+    max_shard_bytes: int = option(PackSection, "max_shard_bytes"),
+    prefix: str = option(PackSection, "prefix"),
+    max_image_pixels: int = option(PackSection, "max_image_pixels"),
+    cpus: float = option(PackSection, "cpus"),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (for scripts and CI)."),
+    verbose: bool = VERBOSE,
+) -> None:
+    """Pack real VLM data into WebDataset shards (Ray Data job, deterministic); rows that cannot be packed are
+    skipped, counted by reason and listed in OUT/pack_quarantine.jsonl."""
+    from jobs.cluster.ray_env import init_ray
+    from jobs.console import job_console
+    from pipelines.pack import pack as run_pack
+
+    settings = {"image_root": image_root, "answers_field": answers_field, "metric": metric,
+                "data_source": data_source, "image_format": image_format, "shard_size": shard_size,
+                "max_shard_bytes": max_shard_bytes, "prefix": prefix, "max_image_pixels": max_image_pixels,
+                "cpus": cpus}
+    section = load(PackSection, {k: v for k, v in settings.items() if v is not None})
+    with usage_errors():
+        options = section.pack_options()
+    with usage_errors("SOURCE", INPUT_ERRORS), job_console("pack", verbose) as console:
+        init_ray()
+        with console.stage("pack", unit="rows") as stage:
+            summary = run_pack(source, out, options,
+                               progress=lambda rows, skipped: stage.update(rows, f"{skipped} skipped"))
+            stage.close(f"{summary['packed']} packed into {len(summary['shards'])} shards, "
+                        f"{sum(summary['skipped'].values())} skipped")
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    typer.echo(f"rows {summary['rows']}: {summary['packed']} packed, {sum(summary['skipped'].values())} skipped")
+    for reason, count in summary["skipped"].items():
+        typer.echo(f"  skipped {reason}: {count}")
+    typer.echo(f"wrote {len(summary['shards'])} shards to {summary['out']} (skipped rows: "
+               f"{summary['out']}/pack_quarantine.jsonl)")
+    typer.echo(f"data version {summary['data_version']}")
 
 
 @data_app.command()
@@ -76,5 +127,7 @@ def inspect(
     typer.echo(f"question types: {stats['question_types']}")
     typer.echo(f"tokens: {stats['tokens']}")
     typer.echo(f"tiles per sample: {stats['tiles']}")
+    if stats["metrics"]:
+        typer.echo(f"benchmarks: {stats['benchmarks']}; metrics: {stats['metrics']}")
     for path in rendered:
         typer.echo(f"rendered {path}")

@@ -50,10 +50,12 @@ def evaluate(
     out: Path | None = typer.Option(None, help="Also write the JSON report here."),
     batch_size: int = option(ScoreOptions, "batch_size"),
     actors: int = option(ScoreOptions, "actors"),
+    max_new_tokens: int = option(ScoreOptions, "max_new_tokens"),
     tracking_uri: str | None = TRACKING_URI,
     verbose: bool = VERBOSE,
 ) -> None:
-    """Accuracy (overall and per question type), FLOPs and latency per budget and under the policy."""
+    """Accuracy (overall, per question type and per benchmark — each benchmark's own metric on greedy answers for
+    samples that name one), FLOPs and latency per budget and under the policy."""
     from jobs.console import job_console
     from jobs.evaluation.evaluate import evaluate as run_evaluate
     from jobs.evaluation.evaluate import format_report
@@ -65,7 +67,7 @@ def evaluate(
         if not sep:
             raise typer.BadParameter(f"{item!r}: expected NAME=URI", param_hint="--baseline")
         baselines[label] = uri
-    options = load(ScoreOptions, {"batch_size": batch_size, "actors": actors})
+    options = load(ScoreOptions, {"batch_size": batch_size, "actors": actors, "max_new_tokens": max_new_tokens})
     store = resolve_uri(tracking_uri)
     with usage_errors(errors=INPUT_ERRORS), job_console("evaluate", verbose):
         outcome = run_evaluate(model, data, store, options, baselines, out)

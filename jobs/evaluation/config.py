@@ -20,6 +20,8 @@ class ScoreOptions(Section):
     actors: int = Field(1, ge=1, description="Scoring actors (each holds a copy of the model).")
     cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved by each scoring actor.")
     tau: float | None = Field(None, ge=0, le=1, description="Score the policy at this τ (None: the model's).")
+    max_new_tokens: int = Field(32, ge=1, description="Longest greedy answer generated for a sample that names a "
+                                "metric (anls, relaxed, vqa, contains, exact).")
 
 
 class PolicyTraining(Section):

@@ -4,12 +4,18 @@ The report (:func:`summarize`, written as JSON and logged to MLflow with two plo
 
     {"model_uri", "data_version", "samples", "quarantine",
      "rows": [{"name": "budget 0" | … | "policy" | "<baseline> …", "budget": int | None,
-               "accuracy", "accuracy_by_type": {type: acc}, "mean_flops", "mean_language_flops",
+               "accuracy", "accuracy_by_type": {type: acc}, "accuracy_by_benchmark": {data_source: score},
+               "mean_flops", "mean_language_flops",
                "mean_latency_s", "saving_vs_llava_ov" (LLaVA-OneVision's mean FLOPs on the same samples
                / this row's), "budget_histogram": {type: {budget: n}} (policy rows only)}, …],
      "operating_point": the policy row if the policy is trained, else the largest budget}
 
-Accuracy is greedy exact match of the reference answer (see :mod:`jobs.evaluation.scoring`).
+Accuracy is the mean ``score`` of :mod:`jobs.evaluation.scoring`: greedy exact match of the reference answer, or,
+for a sample that names a benchmark metric (``anls``, ``relaxed``, ``vqa``, ``contains``, ``exact``), that metric
+of its generated answer (:mod:`jobs.evaluation.generation`); ``accuracy_by_benchmark`` is the same per
+``data_source`` (only when some sample has one; ``mean_flops_by_benchmark`` beside it), logged to MLflow as
+``<row>/accuracy/<benchmark>`` and drawn in ``plots/benchmarks.png``; the generated answers go to
+``generated_answers.jsonl``.
 FLOPs are per sample from :mod:`visor_model.flops` with each sample's own token
 counts. Baselines (``--baseline NAME=URI``, e.g. a full-attention LLaVA-OneVision
 conversion or a token-reduction model) are scored the same way and added as rows.
@@ -36,12 +42,20 @@ from pipelines.shards import ShardSet
 EXPERIMENT = "visor-eval"
 
 
+def _by_group(values: np.ndarray, groups: np.ndarray) -> dict[str, float]:
+    return {str(g): float(values[groups == g].mean()) for g in sorted(set(groups.tolist()))}
+
+
 def _row(name: str, budget: int | None, correct: np.ndarray, flops: np.ndarray, language: np.ndarray,
-         latency: np.ndarray, types: np.ndarray, baseline: np.ndarray) -> dict:
-    by_type = {str(t): float(correct[types == t].mean()) for t in sorted(set(types.tolist()))}
-    return {"name": name, "budget": budget, "accuracy": float(correct.mean()), "accuracy_by_type": by_type,
-            "mean_flops": float(flops.mean()), "mean_language_flops": float(language.mean()),
-            "mean_latency_s": float(latency.mean()), "saving_vs_llava_ov": float(baseline.mean() / flops.mean())}
+         latency: np.ndarray, types: np.ndarray, baseline: np.ndarray, sources: np.ndarray | None = None) -> dict:
+    row = {"name": name, "budget": budget, "accuracy": float(correct.mean()),
+           "accuracy_by_type": _by_group(correct, types),
+           "mean_flops": float(flops.mean()), "mean_language_flops": float(language.mean()),
+           "mean_latency_s": float(latency.mean()), "saving_vs_llava_ov": float(baseline.mean() / flops.mean())}
+    if sources is not None and any(sources):
+        row["accuracy_by_benchmark"] = _by_group(correct, sources)
+        row["mean_flops_by_benchmark"] = _by_group(flops, sources)
+    return row
 
 
 def summarize(scores: Scores) -> list[dict]:
@@ -49,22 +63,37 @@ def summarize(scores: Scores) -> list[dict]:
     model's policy is trained."""
     c = scores.columns
     types = c["question_type"].astype(str)
+    sources = c["data_source"].astype(str) if "data_source" in c else None
+    quality = c.get("score", c["correct"]).astype(np.float64)
     rows = [
-        _row(f"budget {b}", b, c["correct"][:, b], c["flops"][:, b], c["language_flops"][:, b],
-             c["latency"][:, b], types, c["baseline_flops"])
+        _row(f"budget {b}", b, quality[:, b], c["flops"][:, b], c["language_flops"][:, b],
+             c["latency"][:, b], types, c["baseline_flops"], sources)
         for b in range(c["correct"].shape[1])
     ]
     chosen = c["chosen"].astype(int)
     if (chosen >= 0).all():
         pick = np.arange(len(chosen)), chosen
-        row = _row("policy", None, c["correct"][pick], c["flops"][pick], c["language_flops"][pick],
-                   c["latency"][pick], types, c["baseline_flops"])
+        row = _row("policy", None, quality[pick], c["flops"][pick], c["language_flops"][pick],
+                   c["latency"][pick], types, c["baseline_flops"], sources)
         row["budget_histogram"] = {
             str(t): {str(b): int(((types == t) & (chosen == b)).sum()) for b in range(c["correct"].shape[1])}
             for t in sorted(set(types.tolist()))
         }
         rows.append(row)
     return rows
+
+
+def generated_answers(scores: Scores) -> list[dict]:
+    """One record per sample that names a metric: ``url``, ``key``, ``data_source``, ``metric``, the answer
+    generated at the largest budget and its score at every budget (logged as ``generated_answers.jsonl``, to
+    check a benchmark's scores by eye)."""
+    c = scores.columns
+    if "prediction" not in c or "metric" not in c:
+        return []
+    return [{"url": str(c["url"][i]), "key": str(c["key"][i]), "data_source": str(c["data_source"][i]),
+             "metric": str(c["metric"][i]), "prediction": str(c["prediction"][i]),
+             "score": [round(float(v), 6) for v in c["score"][i]]}
+            for i in range(scores.num_samples) if str(c["metric"][i])]
 
 
 def operating_point(rows: list[dict]) -> dict:
@@ -91,9 +120,42 @@ def pareto_figure(rows: list[dict]):
             ax.plot(r["mean_flops"] / 1e9, r["accuracy"], "r*", markersize=14, label="VISOR policy")
         elif r.get("baseline"):
             ax.plot(r["mean_flops"] / 1e9, r["accuracy"], "s", label=r["name"])
+    return _flops_axes(fig, ax, "accuracy (exact match, or each sample's metric)", "Accuracy vs compute")
+
+
+def metric_key(name: str) -> str:
+    """``name`` as an MLflow metric-name part (letters, digits, ``_-.`` only)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "_"
+
+
+def benchmark_figure(rows: list[dict]):
+    """Score (each benchmark's own metric) vs mean total FLOPs per benchmark: one line over the budgets, a star
+    for the policy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    budgets = [r for r in rows if r["budget"] is not None and not r.get("baseline")]
+    policy = [r for r in rows if r["name"] == "policy"]
+    for benchmark in sorted({b for r in rows for b in r.get("accuracy_by_benchmark", {})}):
+        line = [(r["mean_flops_by_benchmark"][benchmark] / 1e9, r["accuracy_by_benchmark"][benchmark])
+                for r in budgets if benchmark in r.get("accuracy_by_benchmark", {})]
+        (drawn,) = ax.plot(*zip(*line, strict=True), "o-", label=benchmark)
+        for r in policy:
+            ax.plot(r["mean_flops_by_benchmark"][benchmark] / 1e9, r["accuracy_by_benchmark"][benchmark], "*",
+                    color=drawn.get_color(), markersize=14)
+    return _flops_axes(fig, ax, "score (each benchmark's metric)", "Per benchmark: budgets (line), policy (star)")
+
+
+def _flops_axes(fig, ax, ylabel: str, title: str):
+    """Finish a figure whose x axis is mean GFLOPs per sample: labels, title, grid, legend."""
     ax.set_xlabel("mean GFLOPs per sample (prefill)")
-    ax.set_ylabel("accuracy (exact match)")
-    ax.set_title("Accuracy vs compute")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -158,8 +220,12 @@ def evaluate(
         for row in rows:
             key = row["name"].replace(" ", "_")
             mlflow.log_metrics({f"{key}/accuracy": row["accuracy"], f"{key}/mean_gflops": row["mean_flops"] / 1e9,
-                                f"{key}/mean_latency_s": row["mean_latency_s"]})
+                                f"{key}/mean_latency_s": row["mean_latency_s"],
+                                **{f"{key}/accuracy/{metric_key(b)}": v
+                                   for b, v in row.get("accuracy_by_benchmark", {}).items()}})
         mlflow.log_figure(pareto_figure(rows), "plots/pareto.png")
+        if any(r.get("accuracy_by_benchmark") for r in rows):
+            mlflow.log_figure(benchmark_figure(rows), "plots/benchmarks.png")
         policy = [r for r in rows if r["name"] == "policy"]
         if policy:
             mlflow.log_figure(histogram_figure(policy[0]), "plots/budget_histogram.png")
@@ -168,6 +234,10 @@ def evaluate(
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(report, indent=2) + "\n")
             mlflow.log_artifact(str(path))
+            answers = generated_answers(scores)
+            if answers:
+                (Path(tmp) / "generated_answers.jsonl").write_text("".join(json.dumps(a) + "\n" for a in answers))
+                mlflow.log_artifact(str(Path(tmp) / "generated_answers.jsonl"))
         run_id = run.info.run_id
 
     version = registered_version(model_uri, tracking_uri)
@@ -190,6 +260,14 @@ def format_report(report: dict) -> str:
         by_type = " | ".join(f"{row['accuracy_by_type'].get(t, float('nan')):.2f}" for t in types)
         lines.append(f"| {row['name']} | {row['accuracy']:.3f} | {by_type} | {row['mean_flops'] / 1e9:.4f} | "
                      f"{row['saving_vs_llava_ov']:.2f}x | {row['mean_latency_s'] * 1e3:.2f} |")
+    benchmarks = sorted({b for row in report["rows"] for b in row.get("accuracy_by_benchmark", {})})
+    if benchmarks:
+        lines += ["", "| configuration | " + " | ".join(f"{b} (score / GFLOPs)" for b in benchmarks) + " |",
+                  "| --- | " + " | ".join("---:" for _ in benchmarks) + " |"]
+        for row in report["rows"]:
+            scores, flops = row.get("accuracy_by_benchmark", {}), row.get("mean_flops_by_benchmark", {})
+            lines.append(f"| {row['name']} | " + " | ".join(
+                f"{scores[b]:.3f} / {flops[b] / 1e9:.4f}" if b in scores else "–" for b in benchmarks) + " |")
     for row in report["rows"]:
         if row.get("budget_histogram"):
             lines.append(f"budgets the {row['name']} chose per question type: " + "; ".join(

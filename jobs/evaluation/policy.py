@@ -2,9 +2,10 @@
 
 1. Labels (:func:`jobs.evaluation.scoring.score_split`, Ray Data actors holding the model):
    every budget on every sample; budget ``b`` is *sufficient* for a sample when its
-   answer is correct, or its answer loss is within ``loss_tolerance`` of the
-   sample's best budget (so samples no budget answers still prefer the budgets
-   that come closest).
+   answer scores the sample's best score above zero (for exact match: it is correct;
+   for a sample that names a benchmark metric, its greedy answer by that metric), or its
+   answer loss is within ``loss_tolerance`` of the sample's best budget (so samples no
+   budget answers still prefer the budgets that come closest).
 2. Samples are split by a hash of their key into training and held-out parts
    (``heldout_fraction``); the policy head (``BudgetPolicy``: LayerNorm + MLP on
    the prompt's features) is trained with a sigmoid cross-entropy per budget.
@@ -43,10 +44,13 @@ class PolicyOutcome:
     heldout: dict
 
 
-def sufficiency(loss: np.ndarray, correct: np.ndarray, tolerance: float) -> np.ndarray:
-    """``[N, K]`` 0/1 labels: correct, or loss within ``tolerance`` of the sample's lowest loss."""
+def sufficiency(loss: np.ndarray, score: np.ndarray, tolerance: float) -> np.ndarray:
+    """``[N, K]`` 0/1 labels: the budget's ``score`` (``[N, K]`` in ``[0, 1]``: exact match, or the sample's
+    metric) is the sample's best and above zero, or its loss is within ``tolerance`` of the sample's lowest loss."""
+    score = np.asarray(score, dtype=np.float64)
+    top = (score >= score.max(axis=1, keepdims=True) - 1e-9) & (score > 0)
     best = loss.min(axis=1, keepdims=True)
-    return (correct | (loss <= best + tolerance)).astype(np.float32)
+    return (top | (loss <= best + tolerance)).astype(np.float32)
 
 
 def heldout_mask(keys: np.ndarray, urls: np.ndarray, fraction: float) -> np.ndarray:
@@ -74,8 +78,9 @@ def train_head(head: torch.nn.Module, features: np.ndarray, labels: np.ndarray, 
 
 
 def choose_tau(probs: np.ndarray, correct: np.ndarray, flops: np.ndarray, target: float) -> tuple[float, dict]:
-    """The τ of :data:`TAU_GRID` with the lowest mean FLOPs whose accuracy ≥ ``target`` × the largest budget's
-    (the largest τ when none reaches it); returns it with its accuracy and FLOPs."""
+    """The τ of :data:`TAU_GRID` with the lowest mean FLOPs whose accuracy (mean of ``correct`` ``[N, K]``: 0/1, or
+    a metric's score in ``[0, 1]``) ≥ ``target`` × the largest budget's (the largest τ when none reaches it);
+    returns it with its accuracy and FLOPs."""
     rows = np.arange(len(probs))
     goal = target * correct[:, -1].mean()
     candidates = []
@@ -97,7 +102,8 @@ def fit_policy(scores: Scores, hidden_size: int, policy_hidden_size: int, option
     from visor_model.policy import BudgetPolicy
 
     c = scores.columns
-    labels = sufficiency(c["loss"], c["correct"], options.loss_tolerance)
+    quality = c.get("score", c["correct"])  # the benchmark metric where a sample names one (Scorer adds it)
+    labels = sufficiency(c["loss"], quality, options.loss_tolerance)
     heldout = heldout_mask(c["key"], c["url"], options.heldout_fraction)
     if heldout.all() or not heldout.any():
         raise ValueError(f"{scores.num_samples} samples are too few to hold out {options.heldout_fraction:.0%}")
@@ -106,7 +112,7 @@ def fit_policy(scores: Scores, hidden_size: int, policy_hidden_size: int, option
     history = train_head(head, c["features"][~heldout], labels[~heldout], options)
     with torch.no_grad():
         probs = torch.sigmoid(head(torch.as_tensor(c["features"][heldout], dtype=torch.float32))).numpy()
-    tau, summary = choose_tau(probs, c["correct"][heldout], c["flops"][heldout], options.accuracy_target)
+    tau, summary = choose_tau(probs, quality[heldout], c["flops"][heldout], options.accuracy_target)
     summary.update({"train_samples": int((~heldout).sum()), "heldout_samples": int(heldout.sum()),
                     "final_bce": history[-1], "label_rate_per_budget": labels.mean(0).round(4).tolist()})
     return head, tau, summary, labels

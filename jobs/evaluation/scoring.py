@@ -20,6 +20,10 @@ returns, per sample:
 ``chosen``          int — the budget the policy picks at the model's τ (-1 if untrained)
 ==================  ============================================================
 
+:class:`Scorer` adds ``score`` float ``[K]`` and ``prediction`` str (:mod:`jobs.evaluation.generation`): the
+benchmark metric of a greedy answer for samples that name one, else ``correct``; accuracy and the policy's labels
+read ``score``.
+
 The answer never leaks into the policy's input: features are computed with the
 attention mask cut at the first answer token. Correctness under the policy is
 ``correct[chosen]``: a batch with per-sample budgets computes exactly what each
@@ -40,13 +44,14 @@ import torch
 
 from jobs.console import current
 from jobs.evaluation.config import ScoreOptions
+from jobs.evaluation.generation import answer_scores
 from pipelines.dataset import Collator
 from pipelines.shards import ShardSet
 from visor_model import VisorForConditionalGeneration
 from visor_model.flops import baseline_flops, visor_flops
 from visor_model.policy import choose_budget
 
-PASS_THROUGH = ("key", "url", "question_type", "num_tiles")
+PASS_THROUGH = ("key", "url", "question_type", "data_source", "metric", "num_tiles")
 
 
 def prompt_mask(attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -109,7 +114,7 @@ class Scorer:
     ``tracking_uri`` is passed explicitly: actors may run where ``MLFLOW_TRACKING_URI`` is unset.
     """
 
-    def __init__(self, model_uri: str, tracking_uri: str, tau: float | None = None):
+    def __init__(self, model_uri: str, tracking_uri: str, tau: float | None = None, max_new_tokens: int = 32):
         import mlflow
 
         from jobs.registry.model_format import load_visor
@@ -119,9 +124,12 @@ class Scorer:
         if tau is not None:
             self.model.config.policy_tau = tau
         self.collate = Collator(processor.tokenizer.pad_token_id)
+        self.tokenizer, self.max_new_tokens = processor.tokenizer, max_new_tokens
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         scores = score_batch(self.model, self.collate(batch), batch["num_tiles"])
+        # samples that name a metric: greedy answers scored by it (jobs/evaluation/generation.py)
+        scores.update(answer_scores(self.model, self.tokenizer, batch, scores["correct"], self.max_new_tokens))
         return {**{name: batch[name] for name in PASS_THROUGH}, **scores}
 
 
@@ -162,7 +170,8 @@ def score_split(model_uri: str, data: ShardSet, tracking_uri: str, options: Scor
     ledger = QuarantineLedger.remote()
     split = build_split(data, processor, options.read.read_options(), ledger)
     scored = split.dataset.map_batches(
-        Scorer, fn_constructor_kwargs={"model_uri": model_uri, "tracking_uri": tracking_uri, "tau": options.tau},
+        Scorer, fn_constructor_kwargs={"model_uri": model_uri, "tracking_uri": tracking_uri, "tau": options.tau,
+                                       "max_new_tokens": options.max_new_tokens},
         batch_size=options.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=options.actors),
         num_cpus=options.cpus_per_actor,
     )

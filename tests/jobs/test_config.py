@@ -16,7 +16,7 @@ from jobs.cluster.infra import Values
 from jobs.config import CONFIG_DIR, ConfigDeprecationWarning, ConfigError, Section, load_config
 from jobs.evaluation.config import PolicyOptions, ScoreOptions
 from jobs.registry.config import PromotionRule, RetrainConfig
-from jobs.sections import ReadSection, TrackingSection
+from jobs.sections import PackSection, ReadSection, TrackingSection
 from jobs.serving.config import Limits, ServeConfig
 from jobs.train.config import TrainConfig
 
@@ -31,6 +31,7 @@ COMMANDS: dict[tuple[str, ...], tuple[tuple[type[Section], ...], set[str]]] = {
     ("promote",): ((PromotionRule, TrackingSection), {"dry_run"}),
     ("data", "inspect"): ((ReadSection,), {"spec", "processor", "as_json", "render", "render_count", "report",
                                            "verbose"}),
+    ("data", "pack"): ((PackSection,), {"source", "out", "as_json", "verbose"}),
 }
 
 

@@ -127,6 +127,70 @@ def test_evaluation_reports_flops_from_token_counts_and_logs_plots(registry, tmp
     assert float(tags[f"eval/{report['data_version']}/accuracy"]) == rows["policy"]["accuracy"]
 
 
+def test_sufficiency_follows_the_benchmark_metric() -> None:
+    loss = np.array([[1.0, 1.0, 1.0], [3.0, 2.0, 1.0]])
+    score = np.array([[0.6, 0.9, 0.9], [0.0, 0.0, 0.0]])  # e.g. ANLS of each budget's greedy answer
+    assert sufficiency(loss, score, 0.0).tolist() == [[1, 1, 1], [0, 0, 1]]  # loss ties make all sufficient
+    assert sufficiency(loss + [[0.5, 0, 0], [0, 0, 0]], score, 0.1).tolist() == [[0, 1, 1], [0, 0, 1]]
+
+
+def test_evaluation_by_generation_scores_each_benchmark_with_its_metric(registry, tmp_path) -> None:
+    """Packed benchmark rows (answers + metric + data_source): greedy answers scored per benchmark; the expected
+    scores come from answers generated here one sample at a time."""
+    from jobs.evaluation.metrics import score as metric_score
+    from pipelines.pack import PackOptions, pack
+
+    mlflow.set_tracking_uri(registry.uri)
+    model, processor = load_visor(registry.model_uri)
+    largest = model.plan.num_budgets - 1
+    tokenizer = processor.tokenizer
+    answers = []
+    (tmp_path / "img").mkdir()
+    samples = [render_sample(4, "eval", i) for i in range(6)]
+    for i, sample in enumerate(samples):
+        sample.image.save(tmp_path / "img" / f"{i}.png")
+        inputs = processor(text=[processor.prompt(sample.question)], images=[sample.image], return_tensors="pt")
+        inputs.pop("batch_num_images", None)
+        out = model.generate(**inputs, budget=largest, max_new_tokens=3, eos_token_id=tokenizer.eos_token_id,
+                             pad_token_id=tokenizer.pad_token_id)
+        answers.append(tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip())
+    assert all(answers), answers
+    cases = [("docvqa", "anls", [answers[0] + "zz"]), ("ocrbench", "contains", [answers[1]]),
+             ("textvqa", "vqa", [answers[2]] * 3 + ["zzz"] * 7), ("chartqa", "relaxed", ["42"]),
+             ("mine", "exact", [answers[4]]), ("", None, None)]
+    lines = []
+    for i, (sample, (source, metric, refs)) in enumerate(zip(samples, cases, strict=True)):
+        row = {"image": f"img/{i}.png", "conversations": [{"from": "human", "value": f"<image>\n{sample.question}"},
+                                                      {"from": "gpt", "value": sample.answer}]}
+        row.update({k: v for k, v in (("data_source", source), ("metric", metric), ("answers", refs)) if v})
+        lines.append(json.dumps(row))
+    (tmp_path / "bench.jsonl").write_text("\n".join(lines))
+    packed = pack([str(tmp_path / "bench.jsonl")], str(tmp_path / "shards"), PackOptions())
+    assert packed["packed"] == 6
+
+    uri = MlflowClient(registry.uri).get_model_version("visor", "1").source  # not a registered URI: no eval tags
+    options = ScoreOptions(batch_size=6, max_new_tokens=3)
+    report = evaluate(uri, str(tmp_path / "shards"), registry.uri, options).report
+    row = {r["name"]: r for r in report["rows"]}[f"budget {largest}"]
+    expected = {source: metric_score(metric, answers[i], refs)
+                for i, (source, metric, refs) in enumerate(cases) if metric}
+    assert expected["ocrbench"] == 1.0 and expected["textvqa"] == pytest.approx(0.9)  # the references say so
+    assert set(row["accuracy_by_benchmark"]) == {*expected, ""}
+    for source, value in expected.items():
+        assert row["accuracy_by_benchmark"][source] == pytest.approx(value), source
+    client = MlflowClient(registry.uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("visor-eval").experiment_id],
+                                f"tags.model_uri = '{uri}'")
+    assert run.data.metrics[f"budget_{largest}/accuracy/textvqa"] == pytest.approx(0.9)
+    assert "plots/benchmarks.png" in {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    logged = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="generated_answers.jsonl",
+                                                 tracking_uri=registry.uri)
+    generated = {r["data_source"]: r for r in map(json.loads, Path(logged).read_text().splitlines())}
+    assert set(generated) == set(expected)  # the sample without a metric is not generated for
+    assert [generated[s]["prediction"] for s in ("docvqa", "ocrbench")] == answers[:2]
+    assert generated["textvqa"]["score"][largest] == pytest.approx(0.9)
+
+
 def test_scoring_a_one_budget_plan_gives_no_policy_input(tmp_path) -> None:
     """The evaluation's baselines (full attention, token reduction) have one budget and no policy."""
     write_synth(tmp_path, 0, 0, 1, seed=0)
