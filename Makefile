@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint setup clean
+.PHONY: demo test test-fast lint setup clean
 
 setup: $(VENV)/.installed
 
@@ -24,6 +24,11 @@ demo: setup
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+# The inner loop: the unit tests only (no Ray, no servers, no `visor` subprocesses; see tests/conftest.py).
+test-fast: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -m "not integration"
 
 lint: setup
 	$(BIN)/ruff check .
