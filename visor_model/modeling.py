@@ -50,8 +50,13 @@ from .policy import BudgetPolicy, choose_budget, last_valid_index
 from .streams import Streams, scatter_visual, split_streams
 
 MODE_CODES = {"T": 0, "C": 1, "S": 2, "s": 3}  # the run modes of LayerPlan.run_modes
-PREFILL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "image_sizes", "budget", "tau", "batch_num_images")
+PREFILL_INPUTS = (
+    "input_ids", "attention_mask", "pixel_values", "image_sizes", "budget", "tau", "batch_num_images", "image_features"
+)
 Budget = int | torch.Tensor | str | None
+ImageFeatures = tuple[list[torch.Tensor], list[int]]
+"""What :meth:`VisorForConditionalGeneration.image_features` returns: per image, its visual tokens ``[n'_k, D]``
+(after the projector, anyres packing and any token reduction) and the slots ``n_k`` it takes in ``input_ids``."""
 
 
 @dataclass
@@ -238,6 +243,27 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
             return features, [f.shape[0] for f in features]
         return features, self.model.slot_counts(image_sizes, batch_num_images)
 
+    def _visual_tokens(
+        self,
+        pixel_values: torch.Tensor | None,
+        image_sizes: torch.Tensor | None,
+        batch_num_images: torch.Tensor | None,
+        image_features: ImageFeatures | None,
+    ) -> ImageFeatures:
+        """The prompt's visual tokens: ``image_features`` when given (computed once by :meth:`image_features` and
+        shared by several calls on the same images; ``pixel_values`` is then not read), else the vision tower's
+        output for ``pixel_values``, else none."""
+        if image_features is not None:
+            features, slots = image_features
+            if len(features) != len(slots):
+                raise ValueError(f"image_features has {len(features)} feature tensors for {len(slots)} slot counts")
+            return list(features), list(slots)
+        if pixel_values is None:
+            return [], []
+        if image_sizes is None:
+            raise ValueError("image_sizes is required with pixel_values")
+        return self.image_features(pixel_values, image_sizes, batch_num_images)
+
     # ------------------------------------------------------------------ prefill
     def _prefill(
         self,
@@ -248,18 +274,14 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
         budget: Budget,
         tau: float | None,
         batch_num_images: torch.Tensor | None,
+        image_features: ImageFeatures | None = None,
         cache: VisorCache | None = None,
         policy_only: bool = False,
         labels: torch.LongTensor | None = None,
     ) -> _Prefill:
         batch, device = input_ids.shape[0], input_ids.device
         budgets = self._budget_tensor(budget, batch, device)
-        if pixel_values is not None:
-            if image_sizes is None:
-                raise ValueError("image_sizes is required with pixel_values")
-            features, slots = self.image_features(pixel_values, image_sizes, batch_num_images)
-        else:
-            features, slots = [], []
+        features, slots = self._visual_tokens(pixel_values, image_sizes, batch_num_images, image_features)
         streams = split_streams(
             input_ids,
             attention_mask,
@@ -397,6 +419,7 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
         budget: Budget = None,
         tau: float | None = None,
         batch_num_images: torch.Tensor | None = None,
+        image_features: ImageFeatures | None = None,
     ) -> VisorOutput:
         """Logits (and loss) for a batch under ``budget``.
 
@@ -408,9 +431,12 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
         visual token of an image is dropped (visual tokens carry no logits here);
         with user turns masked, as in every chat recipe, there is none. With ``budget="auto"`` the policy
         reads the prompt, never the answer: the end of its input is the last token before the first label.
+        ``image_features``: the output of :meth:`image_features` for these images, to run the vision tower once
+        for several calls (every budget, the policy); the result is the same as from ``pixel_values``.
         """
         pre = self._prefill(
-            input_ids, attention_mask, pixel_values, image_sizes, budget, tau, batch_num_images, labels=labels
+            input_ids, attention_mask, pixel_values, image_sizes, budget, tau, batch_num_images, image_features,
+            labels=labels,
         )
         logits = self.lm_head(pre.hidden)
         loss = loss_per_sample = correct = None
@@ -453,10 +479,13 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
         pixel_values: torch.Tensor | None = None,
         image_sizes: torch.Tensor | None = None,
         batch_num_images: torch.Tensor | None = None,
+        image_features: ImageFeatures | None = None,
     ) -> torch.Tensor:
-        """The policy's input ``[B, 2D]`` for a batch of prompts (runs only the layers before it)."""
+        """The policy's input ``[B, 2D]`` for a batch of prompts (runs only the layers before it; the vision tower
+        too unless ``image_features`` gives its output, as in :meth:`forward`)."""
         pre = self._prefill(
-            input_ids, attention_mask, pixel_values, image_sizes, "auto", None, batch_num_images, policy_only=True
+            input_ids, attention_mask, pixel_values, image_sizes, "auto", None, batch_num_images, image_features,
+            policy_only=True,
         )
         return pre.policy_features
 
@@ -558,7 +587,7 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
         """Prefill prompts into a fresh reduced cache with room for ``capacity`` new tokens per row: the
         :class:`~visor_model.cache.DecodeState` whose ``logits`` give each row's first new token. ``inputs`` are
         :meth:`forward`'s prompt arguments (``input_ids`` and optionally ``attention_mask``, ``pixel_values``,
-        ``image_sizes``, ``budget``, ``tau``, ``batch_num_images``)."""
+        ``image_sizes``, ``budget``, ``tau``, ``batch_num_images``, ``image_features``)."""
         unknown = set(inputs) - set(PREFILL_INPUTS)
         if unknown:
             raise TypeError(f"start_decoding got unexpected arguments {sorted(unknown)}")

@@ -2,7 +2,8 @@
 
 :func:`score_batch` runs one collated batch (rows of :mod:`pipelines.dataset`)
 through the model once per budget with the reference answer as labels and
-returns, per sample:
+returns, per sample (the vision tower runs once per batch: every budget and the policy's
+features read the same visual tokens, ``image_features=``):
 
 ==================  ============================================================
 ``loss``            float ``[K]`` — mean answer-token loss at each budget
@@ -69,8 +70,12 @@ def score_batch(
     prompt = prompt_mask(batch["attention_mask"], batch["labels"])
     image = batch["input_ids"] == config.image_token_id
     prompt_text = ((prompt > 0) & ~image).sum(1)
+    pixels, sizes = batch.get("pixel_values"), batch.get("image_sizes")
+    # the vision tower runs once per batch: every budget and the policy read the same visual tokens
+    visual = None if pixels is None else model.image_features(pixels, sizes, batch.get("batch_num_images"))
     features = (  # a one-budget plan (e.g. full attention) has nothing to choose: no policy input, [B, 0]
-        model.policy_features(batch["input_ids"], prompt, batch.get("pixel_values"), batch.get("image_sizes"))
+        model.policy_features(batch["input_ids"], prompt, pixels, sizes, batch.get("batch_num_images"),
+                              image_features=visual)
         if model.plan.num_budgets > 1 else torch.zeros(size, 0)
     )
     loss = np.zeros((size, num_budgets), np.float32)
@@ -80,8 +85,8 @@ def score_batch(
     language = np.zeros((size, num_budgets), np.float64)
     baseline = np.zeros(size, np.float64)
     for budget in range(num_budgets):
-        started = time.perf_counter()
-        out = model(**batch, budget=budget)
+        started = time.perf_counter()  # the vision tower's time is not in any budget's latency
+        out = model(**batch, budget=budget, image_features=visual)
         latency[:, budget] = (time.perf_counter() - started) / size
         loss[:, budget] = out.loss_per_sample.float().cpu().numpy()
         correct[:, budget] = out.correct_per_sample.cpu().numpy()
