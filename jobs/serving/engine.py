@@ -129,7 +129,7 @@ class Engine:
         while True:
             jobs = self._admit()
             try:
-                with torch.no_grad():
+                with torch.inference_mode():
                     if jobs:
                         self._join(jobs)
                     if self.rows:
@@ -204,6 +204,7 @@ class Engine:
 
     def _prefill(self, jobs: list[Job]) -> tuple[Any, list[tuple[Job, int]]]:
         """The decode state of ``jobs``' rows after their prompts (one model call), and those rows."""
+        from jobs.inference_device import to_device
         from pipelines.dataset import Collator, object_column
         from visor_model.flops import baseline_flops, visor_flops
         from visor_model.policy import choose_budget
@@ -211,11 +212,12 @@ class Engine:
         loaded = jobs[0].loaded
         model = loaded.model
         rows = [(job, c) for job in jobs for c in range(job.request.n)]
-        batch = Collator(loaded.processor.tokenizer.pad_token_id, padding_side="left")(
+        batch = to_device(Collator(loaded.processor.tokenizer.pad_token_id, padding_side="left")(
             {name: object_column([job.inputs[name] for job, _ in rows])
              for name in ("input_ids", "pixel_values", "image_sizes")}
-        )
-        budgets = torch.tensor([0 if job.request.budget == "auto" else int(job.request.budget) for job, _ in rows])
+        ), model.device)
+        budgets = torch.tensor([0 if job.request.budget == "auto" else int(job.request.budget) for job, _ in rows],
+                               device=model.device)
         auto = [i for i, (job, _) in enumerate(rows) if job.request.budget == "auto"]
         if auto:
             logits = self._call("prefill", jobs, lambda: model.policy(model.policy_features(**batch)))
@@ -239,10 +241,11 @@ class Engine:
     def _step(self) -> None:
         """Sample one token for every row, send it, retire finished rows, feed the rest through the model."""
         model = self.rows[0][0].loaded.model
+        logits = self.state.logits.float().cpu()  # sampling runs on the host: each request's generator is there
         tokens = []
         for i, (job, c) in enumerate(self.rows):
             try:
-                tokens.append(self._sample(job, c, self.state.logits[i], model))
+                tokens.append(self._sample(job, c, logits[i], model))
             except Exception as err:  # noqa: BLE001 (fails this request only)
                 self._fail(job, err)
                 tokens.append(0)
@@ -254,14 +257,14 @@ class Engine:
         keep = [i for i, (job, c) in enumerate(self.rows) if job.choices[c].finish is None and not job.gone]
         self._keep(keep)
         if self.rows:
-            self._decode(model, torch.tensor([tokens[i] for i in keep]))
+            self._decode(model, torch.tensor([tokens[i] for i in keep], device=model.device))
 
     def _keep(self, keep: list[int]) -> None:
         """Keep only the rows ``keep`` (indices into :attr:`rows`) in the running state."""
         if not keep:
             self.state, self.rows = None, []
         elif len(keep) < len(self.rows):
-            self.state = self.state.select(torch.tensor(keep))
+            self.state = self.state.select(torch.tensor(keep, device=self.state.logits.device))
             self.state.cache.compact()
             self.rows = [self.rows[i] for i in keep]
 
@@ -283,7 +286,8 @@ class Engine:
         for i, (job, _) in enumerate(self.rows):
             if job.failed:
                 continue
-            state = self.state.select(torch.tensor([i]))  # a copy: the failed step's writes are not kept
+            # a copy: the failed step's writes are not kept
+            state = self.state.select(torch.tensor([i], device=tokens.device))
             try:
                 self._call("decode", [job], model.decode_step, state, tokens[i : i + 1])
                 alone.append((i, state))

@@ -13,7 +13,12 @@ Routes (FastAPI ingress of one deployment, :class:`VisorServer`):
 * ``GET /v1/models``, ``GET /v1/models/{id}``, ``GET /health``; ``POST /admin/reload`` (load the version the
   alias points at now, if it moved) and ``GET /admin/stats`` (the decode loop's counters:
   requests, decode steps, requests that joined a running decode, rows per step, refused, failed, batched
-  model calls that failed and were retried row by row, rows decoding and requests waiting).
+  model calls that failed and were retried row by row, rows decoding and requests waiting; and ``placement``:
+  the model's device and dtype and the GPU ids Ray gave the replica).
+
+Each replica asks Ray for ``cpus_per_replica`` CPUs and ``replica_gpus`` GPUs and loads the model on ``device`` in
+``dtype`` (``auto``: the replica's GPU in bfloat16 when it has one, else its CPUs in float32; ``cuda`` on a replica
+that sees no GPU fails at start, naming the setting).
 
 Requests are tiled and tokenized in the handler, then decoded by the replica's
 :class:`~jobs.serving.engine.Engine` with continuous batching: new requests join the running
@@ -59,16 +64,19 @@ class Loaded:
     version: str
 
 
-def _load(model_uri: str, tracking_uri: str) -> Loaded:
+def _load(config: ServeConfig) -> Loaded:
+    """The version ``config.model`` resolves to now, on ``config.device`` in ``config.dtype`` (``auto``: the GPU Ray
+    gave this replica, in bfloat16, or the CPU in float32)."""
     import mlflow
 
     from jobs.registry.model_format import load_visor
     from jobs.registry.tracking import registered_version
 
+    model_uri, tracking_uri = config.model, config.tracking_uri
     mlflow.set_tracking_uri(tracking_uri)
     resolved = registered_version(model_uri, tracking_uri)
     name, version = resolved if resolved else (model_uri, "")
-    model, processor = load_visor(f"models:/{name}/{version}" if resolved else model_uri)
+    model, processor = load_visor(f"models:/{name}/{version}" if resolved else model_uri, config.device, config.dtype)
     return Loaded(model.eval(), processor, name, version)
 
 
@@ -191,7 +199,10 @@ class VisorServer:
         from ray.serve import metrics
 
         self.config = config
-        self.current = _load(config.model, config.tracking_uri)
+        from jobs.inference_device import resolve
+
+        resolve(config.device, config.dtype, "serve.")  # a setting this replica cannot honour fails here, by name
+        self.current = _load(config)
         self.engine = Engine(config.max_batch_size, config.max_queued_requests, config.batch_wait_timeout_s, fault)
         self.requests = metrics.Counter("visor_requests", "Chat requests by HTTP status", tag_keys=("status",))
         self.latency = metrics.Histogram("visor_request_latency_s", "Chat request latency (s)",
@@ -232,7 +243,7 @@ class VisorServer:
             resolved = await asyncio.to_thread(registered_version, self.config.model, self.config.tracking_uri)
             if resolved is None or resolved[1] == self.current.version:
                 return {"reloaded": False, "version": self.current.version}
-            self.current = await asyncio.to_thread(_load, self.config.model, self.config.tracking_uri)
+            self.current = await asyncio.to_thread(_load, self.config)
             return {"reloaded": True, "version": self.current.version}
 
     # ------------------------------------------------------------------ routes
@@ -272,7 +283,9 @@ class VisorServer:
     async def stats(self, request: Request):
         if (denied := self._denied(request)) is not None:
             return denied
-        return self.engine.snapshot()
+        from jobs.inference_device import describe
+
+        return {**self.engine.snapshot(), "placement": describe(self.current.model)}
 
     @app.post("/v1/chat/completions")
     async def chat(self, request: Request):
@@ -325,7 +338,7 @@ def build_app(config: ServeConfig):
     (:func:`jobs.faults.serve_fault`; read here, in the driver, and handed to the replicas)."""
     return VisorServer.options(
         num_replicas=config.replicas, max_ongoing_requests=config.max_ongoing_requests,
-        ray_actor_options={"num_cpus": config.cpus_per_replica},
+        ray_actor_options={"num_cpus": config.cpus_per_replica, "num_gpus": config.replica_gpus},
     ).bind(config, serve_fault())
 
 

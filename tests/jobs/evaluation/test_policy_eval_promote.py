@@ -98,9 +98,14 @@ def test_policy_job_registers_a_version_whose_auto_budget_uses_its_input(registr
 
 def test_evaluation_reports_flops_from_token_counts_and_logs_plots(registry, tmp_path) -> None:
     spec = str(registry.data / "eval-*.tar")
-    outcome = evaluate("models:/visor@challenger", spec, registry.uri, OPTIONS, out=tmp_path / "report.json")
+    on_gpu = OPTIONS.model_copy(update={"gpus_per_actor": 1.0})  # the local Ray's one logical GPU
+    outcome = evaluate("models:/visor@challenger", spec, registry.uri, on_gpu, out=tmp_path / "report.json")
     report = json.loads((tmp_path / "report.json").read_text())
     assert report == json.loads(json.dumps(outcome.report)) and report["samples"] == 36
+    # the actor was given Ray's GPU; with no CUDA here, "auto" fell back to the CPU in float32
+    expected = "cuda:0" if torch.cuda.is_available() else "cpu"
+    assert [(p["device"], p["ray_gpu_ids"]) for p in report["scored_on"]] == [(expected, ["0"])]
+    assert report["scored_on"][0]["dtype"] == ("bfloat16" if torch.cuda.is_available() else "float32")
 
     mlflow.set_tracking_uri(registry.uri)
     model, processor = load_visor("models:/visor@challenger")
