@@ -42,6 +42,8 @@ class ServeConfig(Section):
                                      "429 with Retry-After.")
     batch_wait_timeout_s: float = Field(0.02, ge=0, description="How long an idle replica waits for more requests "
                                         "before prefilling the first, in seconds.")
+    image_cache_mb: float = Field(256.0, ge=0, description="Image-feature cache of each replica, in MiB of visual "
+                                  "tokens (least recently used images evicted; 0: off).")
     reload_poll_seconds: float = Field(0.0, ge=0, description="Seconds between checks of the alias (0: only on "
                                        "POST /admin/reload).")
     api_token: str | None = Field(default_factory=lambda: os.environ.get(TOKEN_ENV) or None, repr=False)

@@ -30,7 +30,12 @@ are done). With ``api_token`` set, every route but ``/health`` needs ``Authoriza
 Every error is answered in OpenAI's format (``{"error": {"message", "type", "param", "code"}}``): unknown
 routes and methods too, and an unexpected failure (500) — a failure in the model fails only its own request
 (see :mod:`jobs.serving.engine`). Ray Serve's metrics endpoint exports ``visor_requests``,
-``visor_request_latency_s`` and ``visor_budget_chosen``.
+``visor_request_latency_s``, ``visor_budget_chosen`` and ``visor_image_cache_lookups`` (by ``result``: hit or
+miss).
+
+Each replica keeps an image-feature cache (:mod:`jobs.serving.image_cache`, ``image_cache_mb``): a later turn
+about the same image — every turn re-sends it — skips the vision tower; its hits, misses, evictions and bytes are
+in ``/admin/stats`` (``image_cache``), beside ``vision_tower_images``, the images the tower encoded.
 """
 
 import asyncio
@@ -51,6 +56,7 @@ from jobs.faults import ServeFault, serve_fault
 from jobs.inputs import check_context
 from jobs.serving.config import ServeConfig
 from jobs.serving.engine import Engine, Job, QueueFull
+from jobs.serving.image_cache import ImageFeatureCache, image_key
 from jobs.serving.openai_protocol import ApiError, ChatRequest, parse_chat_request
 
 
@@ -80,9 +86,10 @@ def _load(config: ServeConfig) -> Loaded:
     return Loaded(model.eval(), processor, name, version)
 
 
-def prepare(request: ChatRequest, loaded: Loaded) -> dict[str, np.ndarray]:
-    """Tile and tokenize one request (``[T]`` ids, ``[tiles, 3, H, W]`` pixels); checks the context length.
-    Raises :class:`ApiError` (400) when the processor refuses the input."""
+def prepare(request: ChatRequest, loaded: Loaded) -> dict[str, Any]:
+    """Tile and tokenize one request (``[T]`` ids, ``[tiles, 3, H, W]`` pixels, and ``image_key``, the image's
+    key in the replica's feature cache); checks the context length. Raises :class:`ApiError` (400) when the
+    processor refuses the input."""
     from jinja2 import TemplateError  # a chat template's raise_exception (e.g. roles out of order)
 
     processor = loaded.processor
@@ -95,12 +102,14 @@ def prepare(request: ChatRequest, loaded: Loaded) -> dict[str, np.ndarray]:
     ids = out["input_ids"][0]
     check_context(len(ids), request.max_tokens, loaded.model.config.text_config.max_position_embeddings)
     tile = processor.image_processor.size
-    return {
+    inputs = {
         "input_ids": ids,
         "pixel_values": out["pixel_values"][0] if images else np.zeros((0, 3, tile["height"], tile["width"]),
                                                                         np.float32),
         "image_sizes": out["image_sizes"][0] if images else np.zeros(2, np.int64),
     }
+    inputs["image_key"] = image_key(loaded.version or loaded.name, inputs["pixel_values"], inputs["image_sizes"])
+    return inputs
 
 
 def _usage(job: Job) -> dict:
@@ -203,8 +212,13 @@ class VisorServer:
 
         resolve(config.device, config.dtype, "serve.")  # a setting this replica cannot honour fails here, by name
         self.current = _load(config)
-        self.engine = Engine(config.max_batch_size, config.max_queued_requests, config.batch_wait_timeout_s, fault)
         self.requests = metrics.Counter("visor_requests", "Chat requests by HTTP status", tag_keys=("status",))
+        self.image_lookups = metrics.Counter("visor_image_cache_lookups", "Image-feature cache lookups by result",
+                                             tag_keys=("result",))
+        cache = ImageFeatureCache(int(config.image_cache_mb * 2**20),
+                                  lambda hit: self.image_lookups.inc(tags={"result": "hit" if hit else "miss"}))
+        self.engine = Engine(config.max_batch_size, config.max_queued_requests, config.batch_wait_timeout_s, fault,
+                             cache)
         self.latency = metrics.Histogram("visor_request_latency_s", "Chat request latency (s)",
                                          boundaries=[0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30])
         self.budget_chosen = metrics.Counter("visor_budget_chosen", "Budget used per request", tag_keys=("budget",))
