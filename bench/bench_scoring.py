@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from bench_data import provenance, publish  # noqa: E402
+from bench_data import add_shape_arguments, provenance, publish  # noqa: E402
 
 SECTION = "## Scoring: the vision tower once per batch (`bench/bench_scoring.py`)"
 BEFORE_REF = "8c10dc7"  # the last commit whose scoring ran the vision tower once per budget and once for the policy
@@ -116,12 +116,8 @@ def main() -> None:
     from jobs.evaluation.scoring import score_batch
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="llava-ov-0.5b", choices=["llava-ov-0.5b", "llava-ov-7b"])
-    parser.add_argument("--layers", type=int, help="Fewer decoder layers (stated in the report).")
-    parser.add_argument("--side", type=int, default=768, help="Square image side (px).")
+    add_shape_arguments(parser, side=768, repeats=1)
     parser.add_argument("--samples", type=int, default=2, help="Samples in the batch.")
-    parser.add_argument("--repeats", type=int, default=1, help="Repetitions of each timed call (the best is kept).")
-    parser.add_argument("--smoke", action="store_true", help="Tiny model, 64-px images: seconds.")
     parser.add_argument("--before-ref", default=BEFORE_REF, help="The commit whose score_batch is 'before'.")
     parser.add_argument("--write", type=Path, help="Markdown file whose section is replaced.")
     args = parser.parse_args()

@@ -14,6 +14,16 @@ the whole answer otherwise), p50/p95 total latency and output tokens/s.
 ``--baseline-ref REF`` (default: the commit before continuous batching) also runs this same
 benchmark against the code of ``REF`` — a temporary ``git worktree`` running a copy of this
 script — first, and reports both side by side.
+
+``--multi-turn`` measures the work a replica does once instead (issue 26), on a replica's engine in this
+process (no HTTP: the model is large) with random weights of ``--preset``'s shape (three budgets):
+
+* a conversation about one ``--side``² image, three questions in turn: each turn re-sends the image; time to
+  first token of each (one new token) with the image-feature cache on, and the first turn with it off;
+* ``auto`` against each fixed budget, with the cache off: time to first token of one request.
+
+    .venv/bin/python bench/bench_serve.py --multi-turn [--preset llava-ov-0.5b] [--side 768] [--write …]
+    .venv/bin/python bench/bench_serve.py --multi-turn --smoke      # the tiny model, seconds
 """
 
 from __future__ import annotations
@@ -35,7 +45,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from bench_data import provenance, publish  # noqa: E402
+from bench_data import add_shape_arguments, provenance, publish  # noqa: E402
 
 SECTION = "## Serving (`bench/bench_serve.py`)"
 STATIC_REF = "59955b4"  # the last commit with the static `@serve.batch` batcher
@@ -123,6 +133,89 @@ def load_test(requests: int, clients: int, max_batch_size: int) -> dict:
     return {"requests": requests, "clients": clients, "max_batch_size": max_batch_size, "settings": results}
 
 
+TURNS = ("what colour is the square ?", "is the square red ?", "what is the square ?")
+MULTI_TURN_SECTION = "## Serving: work done once (`bench/bench_serve.py --multi-turn`)"
+
+
+def multi_turn(preset: str, layers: int | None, side: int, smoke: bool) -> dict:
+    """Seconds to the first token of each turn of a three-question chat about one image (cache on; the first turn
+    also with it off), and of one ``auto`` request against each fixed budget (cache off)."""
+    import torch
+    from bench_scoring import build
+    from PIL import Image
+
+    from jobs.serving.engine import Engine
+    from jobs.serving.image_cache import ImageFeatureCache
+    from jobs.serving.openai_protocol import image_data_url
+    from jobs.serving.serve import Loaded
+    from tests.jobs.serving.test_work_once import ask
+
+    model, processor = build(preset, layers, smoke)
+    loaded = Loaded(model, processor, "visor", "bench")
+    image = Image.fromarray(np.random.default_rng(side).integers(0, 255, (side, side, 3), dtype=np.uint8))
+    url = image_data_url(image)
+
+    def timed_turn(engine, messages: list[dict], budget) -> tuple[float, str]:
+        body = {"messages": messages, "max_tokens": 1, "temperature": 0, "visor_budget": budget}
+        started = time.perf_counter()
+        job = ask(engine, loaded, body)
+        return time.perf_counter() - started, job.choices[0].text
+
+    def user(question: str, with_image: bool = True) -> dict:
+        image_part = [{"type": "image_url", "image_url": {"url": url}}] if with_image else []
+        return {"role": "user", "content": [*image_part, {"type": "text", "text": question}]}
+
+    off = Engine(8, 8, image_cache=ImageFeatureCache(0))
+    timed_turn(off, [user(TURNS[0])], 1)  # warm-up
+    cold, _ = timed_turn(off, [user(TURNS[0])], 1)
+    cached, conversation, turns = Engine(8, 8, image_cache=ImageFeatureCache(1 << 30)), [], []
+    for question in TURNS:  # the client re-sends the whole chat each turn, the image in its first message
+        conversation.append(user(question, not conversation))
+        seconds, answer = timed_turn(cached, conversation, 1)
+        turns.append(seconds)
+        conversation.append({"role": "assistant", "content": answer or "red"})
+    budgets = {str(b): timed_turn(off, [user(TURNS[0])], b)[0] for b in range(model.plan.num_budgets)}
+    budgets["auto"] = timed_turn(off, [user(TURNS[0])], "auto")[0]
+    with torch.inference_mode():
+        visual = model.image_features(*torch_inputs(processor, image))[0][0].shape[0]
+    return {"turns": turns, "cold_first": cold, "budgets": budgets, "visual_tokens": visual,
+            "cache": cached.snapshot()["image_cache"], "side": side,
+            "shape": "the tiny test model" if smoke else preset + (f", {layers} layers" if layers else "")}
+
+
+def torch_inputs(processor, image) -> tuple:
+    """``pixel_values [1, tiles, 3, H, W]`` and ``image_sizes [1, 2]`` of one image."""
+    out = processor(text=[processor.prompt("what ?")], images=[image], return_tensors="pt")
+    return out["pixel_values"], out["image_sizes"]
+
+
+def multi_turn_markdown(result: dict, command: str) -> str:
+    turns, budgets = result["turns"], result["budgets"]
+    fixed = [budgets[b] for b in budgets if b != "auto"]
+    lines = [
+        *provenance(MULTI_TURN_SECTION, command),
+        f"Random weights of {result['shape']}'s shape (three budgets), float32 on this CPU, one replica's engine in "
+        f"process (no HTTP). One {result['side']}² image ({result['visual_tokens']:,} visual tokens); time to the "
+        "first token (one new token, greedy) at budget 1.", "",
+        "| turn | image-feature cache | seconds to first token | ÷ first turn |", "| --- | --- | ---: | ---: |",
+        f"| 1 (cache off) | — | {result['cold_first']:.2f} | {result['cold_first'] / turns[0]:.2f} |",
+    ]
+    for i, seconds in enumerate(turns):
+        lines.append(f"| {i + 1} | {'miss' if i == 0 else 'hit'} | {seconds:.2f} | {seconds / turns[0]:.2f} |")
+    cache = result["cache"]
+    lines += ["", f"Cache after the chat: {cache['hits']} hits, {cache['misses']} miss, {cache['bytes'] / 2**20:.1f} "
+              f"MiB held. Goal: a follow-up turn ≤ 10% of the first turn's time to first token — turn 2 "
+              f"{turns[1] / turns[0]:.0%}, turn 3 {turns[2] / turns[0]:.0%} "
+              f"({'met' if max(turns[1:]) <= 0.1 * turns[0] else 'NOT met'}).", "",
+              "`auto` against fixed budgets (cache off, one request, the first question):", "",
+              "| budget | seconds to first token |", "| --- | ---: |"]
+    lines += [f"| {name} | {seconds:.2f} |" for name, seconds in budgets.items()]
+    lines += ["", f"`auto` costs {budgets['auto']:.2f} s against {min(fixed):.2f}–{max(fixed):.2f} s for the fixed "
+              "budgets: one prefill, the policy deciding inside it (goal: no more than a fixed budget plus the "
+              "policy's few layers)."]
+    return "\n".join(lines) + "\n"
+
+
 def baseline(ref: str, args: argparse.Namespace) -> dict:
     """This benchmark run against the code of ``ref`` (a temporary worktree), in a subprocess."""
     folder = Path(tempfile.mkdtemp(prefix="visor-bench-ref-"))
@@ -186,7 +279,14 @@ def main() -> None:
     parser.add_argument("--baseline-ref", default=STATIC_REF, help="Also run against this commit ('' for none).")
     parser.add_argument("--json-out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--write", type=Path, help="Markdown file whose serving section is replaced.")
+    parser.add_argument("--multi-turn", action="store_true", help="The work-done-once scenarios (module docstring).")
+    add_shape_arguments(parser, side=768)  # --multi-turn's model and image
     args = parser.parse_args()
+    if args.multi_turn:
+        result = multi_turn(args.preset, args.layers, 64 if args.smoke else args.side, args.smoke)
+        command = " ".join(["python", "bench/bench_serve.py", *sys.argv[1:]])
+        publish(multi_turn_markdown(result, command), MULTI_TURN_SECTION, args.write)
+        return
     before = baseline(args.baseline_ref, args) if args.baseline_ref else None
     result = load_test(args.requests, args.clients, args.max_batch_size)
     if args.json_out:
