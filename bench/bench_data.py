@@ -202,6 +202,18 @@ def provenance(heading: str, command: str) -> list[str]:
     return [heading, "", f"Command: `{command}`  ", f"Machine: {machine}  ", f"Date: {time.strftime('%Y-%m-%d')}", ""]
 
 
+def add_shape_arguments(parser: argparse.ArgumentParser, side: int, repeats: int | None = None) -> None:
+    """The arguments of the benchmarks that build random-weight models: ``--preset``, ``--layers``, ``--side``
+    (a square image's side), ``--smoke`` (the tiny model) and, given a default, ``--repeats``."""
+    parser.add_argument("--preset", default="llava-ov-0.5b", choices=["llava-ov-0.5b", "llava-ov-7b"])
+    parser.add_argument("--layers", type=int, help="Fewer decoder layers (stated in the report).")
+    parser.add_argument("--side", type=int, default=side, help="Square image side (px).")
+    parser.add_argument("--smoke", action="store_true", help="The tiny test model, small images: seconds.")
+    if repeats is not None:
+        parser.add_argument("--repeats", type=int, default=repeats,
+                            help="Repetitions of each timed call (the best is kept).")
+
+
 def publish(section: str, heading: str, path: Path | None) -> None:
     """Print ``section`` and, with ``path``, replace its part of that Markdown file."""
     print(section)

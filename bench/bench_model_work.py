@@ -33,7 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from bench_data import provenance, publish  # noqa: E402
+from bench_data import add_shape_arguments, provenance, publish  # noqa: E402
 from bench_speed import build, features_given, inputs_for, timed  # noqa: E402
 
 SECTION = "## Work the model no longer does (`bench/bench_model_work.py`)"
@@ -117,7 +117,7 @@ def before(ref: str, args: argparse.Namespace) -> dict:
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(folder / "tree"), ref], check=True,
                    capture_output=True)
     try:
-        for name in ("bench_model_work.py", "bench_speed.py"):
+        for name in ("bench_model_work.py", "bench_speed.py", "bench_data.py"):
             shutil.copy(ROOT / "bench" / name, folder / "tree" / "bench" / name)
         out = folder / "result.json"
         command = [sys.executable, str(folder / "tree" / "bench" / "bench_model_work.py"), "--mixed-only",
@@ -166,12 +166,8 @@ def markdown(result: dict, old: dict | None, args: argparse.Namespace, command: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="llava-ov-0.5b", choices=["llava-ov-0.5b", "llava-ov-7b"])
-    parser.add_argument("--layers", type=int, help="Fewer decoder layers (stated in the report).")
-    parser.add_argument("--side", type=int, default=1000, help="Image side for the prefill comparison (px).")
+    add_shape_arguments(parser, side=1000, repeats=2)  # --side: the prefill comparison's image
     parser.add_argument("--decode-tokens", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=2, help="Repetitions of each timed call (the best is kept).")
-    parser.add_argument("--smoke", action="store_true", help="Tiny model: seconds.")
     parser.add_argument("--before-ref", default=BEFORE_REF, help="Also run the mixed batch at this commit ('': no).")
     parser.add_argument("--mixed-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json-out", type=Path, help=argparse.SUPPRESS)

@@ -14,6 +14,17 @@ the whole answer otherwise), p50/p95 total latency and output tokens/s.
 ``--baseline-ref REF`` (default: the commit before continuous batching) also runs this same
 benchmark against the code of ``REF`` — a temporary ``git worktree`` running a copy of this
 script — first, and reports both side by side.
+
+``--multi-turn`` measures the work a replica does once instead (issue 26), on a replica's engine in this
+process (no HTTP: the model is large) with random weights of ``--preset``'s shape (three budgets):
+
+* a conversation about one ``--side``² image, three questions in turn: each turn re-sends the image; time to
+  first token of each (one new token) with the image-feature cache on, and the first turn with it off;
+* ``auto`` against each fixed budget (the image's features cached, so only the language model's work differs):
+  time to first token of one request.
+
+    .venv/bin/python bench/bench_serve.py --multi-turn [--preset llava-ov-0.5b] [--side 768] [--write …]
+    .venv/bin/python bench/bench_serve.py --multi-turn --smoke      # the tiny model, seconds
 """
 
 from __future__ import annotations
@@ -35,7 +46,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from bench_data import provenance, publish  # noqa: E402
+from bench_data import add_shape_arguments, provenance, publish  # noqa: E402
 
 SECTION = "## Serving (`bench/bench_serve.py`)"
 STATIC_REF = "59955b4"  # the last commit with the static `@serve.batch` batcher
@@ -123,6 +134,94 @@ def load_test(requests: int, clients: int, max_batch_size: int) -> dict:
     return {"requests": requests, "clients": clients, "max_batch_size": max_batch_size, "settings": results}
 
 
+TURNS = ("what colour is the square ?", "is the square red ?", "what is the square ?")
+MULTI_TURN_SECTION = "## Serving: work done once (`bench/bench_serve.py --multi-turn`)"
+
+
+def multi_turn(preset: str, layers: int | None, side: int, smoke: bool) -> dict:
+    """Seconds to the first token of each turn of a three-question chat about one image (cache on; the first turn
+    also with it off), and of one ``auto`` request against each fixed budget (cache off)."""
+    import torch
+    from bench_scoring import build
+    from PIL import Image
+
+    from jobs.serving.engine import Engine
+    from jobs.serving.image_cache import ImageFeatureCache
+    from jobs.serving.openai_protocol import image_data_url
+    from jobs.serving.serve import Loaded
+    from tests.jobs.serving.test_work_once import ask
+
+    model, processor = build(preset, layers, smoke)
+    loaded = Loaded(model, processor, "visor", "bench")
+    image = Image.fromarray(np.random.default_rng(side).integers(0, 255, (side, side, 3), dtype=np.uint8))
+    url = image_data_url(image)
+
+    def timed_turn(engine, messages: list[dict], budget) -> tuple[float, str, int]:
+        """Seconds to the first token, the answer and the budget the request ran."""
+        body = {"messages": messages, "max_tokens": 1, "temperature": 0, "visor_budget": budget}
+        started = time.perf_counter()
+        job = ask(engine, loaded, body)
+        return time.perf_counter() - started, job.choices[0].text, job.visor["budget"]
+
+    def user(question: str, with_image: bool = True) -> dict:
+        image_part = [{"type": "image_url", "image_url": {"url": url}}] if with_image else []
+        return {"role": "user", "content": [*image_part, {"type": "text", "text": question}]}
+
+    off = Engine(8, 8, image_cache=ImageFeatureCache(0))
+    timed_turn(off, [user(TURNS[0])], 1)  # warm-up
+    cold = timed_turn(off, [user(TURNS[0])], 1)[0]
+    cached, conversation, turns = Engine(8, 8, image_cache=ImageFeatureCache(1 << 30)), [], []
+    for question in TURNS:  # the client re-sends the whole chat each turn, the image in its first message
+        conversation.append(user(question, not conversation))
+        seconds, answer, _ = timed_turn(cached, conversation, 1)
+        turns.append(seconds)
+        conversation.append({"role": "assistant", "content": answer or "red"})
+    # the image's features are cached by now: these differ only by the language model's work
+    chat_cache = cached.snapshot()["image_cache"]
+    budgets = {str(b): timed_turn(cached, [user(TURNS[0])], b)[0] for b in range(model.plan.num_budgets)}
+    budgets["auto"], _, auto_budget = timed_turn(cached, [user(TURNS[0])], "auto")
+    with torch.inference_mode():
+        visual = model.image_features(*torch_inputs(processor, image))[0][0].shape[0]
+    return {"turns": turns, "cold_first": cold, "budgets": budgets, "visual_tokens": visual,
+            "cache": chat_cache, "auto_budget": auto_budget, "side": side,
+            "shape": "the tiny test model" if smoke else preset + (f", {layers} layers" if layers else "")}
+
+
+def torch_inputs(processor, image) -> tuple:
+    """``pixel_values [1, tiles, 3, H, W]`` and ``image_sizes [1, 2]`` of one image."""
+    out = processor(text=[processor.prompt("what ?")], images=[image], return_tensors="pt")
+    return out["pixel_values"], out["image_sizes"]
+
+
+def multi_turn_markdown(result: dict, command: str) -> str:
+    turns, budgets = result["turns"], result["budgets"]
+    lines = [
+        *provenance(MULTI_TURN_SECTION, command),
+        f"Random weights of {result['shape']}'s shape (three budgets), float32 on this CPU, one replica's engine in "
+        f"process (no HTTP). One {result['side']}² image ({result['visual_tokens']:,} visual tokens); time to the "
+        "first token (one new token, greedy) at budget 1.", "",
+        "| turn | image-feature cache | seconds to first token | ÷ first turn |", "| --- | --- | ---: | ---: |",
+        f"| 1 (cache off) | — | {result['cold_first']:.2f} | {result['cold_first'] / turns[0]:.2f} |",
+    ]
+    for i, seconds in enumerate(turns):
+        lines.append(f"| {i + 1} | {'miss' if i == 0 else 'hit'} | {seconds:.2f} | {seconds / turns[0]:.2f} |")
+    cache = result["cache"]
+    lines += ["", f"Cache after the three turns: {cache['hits']} hits, {cache['misses']} miss, "
+              f"{cache['bytes'] / 2**20:.1f} MiB held. Goal: a follow-up turn ≤ 10% of the first turn's time to "
+              f"first token — turn 2 {turns[1] / turns[0]:.0%}, turn 3 {turns[2] / turns[0]:.0%} "
+              f"({'met' if max(turns[1:]) <= 0.1 * turns[0] else 'NOT met'}).", "",
+              "`auto` against fixed budgets (one request, the first question; the image's features cached, so only "
+              "the language model's work differs):", "",
+              "| budget | seconds to first token |", "| --- | ---: |"]
+    lines += [f"| {name} | {seconds:.2f} |" for name, seconds in budgets.items()]
+    chosen = budgets[str(result["auto_budget"])]
+    lines += ["", f"`auto` chose budget {result['auto_budget']} (random policy weights) and cost "
+              f"{budgets['auto']:.2f} s against {chosen:.2f} s for that budget given: one prefill, the policy "
+              f"deciding inside it (goal: no more than the fixed budget plus the policy's few layers — "
+              f"{'met' if budgets['auto'] <= 1.1 * chosen else 'NOT met'}, within 10% for timing noise)."]
+    return "\n".join(lines) + "\n"
+
+
 def baseline(ref: str, args: argparse.Namespace) -> dict:
     """This benchmark run against the code of ``ref`` (a temporary worktree), in a subprocess."""
     folder = Path(tempfile.mkdtemp(prefix="visor-bench-ref-"))
@@ -186,7 +285,14 @@ def main() -> None:
     parser.add_argument("--baseline-ref", default=STATIC_REF, help="Also run against this commit ('' for none).")
     parser.add_argument("--json-out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--write", type=Path, help="Markdown file whose serving section is replaced.")
+    parser.add_argument("--multi-turn", action="store_true", help="The work-done-once scenarios (module docstring).")
+    add_shape_arguments(parser, side=768)  # --multi-turn's model and image
     args = parser.parse_args()
+    if args.multi_turn:
+        result = multi_turn(args.preset, args.layers, 64 if args.smoke else args.side, args.smoke)
+        command = " ".join(["python", "bench/bench_serve.py", *sys.argv[1:]])
+        publish(multi_turn_markdown(result, command), MULTI_TURN_SECTION, args.write)
+        return
     before = baseline(args.baseline_ref, args) if args.baseline_ref else None
     result = load_test(args.requests, args.clients, args.max_batch_size)
     if args.json_out:

@@ -1,6 +1,6 @@
 """Config sections that several jobs share: where MLflow runs and models go (:class:`TrackingSection`), how
-shards are read (:class:`ReadSection`), how sources are packed into shards (:class:`PackSection`) and how an
-S3-compatible store is reached (:class:`S3Section`)."""
+shards are read (:class:`ReadSection`), how sources are packed into shards (:class:`PackSection`), where a model
+infers (:class:`InferenceSection`) and how an S3-compatible store is reached (:class:`S3Section`)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,20 @@ class TrackingSection(Section):
 
 
 REGISTERED_MODEL: str = default_of(TrackingSection, "registered_model")
+
+
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"
+DTYPE_PATTERN = r"^(auto|float32|bfloat16|float16)$"
+
+
+class InferenceSection(Section):
+    """Where and in what precision a model infers (:mod:`jobs.inference_device`): serving replicas, scoring
+    actors and the pyfunc model share these settings."""
+
+    device: str = Field("auto", pattern=DEVICE_PATTERN, description="Where the model infers: auto (CUDA when "
+                        "this process sees a GPU, else the CPU), cpu, cuda or cuda:N.")
+    dtype: str = Field("auto", pattern=DTYPE_PATTERN, description="Inference precision: auto (bfloat16 on CUDA, "
+                       "float32 on the CPU), float32, bfloat16 or float16 (CUDA only).")
 
 
 class ReadSection(Section):

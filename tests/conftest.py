@@ -84,12 +84,13 @@ def make_batch(processor, padding_side: str = "left", sizes=((30, 50), (70, 20),
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """A real local Ray instance (2 CPUs, token auth off as on a laptop), shared by the session."""
+    """A real local Ray instance (2 CPUs and one logical GPU — the machine has none: an actor that asks for it is
+    placed, sees no CUDA and infers on the CPU; token auth off as on a laptop), shared by the session."""
     os.environ["RAY_AUTH_MODE"] = "disabled"
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+        ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, configure_logging=False)
     yield ray
     ray.shutdown()
 

@@ -132,8 +132,11 @@ class VisorCache:
         return self.key_valid[0].shape[0]
 
     def select(self, rows: torch.LongTensor) -> VisorCache:
-        """A cache holding only ``rows`` (in that order; same text slots)."""
-        chosen = {row: new for new, row in enumerate(rows.tolist())}
+        """A cache holding only ``rows`` (in that order; same text slots). A row may be chosen several times:
+        each copy is a row of its own (``n`` choices of one prefilled prompt decode on from one prefill)."""
+        chosen: dict[int, list[int]] = defaultdict(list)
+        for new, row in enumerate(rows.tolist()):
+            chosen[row].append(new)
         out = VisorCache(self.num_layers, self.length, self.capacity - self.length)
         for layer in range(self.num_layers):
             out.keys[layer] = self.keys[layer].index_select(0, rows)
@@ -202,15 +205,17 @@ class VisorCache:
         return text + sum(p.nbytes() for parts in self.visual + self.gated for p in parts)
 
 
-def _select_parts(parts: list[VisualPart], chosen: dict[int, int]) -> list[VisualPart]:
-    """The parts' rows that are in ``chosen`` (old row -> new row), renumbered; parts left with no row dropped."""
+def _select_parts(parts: list[VisualPart], chosen: dict[int, list[int]]) -> list[VisualPart]:
+    """The parts' rows that are in ``chosen`` (old row -> its new rows, one per copy), renumbered; parts left with
+    no row dropped."""
     out = []
     for part in parts:
-        local = [i for i, row in enumerate(part.rows) if row in chosen]
-        if not local:
+        pairs = [(i, new) for i, row in enumerate(part.rows) for new in chosen.get(row, ())]
+        if not pairs:
             continue
-        rows = tuple(chosen[part.rows[i]] for i in local)
-        if len(local) == len(part.rows):
+        local = [i for i, _ in pairs]
+        rows = tuple(new for _, new in pairs)
+        if local == list(range(len(part.rows))):
             keys, values = part.keys, part.values
         else:
             pick = torch.tensor(local, device=part.keys.device)

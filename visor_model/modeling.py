@@ -50,8 +50,14 @@ from .policy import BudgetPolicy, choose_budget, last_valid_index
 from .streams import Streams, scatter_visual, split_streams
 
 MODE_CODES = {"T": 0, "C": 1, "S": 2, "s": 3}  # the run modes of LayerPlan.run_modes
-PREFILL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "image_sizes", "budget", "tau", "batch_num_images")
+PREFILL_INPUTS = (
+    "input_ids", "attention_mask", "pixel_values", "image_sizes", "budget", "tau", "batch_num_images", "image_features"
+)
 Budget = int | torch.Tensor | str | None
+AUTO_BUDGET = -1  # in a budget tensor: this row's budget is the policy's choice (``"auto"`` for one row)
+ImageFeatures = tuple[list[torch.Tensor], list[int]]
+"""What :meth:`VisorForConditionalGeneration.image_features` returns: per image, its visual tokens ``[n'_k, D]``
+(after the projector, anyres packing and any token reduction) and the slots ``n_k`` it takes in ``input_ids``."""
 
 
 @dataclass
@@ -215,6 +221,9 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
                 budget = budget.expand(batch)
             if budget.shape[0] != batch:
                 raise ValueError(f"budget has {budget.shape[0]} entries for a batch of {batch}")
+            if budget.numel() and bool((budget == AUTO_BUDGET).all()):
+                plan.check_policy_ready()
+                return None
             return budget
         return torch.full((batch,), plan.check_budget(int(budget)), dtype=torch.long, device=device)
 
@@ -225,6 +234,21 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
         for b in set(host):
             self.plan.check_budget(b)
         return host
+
+    def _first_budgets(self, budgets: torch.LongTensor | None, batch: int) -> tuple[list[int], bool]:
+        """The budgets rows run with until the policy layer, on the host, and whether the policy decides any row
+        (``budgets`` None, or rows of :data:`AUTO_BUDGET`): those rows run budget 0 until then, whose layers up to
+        the policy layer every budget shares."""
+        if budgets is None:
+            return [0] * batch, True
+        host = budgets.tolist()
+        auto = AUTO_BUDGET in host
+        if auto:
+            self.plan.check_policy_ready()
+            host = [0 if b == AUTO_BUDGET else b for b in host]
+        for b in set(host):
+            self.plan.check_budget(b)
+        return host, auto
 
     def image_features(
         self, pixel_values: torch.Tensor, image_sizes: torch.Tensor, batch_num_images: torch.Tensor | None = None
@@ -238,6 +262,39 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
             return features, [f.shape[0] for f in features]
         return features, self.model.slot_counts(image_sizes, batch_num_images)
 
+    def _tau(self, tau: float | torch.Tensor | None, batch: int, device: torch.device) -> float | torch.Tensor:
+        """The policy's threshold: ``config.policy_tau`` when None, a float, or one per row (``[B]`` → ``[B, 1]``,
+        to broadcast over the budgets)."""
+        if tau is None:
+            return self.config.policy_tau
+        if isinstance(tau, torch.Tensor):
+            tau = tau.to(device=device, dtype=torch.float32).reshape(-1)
+            if tau.numel() not in (1, batch):
+                raise ValueError(f"tau has {tau.numel()} entries for a batch of {batch}")
+            return tau.expand(batch)[:, None]
+        return tau
+
+    def _visual_tokens(
+        self,
+        pixel_values: torch.Tensor | None,
+        image_sizes: torch.Tensor | None,
+        batch_num_images: torch.Tensor | None,
+        image_features: ImageFeatures | None,
+    ) -> ImageFeatures:
+        """The prompt's visual tokens: ``image_features`` when given (computed once by :meth:`image_features` and
+        shared by several calls on the same images; ``pixel_values`` is then not read), else the vision tower's
+        output for ``pixel_values``, else none."""
+        if image_features is not None:
+            features, slots = image_features
+            if len(features) != len(slots):
+                raise ValueError(f"image_features has {len(features)} feature tensors for {len(slots)} slot counts")
+            return list(features), list(slots)
+        if pixel_values is None:
+            return [], []
+        if image_sizes is None:
+            raise ValueError("image_sizes is required with pixel_values")
+        return self.image_features(pixel_values, image_sizes, batch_num_images)
+
     # ------------------------------------------------------------------ prefill
     def _prefill(
         self,
@@ -246,20 +303,16 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
         pixel_values: torch.Tensor | None,
         image_sizes: torch.Tensor | None,
         budget: Budget,
-        tau: float | None,
+        tau: float | torch.Tensor | None,
         batch_num_images: torch.Tensor | None,
+        image_features: ImageFeatures | None = None,
         cache: VisorCache | None = None,
         policy_only: bool = False,
         labels: torch.LongTensor | None = None,
     ) -> _Prefill:
         batch, device = input_ids.shape[0], input_ids.device
         budgets = self._budget_tensor(budget, batch, device)
-        if pixel_values is not None:
-            if image_sizes is None:
-                raise ValueError("image_sizes is required with pixel_values")
-            features, slots = self.image_features(pixel_values, image_sizes, batch_num_images)
-        else:
-            features, slots = [], []
+        features, slots = self._visual_tokens(pixel_values, image_sizes, batch_num_images, image_features)
         streams = split_streams(
             input_ids,
             attention_mask,
@@ -278,23 +331,25 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
 
         plan = self.plan
         table = [[MODE_CODES[m] for m in plan.run_modes(b)] for b in range(plan.num_budgets)]
-        host = [0] * batch if budgets is None else self._host_budgets(budgets)  # before the policy: budget 0's
+        host, auto = self._first_budgets(budgets, batch)
         groups = _RowGroups(device)
         cache_widths = None if cache is None else streams.num_visual.tolist()  # once per batch, for the cache
         policy_logits = policy_features = None
         for layer_idx, layer in enumerate(self.language_model.layers):
-            if budgets is None and layer_idx == plan.policy_layer:
+            if auto and layer_idx == plan.policy_layer:
                 query_valid = streams.text_valid if labels is None else _prompt_slots(streams, labels)
                 policy_features = BudgetPolicy.features(h_t, query_valid, h_v, streams.visual_valid)
                 if policy_only:
                     break
                 policy_logits = self.policy(policy_features)
-                budgets = choose_budget(policy_logits, self.config.policy_tau if tau is None else tau)
+                chosen = choose_budget(policy_logits, self._tau(tau, batch, device))
+                budgets = chosen if budgets is None else torch.where(budgets == AUTO_BUDGET, chosen, budgets)
                 host = self._host_budgets(budgets)
             codes = groups.split([table[b][layer_idx] for b in host])
             h_t, h_v = self._run_layer(layer_idx, layer, codes, h_t, h_v, layout, cache, cache_widths)
         if budgets is None:  # "auto" with a plan whose policy layer is past the end (no budget-dependent layer)
             budgets = torch.zeros(batch, dtype=torch.long, device=device)
+        budgets = budgets.clamp(min=0)  # the same: auto rows run budget 0 when no layer depends on the budget
         return _Prefill(self.language_model.norm(h_t), streams, budgets, policy_logits, policy_features)
 
     def _run_layer(
@@ -395,22 +450,26 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
         image_sizes: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         budget: Budget = None,
-        tau: float | None = None,
+        tau: float | torch.Tensor | None = None,
         batch_num_images: torch.Tensor | None = None,
+        image_features: ImageFeatures | None = None,
     ) -> VisorOutput:
         """Logits (and loss) for a batch under ``budget``.
 
-        ``budget``: an int, a LongTensor ``[B]`` (one per sample), ``"auto"`` (the
-        policy picks, with threshold ``tau`` or ``config.policy_tau``) or None (the
-        largest budget). ``labels [B, T]`` are in ``input_ids`` layout with -100
-        for ignored tokens: the token at column i is trained to predict
+        ``budget``: an int, a LongTensor ``[B]`` (one per sample; :data:`AUTO_BUDGET` (-1) lets the policy pick
+        that sample's, in the same pass), ``"auto"`` (the policy picks every sample's, with threshold ``tau`` — a
+        float or one per sample ``[B]`` — or ``config.policy_tau``) or None (the largest budget). ``labels [B, T]``
+        are in ``input_ids`` layout with -100 for ignored tokens: the token at column i is trained to predict
         ``labels[i+1]``. A prediction LLaVA-OneVision would make from the last
         visual token of an image is dropped (visual tokens carry no logits here);
         with user turns masked, as in every chat recipe, there is none. With ``budget="auto"`` the policy
         reads the prompt, never the answer: the end of its input is the last token before the first label.
+        ``image_features``: the output of :meth:`image_features` for these images, to run the vision tower once
+        for several calls (every budget, the policy); the result is the same as from ``pixel_values``.
         """
         pre = self._prefill(
-            input_ids, attention_mask, pixel_values, image_sizes, budget, tau, batch_num_images, labels=labels
+            input_ids, attention_mask, pixel_values, image_sizes, budget, tau, batch_num_images, image_features,
+            labels=labels,
         )
         logits = self.lm_head(pre.hidden)
         loss = loss_per_sample = correct = None
@@ -453,10 +512,13 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
         pixel_values: torch.Tensor | None = None,
         image_sizes: torch.Tensor | None = None,
         batch_num_images: torch.Tensor | None = None,
+        image_features: ImageFeatures | None = None,
     ) -> torch.Tensor:
-        """The policy's input ``[B, 2D]`` for a batch of prompts (runs only the layers before it)."""
+        """The policy's input ``[B, 2D]`` for a batch of prompts (runs only the layers before it; the vision tower
+        too unless ``image_features`` gives its output, as in :meth:`forward`)."""
         pre = self._prefill(
-            input_ids, attention_mask, pixel_values, image_sizes, "auto", None, batch_num_images, policy_only=True
+            input_ids, attention_mask, pixel_values, image_sizes, "auto", None, batch_num_images, image_features,
+            policy_only=True,
         )
         return pre.policy_features
 
@@ -558,7 +620,7 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
         """Prefill prompts into a fresh reduced cache with room for ``capacity`` new tokens per row: the
         :class:`~visor_model.cache.DecodeState` whose ``logits`` give each row's first new token. ``inputs`` are
         :meth:`forward`'s prompt arguments (``input_ids`` and optionally ``attention_mask``, ``pixel_values``,
-        ``image_sizes``, ``budget``, ``tau``, ``batch_num_images``)."""
+        ``image_sizes``, ``budget``, ``tau``, ``batch_num_images``, ``image_features``)."""
         unknown = set(inputs) - set(PREFILL_INPUTS)
         if unknown:
             raise TypeError(f"start_decoding got unexpected arguments {sorted(unknown)}")

@@ -21,6 +21,9 @@ def train_policy(
     epochs: int = option(PolicyOptions, "epochs"),
     tracking_uri: str | None = TRACKING_URI,
     registered_model: str = option(PolicyOptions, "registered_model"),
+    gpus_per_actor: float = option(ScoreOptions, "gpus_per_actor"),
+    device: str = option(ScoreOptions, "device"),
+    dtype: str = option(ScoreOptions, "dtype"),
     verbose: bool = VERBOSE,
 ) -> None:
     """Label budget sufficiency with the universal model, train the policy head, pick τ, register a challenger."""
@@ -29,7 +32,8 @@ def train_policy(
     from jobs.registry.tracking import tracking_uri as resolve_uri
 
     options = load(PolicyOptions, {"loss_tolerance": loss_tolerance, "accuracy_target": accuracy_target,
-                                   "epochs": epochs, "registered_model": registered_model})
+                                   "epochs": epochs, "registered_model": registered_model,
+                                   "score": {"gpus_per_actor": gpus_per_actor, "device": device, "dtype": dtype}})
     store = resolve_uri(tracking_uri)
     with usage_errors(errors=INPUT_ERRORS), job_console("train-policy", verbose):
         outcome = run_policy_job(model, data, store, options)
@@ -51,6 +55,9 @@ def evaluate(
     batch_size: int = option(ScoreOptions, "batch_size"),
     actors: int = option(ScoreOptions, "actors"),
     max_new_tokens: int = option(ScoreOptions, "max_new_tokens"),
+    gpus_per_actor: float = option(ScoreOptions, "gpus_per_actor"),
+    device: str = option(ScoreOptions, "device"),
+    dtype: str = option(ScoreOptions, "dtype"),
     tracking_uri: str | None = TRACKING_URI,
     verbose: bool = VERBOSE,
 ) -> None:
@@ -67,7 +74,8 @@ def evaluate(
         if not sep:
             raise typer.BadParameter(f"{item!r}: expected NAME=URI", param_hint="--baseline")
         baselines[label] = uri
-    options = load(ScoreOptions, {"batch_size": batch_size, "actors": actors, "max_new_tokens": max_new_tokens})
+    options = load(ScoreOptions, {"batch_size": batch_size, "actors": actors, "max_new_tokens": max_new_tokens,
+                                  "gpus_per_actor": gpus_per_actor, "device": device, "dtype": dtype})
     store = resolve_uri(tracking_uri)
     with usage_errors(errors=INPUT_ERRORS), job_console("evaluate", verbose):
         outcome = run_evaluate(model, data, store, options, baselines, out)

@@ -18,6 +18,10 @@ def serve(
     max_batch_size: int = option(ServeConfig, "max_batch_size"),
     max_ongoing_requests: int = option(ServeConfig, "max_ongoing_requests"),
     replicas: int = option(ServeConfig, "replicas"),
+    replica_gpus: float = option(ServeConfig, "replica_gpus"),
+    device: str = option(ServeConfig, "device"),
+    dtype: str = option(ServeConfig, "dtype"),
+    image_cache_mb: float = option(ServeConfig, "image_cache_mb"),
     reload_poll_seconds: float = option(ServeConfig, "reload_poll_seconds"),
     reload_poll: float | None = renamed_flag("--reload-poll", "--reload-poll-seconds"),
     allow_image_urls: bool = option(Limits, "allow_image_urls"),
@@ -33,6 +37,8 @@ def serve(
     config = load(ServeConfig, {
         "model": model, "host": host, "port": port, "max_batch_size": max_batch_size,
         "max_ongoing_requests": max_ongoing_requests, "replicas": replicas, "tracking_uri": tracking_uri,
+        "replica_gpus": replica_gpus, "device": device, "dtype": dtype,
+        "image_cache_mb": image_cache_mb,
         "reload_poll_seconds": reload_poll_seconds if reload_poll is None else reload_poll,
         "limits": {"allow_image_urls": allow_image_urls},
     })

@@ -147,6 +147,7 @@ class ServeValues(_Values):
 
     model: str = field_of(ServeConfig, "model")
     replicas: int = field_of(ServeConfig, "replicas")
+    replica_gpus: float = field_of(ServeConfig, "replica_gpus")
     max_batch_size: int = field_of(ServeConfig, "max_batch_size")
     reload_poll_seconds: float = field_of(ServeConfig, "reload_poll_seconds")
     token_secret: str | None = None
@@ -306,7 +307,8 @@ def manifests(values: Values) -> dict[str, list[dict]]:
     """File name → the manifests (dicts) it holds."""
     cluster_address = f"http://{values.cluster.name}-head-svc.{values.namespace}.svc.cluster.local:8265"
     serve_args = {"model": values.serve.model, "tracking_uri": _tracking_uri(values),
-                  "replicas": values.serve.replicas, "max_batch_size": values.serve.max_batch_size,
+                  "replicas": values.serve.replicas, "replica_gpus": values.serve.replica_gpus,
+                  "max_batch_size": values.serve.max_batch_size,
                   "max_ongoing_requests": 4 * values.serve.max_batch_size,
                   "reload_poll_seconds": values.serve.reload_poll_seconds}
     serve_config = {"http_options": {"host": "0.0.0.0", "port": 8000},  # the head's "serve" port

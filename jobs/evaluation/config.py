@@ -9,7 +9,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from jobs.config import Section, field_of
-from jobs.sections import ReadSection, TrackingSection
+from jobs.sections import InferenceSection, ReadSection, TrackingSection
 
 
 class ScoreOptions(Section):
@@ -19,6 +19,10 @@ class ScoreOptions(Section):
     batch_size: int = Field(16, ge=1, description="Samples per model call.")
     actors: int = Field(1, ge=1, description="Scoring actors (each holds a copy of the model).")
     cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved by each scoring actor.")
+    gpus_per_actor: float = Field(0.0, ge=0, description="GPUs Ray reserves for each scoring actor (a fraction "
+                                  "shares one; 0: none, the actor scores on its CPUs).")
+    device: str = field_of(InferenceSection, "device")
+    dtype: str = field_of(InferenceSection, "dtype")
     tau: float | None = Field(None, ge=0, le=1, description="Score the policy at this τ (None: the model's).")
     max_new_tokens: int = Field(32, ge=1, description="Longest greedy answer generated for a sample that names a "
                                 "metric (anls, relaxed, vqa, contains, exact).")

@@ -2,7 +2,7 @@
 
 The report (:func:`summarize`, written as JSON and logged to MLflow with two plots)::
 
-    {"model_uri", "data_version", "samples", "quarantine",
+    {"model_uri", "data_version", "samples", "quarantine", "scored_on" (device, dtype, Ray GPU ids of the actors),
      "rows": [{"name": "budget 0" | … | "policy" | "<baseline> …", "budget": int | None,
                "accuracy", "accuracy_by_type": {type: acc}, "accuracy_by_benchmark": {data_source: score},
                "mean_flops", "mean_language_flops",
@@ -212,7 +212,8 @@ def evaluate(
         top = operating_point(summarize(score_split(uri, data, tracking_uri, options)))
         rows.append(dict(top, name=name, baseline=True, model_uri=uri))
     report = {"model_uri": model_uri, "data_version": scores.data_version, "samples": scores.num_samples,
-              "quarantine": scores.quarantine, "rows": rows, "operating_point": point["name"]}
+              "quarantine": scores.quarantine, "rows": rows, "operating_point": point["name"],
+              "scored_on": scores.placement}
 
     tags = {"job": "evaluate", "model_uri": model_uri, "data_version": scores.data_version,
             "git_commit": git_commit()}

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from jobs.evaluation.metrics import score as metric_score
+from jobs.inference_device import to_device
 from pipelines.dataset import Collator, object_column
 from visor_model import VisorForConditionalGeneration
 
@@ -51,7 +52,7 @@ def generate_answers(
     prompts = {name: rows[name] for name in PROMPT_COLUMNS}
     prompts["input_ids"] = object_column([prompt_ids(ids, lab) for ids, lab in zip(rows["input_ids"], rows["labels"],
                                                                                     strict=True)])
-    batch = Collator(tokenizer.pad_token_id, padding_side="left")(prompts)
+    batch = to_device(Collator(tokenizer.pad_token_id, padding_side="left")(prompts), model.device)
     width = batch["input_ids"].shape[1]
     sequences = model.generate(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=batch.get("pixel_values"),

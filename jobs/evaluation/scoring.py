@@ -2,7 +2,8 @@
 
 :func:`score_batch` runs one collated batch (rows of :mod:`pipelines.dataset`)
 through the model once per budget with the reference answer as labels and
-returns, per sample:
+returns, per sample (the vision tower runs once per batch: every budget and the policy's
+features read the same visual tokens, ``image_features=``):
 
 ==================  ============================================================
 ``loss``            float ``[K]`` — mean answer-token loss at each budget
@@ -61,21 +62,29 @@ def prompt_mask(attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     return attention_mask * (columns < first)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def score_batch(
     model: VisorForConditionalGeneration, batch: dict[str, torch.Tensor], num_tiles: np.ndarray
 ) -> dict[str, np.ndarray]:
     """Per-sample scores of a collated batch at every budget (see the module docstring); ``num_tiles`` (per
-    sample, the dataset's ``num_tiles`` column) sizes the vision-tower FLOPs."""
+    sample, the dataset's ``num_tiles`` column) sizes the vision-tower FLOPs. The batch is moved to the model's
+    device; the scores come back as host arrays."""
+    from jobs.inference_device import to_device
+
     model.eval()
+    batch = to_device(batch, model.device)
     config = model.config
     num_budgets = model.plan.num_budgets
     size = batch["input_ids"].shape[0]
     prompt = prompt_mask(batch["attention_mask"], batch["labels"])
     image = batch["input_ids"] == config.image_token_id
     prompt_text = ((prompt > 0) & ~image).sum(1)
+    pixels, sizes = batch.get("pixel_values"), batch.get("image_sizes")
+    # the vision tower runs once per batch: every budget and the policy read the same visual tokens
+    visual = None if pixels is None else model.image_features(pixels, sizes, batch.get("batch_num_images"))
     features = (  # a one-budget plan (e.g. full attention) has nothing to choose: no policy input, [B, 0]
-        model.policy_features(batch["input_ids"], prompt, batch.get("pixel_values"), batch.get("image_sizes"))
+        model.policy_features(batch["input_ids"], prompt, pixels, sizes, batch.get("batch_num_images"),
+                              image_features=visual)
         if model.plan.num_budgets > 1 else torch.zeros(size, 0)
     )
     loss = np.zeros((size, num_budgets), np.float32)
@@ -85,8 +94,8 @@ def score_batch(
     language = np.zeros((size, num_budgets), np.float64)
     baseline = np.zeros(size, np.float64)
     for budget in range(num_budgets):
-        started = time.perf_counter()
-        out = model(**batch, budget=budget)
+        started = time.perf_counter()  # the vision tower's time is not in any budget's latency
+        out = model(**batch, budget=budget, image_features=visual)
         latency[:, budget] = (time.perf_counter() - started) / size
         loss[:, budget] = out.loss_per_sample.float().cpu().numpy()
         correct[:, budget] = out.correct_per_sample.cpu().numpy()
@@ -111,16 +120,21 @@ def score_batch(
 class Scorer:
     """Ray Data ``map_batches`` class: loads ``model_uri`` (an MLflow URI) once per actor, scores batches.
 
-    ``tracking_uri`` is passed explicitly: actors may run where ``MLFLOW_TRACKING_URI`` is unset.
+    ``tracking_uri`` is passed explicitly: actors may run where ``MLFLOW_TRACKING_URI`` is unset. The model runs
+    on ``device`` in ``dtype`` (:mod:`jobs.inference_device`; ``auto``: the GPU Ray gave the actor, in bfloat16,
+    else the CPU in float32); every output row says where (``device``, ``dtype``, ``ray_gpu_ids``).
     """
 
-    def __init__(self, model_uri: str, tracking_uri: str, tau: float | None = None, max_new_tokens: int = 32):
+    def __init__(self, model_uri: str, tracking_uri: str, tau: float | None = None, max_new_tokens: int = 32,
+                 device: str = "auto", dtype: str = "auto"):
         import mlflow
 
+        from jobs.inference_device import describe
         from jobs.registry.model_format import load_visor
 
         mlflow.set_tracking_uri(tracking_uri)
-        self.model, processor = load_visor(model_uri)
+        self.model, processor = load_visor(model_uri, device, dtype)
+        self.placement = describe(self.model)
         if tau is not None:
             self.model.config.policy_tau = tau
         self.collate = Collator(processor.tokenizer.pad_token_id)
@@ -130,7 +144,11 @@ class Scorer:
         scores = score_batch(self.model, self.collate(batch), batch["num_tiles"])
         # samples that name a metric: greedy answers scored by it (jobs/evaluation/generation.py)
         scores.update(answer_scores(self.model, self.tokenizer, batch, scores["correct"], self.max_new_tokens))
-        return {**{name: batch[name] for name in PASS_THROUGH}, **scores}
+        size = len(batch["num_tiles"])
+        where = {"device": self.placement["device"], "dtype": self.placement["dtype"],
+                 "ray_gpu_ids": ",".join(self.placement["ray_gpu_ids"])}
+        return {**{name: batch[name] for name in PASS_THROUGH}, **scores,
+                **{name: np.full(size, value, dtype=object) for name, value in where.items()}}
 
 
 @dataclass
@@ -145,6 +163,14 @@ class Scores:
     def num_samples(self) -> int:
         return len(self.columns["key"])
 
+    @property
+    def placement(self) -> list[dict]:
+        """Where the samples were scored: each distinct (device, dtype, GPU ids Ray gave the actor)."""
+        c = self.columns
+        seen = sorted({(str(d), str(t), str(g)) for d, t, g in zip(c["device"], c["dtype"], c["ray_gpu_ids"],
+                                                                    strict=True)})
+        return [{"device": d, "dtype": t, "ray_gpu_ids": [i for i in g.split(",") if i]} for d, t, g in seen]
+
 
 def model_dir(model_uri: str) -> Path:
     """The local model directory (weights, config, processor) of a logged VISOR model (downloaded once)."""
@@ -156,7 +182,8 @@ def model_dir(model_uri: str) -> Path:
 
 
 def score_split(model_uri: str, data: ShardSet, tracking_uri: str, options: ScoreOptions | None = None) -> Scores:
-    """Score every valid sample of ``data`` at every budget with Ray Data actors (see :class:`Scorer`)."""
+    """Score every valid sample of ``data`` at every budget with Ray Data actors (see :class:`Scorer`), each
+    reserving ``options.cpus_per_actor`` CPUs and ``options.gpus_per_actor`` GPUs from Ray."""
     import mlflow
     import ray.data
 
@@ -171,9 +198,10 @@ def score_split(model_uri: str, data: ShardSet, tracking_uri: str, options: Scor
     split = build_split(data, processor, options.read.read_options(), ledger)
     scored = split.dataset.map_batches(
         Scorer, fn_constructor_kwargs={"model_uri": model_uri, "tracking_uri": tracking_uri, "tau": options.tau,
-                                       "max_new_tokens": options.max_new_tokens},
+                                       "max_new_tokens": options.max_new_tokens, "device": options.device,
+                                       "dtype": options.dtype},
         batch_size=options.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=options.actors),
-        num_cpus=options.cpus_per_actor,
+        num_cpus=options.cpus_per_actor, num_gpus=options.gpus_per_actor,
     )
     parts: dict[str, list[np.ndarray]] = {}
     with current().stage(f"score {model_uri}", unit="samples") as stage:

@@ -18,7 +18,11 @@ needs only the URI:
   raises ``MlflowException`` (``INVALID_PARAMETER_VALUE``: 400 from ``mlflow models serve``) naming
   the row and the column;
 * :func:`load_visor` — the ``VisorForConditionalGeneration`` and ``VisorProcessor``
-  themselves (what serving and evaluation use).
+  themselves (what serving and evaluation use), on the device and in the dtype asked for.
+
+The pyfunc model infers on a GPU in bfloat16 when the process sees one, else on the CPU in float32, under
+``torch.inference_mode()``; ``mlflow.pyfunc.load_model(uri, model_config={"device": …, "dtype": …})`` overrides it
+(:mod:`jobs.inference_device`: ``auto``, ``cpu``, ``cuda[:N]``; ``float32``, ``bfloat16``, ``float16``).
 
 Logging does not run ``pip`` (the requirements are listed explicitly), so it works offline.
 Models logged before this module moved here (it was ``pipelines.packaging``) name their class
@@ -61,19 +65,28 @@ class VisorPyfunc(mlflow.pyfunc.PythonModel):
     """The pyfunc face of a VISOR model (see the module docstring)."""
 
     def load_context(self, context: Any) -> None:
+        """Load the model where ``model_config`` says (``device``, ``dtype``: :mod:`jobs.inference_device`'s
+        settings; logged as ``auto`` — a GPU in bfloat16 when one is visible, else the CPU in float32). A model
+        logged before it had a ``model_config`` loads as it was stored (the CPU, float32)."""
+        from jobs.inference_device import place
+
         self.model, self.processor = load_model_dir(context.artifacts[MODEL_ARTIFACT])
+        settings = context.model_config or {}
+        if settings:
+            place(self.model, settings.get("device", "auto"), settings.get("dtype", "auto"), "model_config ")
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         import torch
 
+        from jobs.inference_device import to_device
         from visor_model import flops
 
         rows = [self._checked(index, row) for index, row in enumerate(model_input.to_dict("records"))]
         answers = []
         for image, budget, max_new_tokens, inputs in rows:
-            with torch.no_grad():
-                result = self.model.generate(**inputs, budget=budget, max_new_tokens=max_new_tokens,
-                                             return_dict_in_generate=True)
+            with torch.inference_mode():
+                result = self.model.generate(**to_device(inputs, self.model.device), budget=budget,
+                                             max_new_tokens=max_new_tokens, return_dict_in_generate=True)
             prompt_len = inputs["input_ids"].shape[1]
             used = int(result.budget[0])
             tiles = int(inputs["pixel_values"].shape[1]) if image is not None else 0
@@ -204,6 +217,7 @@ def log_visor_model(model_dir: str | Path, name: str = "visor") -> mlflow.models
         code_paths=CODE_PATHS,
         pip_requirements=_requirements(),
         signature=signature(),
+        model_config={"device": "auto", "dtype": "auto"},  # load_model(uri, model_config=…) may override them
         input_example=_input_example(VisorProcessor.from_pretrained(model_dir)),
     )
 
@@ -248,9 +262,17 @@ def fetch_model_dir(model_uri: str, tracking_uri: str, cache: Path | None = None
     return root / relative
 
 
-def load_visor(model_uri: str) -> tuple[VisorForConditionalGeneration, VisorProcessor]:
-    """The model and processor of a logged/registered VISOR model (``models:/visor@champion``, ``runs:/…``)."""
-    wrapper = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+def load_visor(
+    model_uri: str, device: str = "cpu", dtype: str = "float32"
+) -> tuple[VisorForConditionalGeneration, VisorProcessor]:
+    """The model and processor of a logged/registered VISOR model (``models:/visor@champion``, ``runs:/…``), on
+    ``device`` in ``dtype`` (:mod:`jobs.inference_device`; the default, the CPU in float32, is what a job that
+    changes and logs the model again needs; inference passes its own settings, e.g. ``auto``)."""
+    from jobs.inference_device import place, resolve
+
+    resolve(device, dtype, "model_config ")  # before loading anything
+    wrapper = mlflow.pyfunc.load_model(model_uri, model_config={"device": device, "dtype": dtype})
+    wrapper = wrapper.unwrap_python_model()
     if not isinstance(wrapper, VisorPyfunc):
         raise ValueError(f"{model_uri} is not a VISOR model (its pyfunc is {type(wrapper).__name__})")
-    return wrapper.model, wrapper.processor
+    return place(wrapper.model, device, dtype, "model_config "), wrapper.processor  # older models: from float32

@@ -14,7 +14,7 @@ from pydantic import Field, model_validator
 
 from jobs.config import Section, field_of
 from jobs.inputs import Limits
-from jobs.sections import REGISTERED_MODEL, TrackingSection
+from jobs.sections import REGISTERED_MODEL, InferenceSection, TrackingSection
 
 __all__ = ["Limits", "ServeConfig", "TOKEN_ENV"]
 
@@ -32,12 +32,18 @@ class ServeConfig(Section):
     port: int = Field(8000, ge=0, le=65535, description="Port of the HTTP proxy.")
     replicas: int = Field(1, ge=1, description="Model replicas.")
     cpus_per_replica: float = Field(1.0, gt=0, description="CPUs reserved by each replica.")
+    replica_gpus: float = Field(0.0, ge=0, description="GPUs Ray reserves for each replica (a fraction shares one; "
+                                "0: none, the replica infers on its CPUs).")
+    device: str = field_of(InferenceSection, "device")
+    dtype: str = field_of(InferenceSection, "dtype")
     max_ongoing_requests: int = Field(32, ge=1, description="In-flight requests per replica.")
     max_batch_size: int = Field(8, ge=1, description="Rows decoded together (a request of n choices takes n).")
     max_queued_requests: int = Field(64, ge=1, description="Requests that may wait for a decode slot; more get "
                                      "429 with Retry-After.")
     batch_wait_timeout_s: float = Field(0.02, ge=0, description="How long an idle replica waits for more requests "
                                         "before prefilling the first, in seconds.")
+    image_cache_mb: float = Field(256.0, ge=0, description="Image-feature cache of each replica, in MiB of visual "
+                                  "tokens (least recently used images evicted; 0: off).")
     reload_poll_seconds: float = Field(0.0, ge=0, description="Seconds between checks of the alias (0: only on "
                                        "POST /admin/reload).")
     api_token: str | None = Field(default_factory=lambda: os.environ.get(TOKEN_ENV) or None, repr=False)

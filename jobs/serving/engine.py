@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from jobs.faults import ServeFault
+from jobs.serving.image_cache import ImageFeatureCache
 from jobs.serving.openai_protocol import ChatRequest
 
 INPUT_ERRORS = (ValueError, TypeError)  # raised by the model about its input: the request's fault (400)
@@ -104,8 +105,10 @@ class Engine:
     """The decode loop of one replica (module docstring). ``wait_s``: how long an idle engine waits for more
     requests to arrive before prefilling the first ones."""
 
-    def __init__(self, max_rows: int, max_queued: int, wait_s: float = 0.0, fault: ServeFault | None = None):
+    def __init__(self, max_rows: int, max_queued: int, wait_s: float = 0.0, fault: ServeFault | None = None,
+                 image_cache: ImageFeatureCache | None = None):
         self.max_rows, self.max_queued, self.wait_s, self.fault = max_rows, max_queued, wait_s, fault
+        self.image_cache = image_cache or ImageFeatureCache(0)
         self.waiting: deque[Job] = deque()
         self.condition = threading.Condition()
         self.state = None
@@ -129,7 +132,7 @@ class Engine:
         while True:
             jobs = self._admit()
             try:
-                with torch.no_grad():
+                with torch.inference_mode():
                     if jobs:
                         self._join(jobs)
                     if self.rows:
@@ -203,46 +206,77 @@ class Engine:
             self.rows += rows
 
     def _prefill(self, jobs: list[Job]) -> tuple[Any, list[tuple[Job, int]]]:
-        """The decode state of ``jobs``' rows after their prompts (one model call), and those rows."""
+        """The decode state of ``jobs``' rows after their prompts, and those rows (``n`` per job).
+
+        One model call: each prompt is prefilled once — the policy decides the ``"auto"`` rows inside that prefill,
+        each with its request's τ — and a request of ``n`` choices then has its row copied ``n`` times
+        (:meth:`~visor_model.cache.DecodeState.select`). Visual tokens come from the image-feature cache; the vision
+        tower runs only for the images it misses, together.
+        """
+        from jobs.inference_device import to_device
         from pipelines.dataset import Collator, object_column
         from visor_model.flops import baseline_flops, visor_flops
-        from visor_model.policy import choose_budget
+        from visor_model.modeling import AUTO_BUDGET
 
         loaded = jobs[0].loaded
         model = loaded.model
-        rows = [(job, c) for job in jobs for c in range(job.request.n)]
-        batch = Collator(loaded.processor.tokenizer.pad_token_id, padding_side="left")(
-            {name: object_column([job.inputs[name] for job, _ in rows])
-             for name in ("input_ids", "pixel_values", "image_sizes")}
-        )
-        budgets = torch.tensor([0 if job.request.budget == "auto" else int(job.request.budget) for job, _ in rows])
-        auto = [i for i, (job, _) in enumerate(rows) if job.request.budget == "auto"]
-        if auto:
-            logits = self._call("prefill", jobs, lambda: model.policy(model.policy_features(**batch)))
-            for i in auto:
-                tau = rows[i][0].request.tau
-                budgets[i] = choose_budget(logits[i : i + 1], model.config.policy_tau if tau is None else tau)[0]
-        state = self._call("prefill", jobs, lambda: model.start_decoding(
-            **batch, budget=budgets, capacity=max(job.request.max_tokens for job in jobs)))
-        for i, (job, choice) in enumerate(rows):
-            if choice == 0:
-                nv, nt, tiles = int(state.num_visual[i]), int(state.num_text[i]), len(job.inputs["pixel_values"])
-                cost = visor_flops(model.config, int(budgets[i]), nv, nt, tiles)
-                full = baseline_flops(model.config, nv, nt, tiles)
-                job.prompt_tokens = int(batch["attention_mask"][i].sum())
-                job.visor = {"budget": int(budgets[i]), "flops": cost["total"], "language_flops": cost["language"],
-                             "full_attention_flops": full["total"],
-                             "saving_vs_full_attention": full["total"] / cost["total"],
-                             "model_version": loaded.version}
-        return state, rows
+        device = model.device
+        batch = to_device(Collator(loaded.processor.tokenizer.pad_token_id, padding_side="left")(
+            {name: object_column([job.inputs[name] for job in jobs]) for name in ("input_ids", "pixel_values",
+                                                                                  "image_sizes")}
+        ), device)
+        budgets = torch.tensor([AUTO_BUDGET if job.request.budget == "auto" else int(job.request.budget)
+                                for job in jobs], device=device)
+        taus = torch.tensor([model.config.policy_tau if job.request.tau is None else job.request.tau for job in jobs],
+                            device=device)
+
+        def prefill() -> Any:
+            features = self._image_features(model, [job for job in jobs if len(job.inputs["pixel_values"])],
+                                            batch.get("pixel_values"), batch.get("image_sizes"))
+            return model.start_decoding(**batch, budget=budgets, tau=taus, image_features=features,
+                                        capacity=max(job.request.max_tokens for job in jobs))
+
+        state = self._call("prefill", jobs, prefill)
+        used = state.budget.tolist()
+        for i, job in enumerate(jobs):
+            nv, nt, tiles = int(state.num_visual[i]), int(state.num_text[i]), len(job.inputs["pixel_values"])
+            cost = visor_flops(model.config, used[i], nv, nt, tiles)
+            full = baseline_flops(model.config, nv, nt, tiles)
+            job.prompt_tokens = int(batch["attention_mask"][i].sum())
+            job.visor = {"budget": used[i], "flops": cost["total"], "language_flops": cost["language"],
+                         "full_attention_flops": full["total"],
+                         "saving_vs_full_attention": full["total"] / cost["total"], "model_version": loaded.version}
+        copies = [i for i, job in enumerate(jobs) for _ in range(job.request.n)]
+        if len(copies) > len(jobs):
+            state = state.select(torch.tensor(copies, device=device))
+        return state, [(job, c) for job in jobs for c in range(job.request.n)]
+
+    def _image_features(self, model: Any, jobs: list[Job], pixels: torch.Tensor | None,
+                        sizes: torch.Tensor | None) -> Any:
+        """Visual tokens and slots of the images of ``jobs`` (collated as ``pixels [images, tiles, 3, H, W]`` and
+        ``sizes [images, 2]``, in order), as the model's ``image_features=``: from the cache where it has them,
+        the rest from one vision-tower call, then cached. None without images."""
+        if not jobs:
+            return None
+        found = [self.image_cache.get(job.inputs["image_key"]) for job in jobs]
+        missing = [i for i, entry in enumerate(found) if entry is None]
+        if missing:
+            index = torch.tensor(missing, device=pixels.device)
+            features, slots = model.image_features(pixels.index_select(0, index), sizes.index_select(0, index))
+            self.stats["vision_tower_images"] += len(missing)
+            for i, tokens, count in zip(missing, features, slots, strict=True):
+                found[i] = (tokens, count)
+                self.image_cache.put(jobs[i].inputs["image_key"], tokens, count)
+        return [tokens for tokens, _ in found], [count for _, count in found]
 
     def _step(self) -> None:
         """Sample one token for every row, send it, retire finished rows, feed the rest through the model."""
         model = self.rows[0][0].loaded.model
+        logits = self.state.logits.float().cpu()  # sampling runs on the host: each request's generator is there
         tokens = []
         for i, (job, c) in enumerate(self.rows):
             try:
-                tokens.append(self._sample(job, c, self.state.logits[i], model))
+                tokens.append(self._sample(job, c, logits[i], model))
             except Exception as err:  # noqa: BLE001 (fails this request only)
                 self._fail(job, err)
                 tokens.append(0)
@@ -254,14 +288,14 @@ class Engine:
         keep = [i for i, (job, c) in enumerate(self.rows) if job.choices[c].finish is None and not job.gone]
         self._keep(keep)
         if self.rows:
-            self._decode(model, torch.tensor([tokens[i] for i in keep]))
+            self._decode(model, torch.tensor([tokens[i] for i in keep], device=model.device))
 
     def _keep(self, keep: list[int]) -> None:
         """Keep only the rows ``keep`` (indices into :attr:`rows`) in the running state."""
         if not keep:
             self.state, self.rows = None, []
         elif len(keep) < len(self.rows):
-            self.state = self.state.select(torch.tensor(keep))
+            self.state = self.state.select(torch.tensor(keep, device=self.state.logits.device))
             self.state.cache.compact()
             self.rows = [self.rows[i] for i in keep]
 
@@ -283,7 +317,8 @@ class Engine:
         for i, (job, _) in enumerate(self.rows):
             if job.failed:
                 continue
-            state = self.state.select(torch.tensor([i]))  # a copy: the failed step's writes are not kept
+            # a copy: the failed step's writes are not kept
+            state = self.state.select(torch.tensor([i], device=tokens.device))
             try:
                 self._call("decode", [job], model.decode_step, state, tokens[i : i + 1])
                 alone.append((i, state))
@@ -344,4 +379,5 @@ class Engine:
         with self.condition:
             waiting = len(self.waiting)
         return {**self.stats, "waiting": waiting, "decoding": len(self.rows),
-                "rows_per_step": {str(k): v for k, v in sorted(self.rows_per_step.items())}}
+                "rows_per_step": {str(k): v for k, v in sorted(self.rows_per_step.items())},
+                "image_cache": self.image_cache.snapshot()}

@@ -13,7 +13,12 @@ Routes (FastAPI ingress of one deployment, :class:`VisorServer`):
 * ``GET /v1/models``, ``GET /v1/models/{id}``, ``GET /health``; ``POST /admin/reload`` (load the version the
   alias points at now, if it moved) and ``GET /admin/stats`` (the decode loop's counters:
   requests, decode steps, requests that joined a running decode, rows per step, refused, failed, batched
-  model calls that failed and were retried row by row, rows decoding and requests waiting).
+  model calls that failed and were retried row by row, rows decoding and requests waiting; and ``placement``:
+  the model's device and dtype and the GPU ids Ray gave the replica).
+
+Each replica asks Ray for ``cpus_per_replica`` CPUs and ``replica_gpus`` GPUs and loads the model on ``device`` in
+``dtype`` (``auto``: the replica's GPU in bfloat16 when it has one, else its CPUs in float32; ``cuda`` on a replica
+that sees no GPU fails at start, naming the setting).
 
 Requests are tiled and tokenized in the handler, then decoded by the replica's
 :class:`~jobs.serving.engine.Engine` with continuous batching: new requests join the running
@@ -25,7 +30,12 @@ are done). With ``api_token`` set, every route but ``/health`` needs ``Authoriza
 Every error is answered in OpenAI's format (``{"error": {"message", "type", "param", "code"}}``): unknown
 routes and methods too, and an unexpected failure (500) — a failure in the model fails only its own request
 (see :mod:`jobs.serving.engine`). Ray Serve's metrics endpoint exports ``visor_requests``,
-``visor_request_latency_s`` and ``visor_budget_chosen``.
+``visor_request_latency_s``, ``visor_budget_chosen`` and ``visor_image_cache_lookups`` (by ``result``: hit or
+miss).
+
+Each replica keeps an image-feature cache (:mod:`jobs.serving.image_cache`, ``image_cache_mb``): a later turn
+about the same image — every turn re-sends it — skips the vision tower; its hits, misses, evictions and bytes are
+in ``/admin/stats`` (``image_cache``), beside ``vision_tower_images``, the images the tower encoded.
 """
 
 import asyncio
@@ -46,6 +56,7 @@ from jobs.faults import ServeFault, serve_fault
 from jobs.inputs import check_context
 from jobs.serving.config import ServeConfig
 from jobs.serving.engine import Engine, Job, QueueFull
+from jobs.serving.image_cache import ImageFeatureCache, image_key
 from jobs.serving.openai_protocol import ApiError, ChatRequest, parse_chat_request
 
 
@@ -59,22 +70,26 @@ class Loaded:
     version: str
 
 
-def _load(model_uri: str, tracking_uri: str) -> Loaded:
+def _load(config: ServeConfig) -> Loaded:
+    """The version ``config.model`` resolves to now, on ``config.device`` in ``config.dtype`` (``auto``: the GPU Ray
+    gave this replica, in bfloat16, or the CPU in float32)."""
     import mlflow
 
     from jobs.registry.model_format import load_visor
     from jobs.registry.tracking import registered_version
 
+    model_uri, tracking_uri = config.model, config.tracking_uri
     mlflow.set_tracking_uri(tracking_uri)
     resolved = registered_version(model_uri, tracking_uri)
     name, version = resolved if resolved else (model_uri, "")
-    model, processor = load_visor(f"models:/{name}/{version}" if resolved else model_uri)
+    model, processor = load_visor(f"models:/{name}/{version}" if resolved else model_uri, config.device, config.dtype)
     return Loaded(model.eval(), processor, name, version)
 
 
-def prepare(request: ChatRequest, loaded: Loaded) -> dict[str, np.ndarray]:
-    """Tile and tokenize one request (``[T]`` ids, ``[tiles, 3, H, W]`` pixels); checks the context length.
-    Raises :class:`ApiError` (400) when the processor refuses the input."""
+def prepare(request: ChatRequest, loaded: Loaded) -> dict[str, Any]:
+    """Tile and tokenize one request (``[T]`` ids, ``[tiles, 3, H, W]`` pixels, and ``image_key``, the image's
+    key in the replica's feature cache); checks the context length. Raises :class:`ApiError` (400) when the
+    processor refuses the input."""
     from jinja2 import TemplateError  # a chat template's raise_exception (e.g. roles out of order)
 
     processor = loaded.processor
@@ -87,12 +102,14 @@ def prepare(request: ChatRequest, loaded: Loaded) -> dict[str, np.ndarray]:
     ids = out["input_ids"][0]
     check_context(len(ids), request.max_tokens, loaded.model.config.text_config.max_position_embeddings)
     tile = processor.image_processor.size
-    return {
+    inputs = {
         "input_ids": ids,
         "pixel_values": out["pixel_values"][0] if images else np.zeros((0, 3, tile["height"], tile["width"]),
                                                                         np.float32),
         "image_sizes": out["image_sizes"][0] if images else np.zeros(2, np.int64),
     }
+    inputs["image_key"] = image_key(loaded.version or loaded.name, inputs["pixel_values"], inputs["image_sizes"])
+    return inputs
 
 
 def _usage(job: Job) -> dict:
@@ -191,9 +208,17 @@ class VisorServer:
         from ray.serve import metrics
 
         self.config = config
-        self.current = _load(config.model, config.tracking_uri)
-        self.engine = Engine(config.max_batch_size, config.max_queued_requests, config.batch_wait_timeout_s, fault)
+        from jobs.inference_device import resolve
+
+        resolve(config.device, config.dtype, "serve.")  # a setting this replica cannot honour fails here, by name
+        self.current = _load(config)
         self.requests = metrics.Counter("visor_requests", "Chat requests by HTTP status", tag_keys=("status",))
+        self.image_lookups = metrics.Counter("visor_image_cache_lookups", "Image-feature cache lookups by result",
+                                             tag_keys=("result",))
+        cache = ImageFeatureCache(int(config.image_cache_mb * 2**20),
+                                  lambda hit: self.image_lookups.inc(tags={"result": "hit" if hit else "miss"}))
+        self.engine = Engine(config.max_batch_size, config.max_queued_requests, config.batch_wait_timeout_s, fault,
+                             cache)
         self.latency = metrics.Histogram("visor_request_latency_s", "Chat request latency (s)",
                                          boundaries=[0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30])
         self.budget_chosen = metrics.Counter("visor_budget_chosen", "Budget used per request", tag_keys=("budget",))
@@ -232,7 +257,7 @@ class VisorServer:
             resolved = await asyncio.to_thread(registered_version, self.config.model, self.config.tracking_uri)
             if resolved is None or resolved[1] == self.current.version:
                 return {"reloaded": False, "version": self.current.version}
-            self.current = await asyncio.to_thread(_load, self.config.model, self.config.tracking_uri)
+            self.current = await asyncio.to_thread(_load, self.config)
             return {"reloaded": True, "version": self.current.version}
 
     # ------------------------------------------------------------------ routes
@@ -272,7 +297,9 @@ class VisorServer:
     async def stats(self, request: Request):
         if (denied := self._denied(request)) is not None:
             return denied
-        return self.engine.snapshot()
+        from jobs.inference_device import describe
+
+        return {**self.engine.snapshot(), "placement": describe(self.current.model)}
 
     @app.post("/v1/chat/completions")
     async def chat(self, request: Request):
@@ -325,7 +352,7 @@ def build_app(config: ServeConfig):
     (:func:`jobs.faults.serve_fault`; read here, in the driver, and handed to the replicas)."""
     return VisorServer.options(
         num_replicas=config.replicas, max_ongoing_requests=config.max_ongoing_requests,
-        ray_actor_options={"num_cpus": config.cpus_per_replica},
+        ray_actor_options={"num_cpus": config.cpus_per_replica, "num_gpus": config.replica_gpus},
     ).bind(config, serve_fault())
 
 

@@ -26,7 +26,7 @@ VALUES = Path(__file__).resolve().parents[2] / "infra" / "values.yaml"
 # settings)
 COMMANDS: dict[tuple[str, ...], tuple[tuple[type[Section], ...], set[str]]] = {
     ("serve",): ((ServeConfig, Limits), {"verbose"}),
-    ("train-policy",): ((PolicyOptions, TrackingSection), {"model", "data", "verbose"}),
+    ("train-policy",): ((PolicyOptions, ScoreOptions, TrackingSection), {"model", "data", "verbose"}),
     ("evaluate",): ((ScoreOptions, TrackingSection), {"model", "data", "baseline", "out", "verbose"}),
     ("promote",): ((PromotionRule, TrackingSection), {"dry_run"}),
     ("data", "inspect"): ((ReadSection,), {"spec", "processor", "as_json", "render", "render_count", "report",
@@ -71,7 +71,7 @@ def test_command_line_defaults_and_help_are_the_schema_fields(path: tuple[str, .
 
 def test_shared_settings_keep_one_default() -> None:
     serve, values = ServeConfig(), Values.model_fields["serve"].annotation.model_fields
-    for name in ("model", "replicas", "max_batch_size", "reload_poll_seconds"):
+    for name in ("model", "replicas", "replica_gpus", "max_batch_size", "reload_poll_seconds"):
         assert values[name].get_default() == getattr(serve, name), name
     policy, retrain = PolicyOptions(), RetrainConfig.model_fields["policy"].annotation
     for name in ("loss_tolerance", "heldout_fraction", "accuracy_target", "epochs"):

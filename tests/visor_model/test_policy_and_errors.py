@@ -16,13 +16,19 @@ def test_choose_budget_is_cheapest_sufficient():
     assert choose_budget(logits, 0.0).tolist() == [0, 0, 0, 0]
 
 
-def test_auto_uses_the_policy_and_tau(tokenizer, processor):
-    model = build_model(tokenizer)
-    batch = make_batch(processor)
+def fixed_policy(model: VisorForConditionalGeneration) -> None:
+    """Make the policy head answer p = 0.02, 0.5, 0.98 for budgets 0, 1, 2 whatever the input."""
     head = model.policy.mlp[-1]
     with torch.no_grad():
         head.weight.zero_()
-        head.bias.copy_(torch.tensor([-4.0, 0.0, 4.0]))  # p = 0.02, 0.5, 0.98
+        head.bias.copy_(torch.tensor([-4.0, 0.0, 4.0]))
+
+
+def test_auto_uses_the_policy_and_tau(tokenizer, processor):
+    model = build_model(tokenizer)
+    batch = make_batch(processor)
+    fixed_policy(model)
+    with torch.no_grad():
         low = model(**batch, budget="auto", tau=0.4)
         high = model(**batch, budget="auto", tau=0.9)
         fixed = model(**batch, budget=1)
@@ -154,3 +160,38 @@ def test_repetition_penalty_matches_transformers(reference_model, processor):
                                       suppress_tokens=[reference_model.config.image_token_id])
     plain = model.generate(**inputs, max_new_tokens=8, eos_token_id=-1)
     assert torch.equal(ours, theirs) and not torch.equal(ours, plain)
+
+
+def test_auto_rows_beside_fixed_rows_decide_in_the_same_pass(tokenizer, processor):
+    """A budget tensor with AUTO_BUDGET rows and a τ per row: the policy decides those rows inside the one prefill,
+    each with its own τ, and every row computes what it computes with its budget given (serving's mixed batches)."""
+    from visor_model.modeling import AUTO_BUDGET
+
+    model = build_model(tokenizer)
+    batch = make_batch(processor)
+    fixed_policy(model)
+    with torch.no_grad():
+        mixed = model.start_decoding(capacity=2, **batch, budget=torch.tensor([AUTO_BUDGET, 0, AUTO_BUDGET, 2]),
+                                     tau=torch.tensor([0.4, 0.5, 0.9, 0.5]))
+        given = model.start_decoding(capacity=2, **batch, budget=torch.tensor([1, 0, 2, 2]))
+    assert mixed.budget.tolist() == [1, 0, 2, 2]
+    assert torch.allclose(mixed.logits, given.logits, atol=1e-6)
+    with pytest.raises(ValueError, match="out of range"):
+        model(**batch, budget=torch.tensor([AUTO_BUDGET, 0, 5, 2]))
+
+
+def test_a_prefilled_row_selected_twice_decodes_as_two_rows(tokenizer, processor):
+    """DecodeState.select with a repeated row: n choices decode on from one prefill, each copy as the row alone."""
+    model = build_model(tokenizer, "gated")
+    batch = make_batch(processor)
+    with torch.no_grad():
+        state = model.start_decoding(capacity=3, **batch, budget=2)
+        copies = state.select(torch.tensor([1, 1, 3, 1]))
+        token = copies.logits.argmax(-1)
+        model.decode_step(copies, token)
+        alone = state.select(torch.tensor([1, 3]))
+        model.decode_step(alone, token[1:3])
+    assert torch.equal(copies.logits[0], copies.logits[1]) and torch.equal(copies.logits[0], copies.logits[3])
+    assert torch.allclose(copies.logits[1:3], alone.logits, atol=1e-6)
+    assert copies.cache.num_entries().tolist() == [int(alone.cache.num_entries()[0])] * 2 + [
+        int(alone.cache.num_entries()[1]), int(alone.cache.num_entries()[0])]

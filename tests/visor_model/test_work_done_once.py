@@ -2,6 +2,8 @@
 logits, the decode cache holds no padding, row groups are decided on the host once per batch, and masked
 attention never asks SDPA for GQA (the query groups are folded)."""
 
+from __future__ import annotations
+
 from types import SimpleNamespace
 
 import pytest
@@ -137,3 +139,42 @@ def test_masked_attention_folds_query_groups(tokenizer, processor, monkeypatch):
     assert result.shape[0] == 4
     masked = [c for c in calls if c[0]]
     assert masked and all(same_heads and not gqa for _, same_heads, gqa in masked)
+
+
+class TowerCalls:
+    """Counts forward calls of ``model``'s vision tower (a forward hook) while in the ``with`` block."""
+
+    def __init__(self, model: VisorForConditionalGeneration):
+        self.tower, self.calls, self.handle = model.model.vision_tower, 0, None
+
+    def __enter__(self) -> TowerCalls:
+        self.handle = self.tower.register_forward_hook(lambda *_: setattr(self, "calls", self.calls + 1))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.remove()
+
+
+@pytest.mark.parametrize("cross_attention", ["joint", "gated"])
+def test_precomputed_image_features_give_the_same_results_without_the_tower(tokenizer, processor, cross_attention):
+    """``image_features=`` (the output of ``image_features``) replaces ``pixel_values``: the same logits, loss, policy
+    input and first decode logits at every budget, with the vision tower run once for all of them."""
+    model = build_model(tokenizer, cross_attention)
+    batch = make_batch(processor)
+    labels = batch["input_ids"].masked_fill(batch["input_ids"] == model.config.image_token_id, -100)
+    with torch.no_grad(), TowerCalls(model) as counted:
+        shared = model.image_features(batch["pixel_values"], batch["image_sizes"])
+        reused = [model(**batch, labels=labels, budget=b, image_features=shared) for b in range(model.plan.num_budgets)]
+        features = model.policy_features(batch["input_ids"], batch["attention_mask"], image_features=shared)
+        state = model.start_decoding(capacity=2, **batch, budget=1, image_features=shared)
+    assert counted.calls == 1
+    with torch.no_grad(), TowerCalls(model) as counted:
+        fresh = [model(**batch, labels=labels, budget=b) for b in range(model.plan.num_budgets)]
+        assert torch.equal(features, model.policy_features(batch["input_ids"], batch["attention_mask"],
+                                                           batch["pixel_values"], batch["image_sizes"]))
+        assert torch.equal(state.logits, model.start_decoding(capacity=2, **batch, budget=1).logits)
+    assert counted.calls == model.plan.num_budgets + 2
+    for a, b in zip(reused, fresh, strict=True):
+        assert torch.equal(a.logits, b.logits) and torch.equal(a.loss_per_sample, b.loss_per_sample)
+    with pytest.raises(ValueError, match="image_features has 1 feature tensors for 3 slot counts"):
+        model(**batch, image_features=(shared[0][:1], shared[1]))

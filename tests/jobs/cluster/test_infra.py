@@ -99,6 +99,9 @@ def test_manifests_parse_with_the_right_kinds_and_fields(tmp_path: Path) -> None
         warnings.simplefilter("error")  # the rendered args use the current names
         served = load_config(ServeConfig, application["args"])
     assert served.replicas == 2 and served.reload_poll_seconds == 300
+    assert served.replica_gpus == 1  # each replica asks Ray for a GPU of the RayService's GPU workers
+    service_workers = files["rayservice.yaml"][0]["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    assert service_workers[0]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
     deployment, service = files["mlflow.yaml"]
     command = deployment["spec"]["template"]["spec"]["containers"][0]["command"][-1]
     assert "--artifacts-destination s3://visor/mlflow-artifacts" in command and "MLFLOW_BACKEND_STORE_URI" in command

@@ -98,9 +98,14 @@ def test_policy_job_registers_a_version_whose_auto_budget_uses_its_input(registr
 
 def test_evaluation_reports_flops_from_token_counts_and_logs_plots(registry, tmp_path) -> None:
     spec = str(registry.data / "eval-*.tar")
-    outcome = evaluate("models:/visor@challenger", spec, registry.uri, OPTIONS, out=tmp_path / "report.json")
+    on_gpu = OPTIONS.model_copy(update={"gpus_per_actor": 1.0})  # the local Ray's one logical GPU
+    outcome = evaluate("models:/visor@challenger", spec, registry.uri, on_gpu, out=tmp_path / "report.json")
     report = json.loads((tmp_path / "report.json").read_text())
     assert report == json.loads(json.dumps(outcome.report)) and report["samples"] == 36
+    # the actor was given Ray's GPU; with no CUDA here, "auto" fell back to the CPU in float32
+    expected = "cuda:0" if torch.cuda.is_available() else "cpu"
+    assert [(p["device"], p["ray_gpu_ids"]) for p in report["scored_on"]] == [(expected, ["0"])]
+    assert report["scored_on"][0]["dtype"] == ("bfloat16" if torch.cuda.is_available() else "float32")
 
     mlflow.set_tracking_uri(registry.uri)
     model, processor = load_visor("models:/visor@challenger")
@@ -277,3 +282,24 @@ def test_a_fresh_process_answers_with_only_the_registry_uri(registry, tmp_path) 
     (row,) = json.loads(result.stdout.strip().splitlines()[-1])
     assert isinstance(row["answer"], str) and row["budget"] in (0, 1) and row["flops"] > 0
     assert Path(tmp_path).exists() and not list(Path(tmp_path).iterdir())  # it wrote nothing where it ran
+
+
+def test_scoring_runs_the_vision_tower_once_per_batch(tmp_path) -> None:
+    """Every budget and the policy's features read one vision-tower run (a forward hook counts them), with the
+    same losses and correctness as each budget running the tower itself."""
+    from tests.visor_model.test_work_done_once import TowerCalls
+
+    write_synth(tmp_path, 0, 0, 1, seed=0)
+    processor = VisorProcessor.from_pretrained(tmp_path / "processor")
+    config = ModelConfig(tiny={"num_layers": 4, "hidden_size": 32}, cross_layers=[1], budgets=[[], [2], [2, 3]])
+    model = build_model(config, len(processor.tokenizer), seed=0)
+    batch = fixed_batch(processor, 4, "eval")
+    tiles = np.array([num_tiles(model.config, *size) for size in batch["image_sizes"].tolist()])
+    with TowerCalls(model) as counted:
+        scores = score_batch(model, batch, tiles)
+    assert counted.calls == 1
+    with torch.no_grad():
+        for budget in range(3):
+            alone = model(**batch, budget=budget)
+            assert np.array_equal(scores["loss"][:, budget], alone.loss_per_sample.numpy())
+            assert np.array_equal(scores["correct"][:, budget], alone.correct_per_sample.numpy())

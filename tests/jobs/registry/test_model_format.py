@@ -86,3 +86,27 @@ def test_the_pyfunc_checks_its_input_like_the_endpoint(tmp_path: Path, processor
         assert where in raised.value.message and message in raised.value.message, raised.value.message
         assert raised.value.error_code == "INVALID_PARAMETER_VALUE"
         assert time.perf_counter() - started < 5  # refused before anything generates (it used to run 23 s)
+
+
+def test_the_pyfunc_infers_where_its_model_config_says(tmp_path: Path, processor) -> None:
+    """``auto`` (no model_config): the CPU in float32 on this machine (a GPU in bfloat16 where one is visible);
+    ``model_config`` and ``load_visor`` choose the device and dtype; a device that is not here is refused by name."""
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    from jobs.registry.model_format import load_visor
+
+    registered_store(tmp_path, processor, 0)
+    default = mlflow.pyfunc.load_model("models:/visor/1").unwrap_python_model().model
+    auto = (torch.device("cuda", 0), torch.bfloat16) if torch.cuda.is_available() else (torch.device("cpu"),
+                                                                                         torch.float32)
+    assert (default.device, default.dtype) == auto
+    half = mlflow.pyfunc.load_model("models:/visor/1", model_config={"device": "cpu", "dtype": "bfloat16"})
+    assert half.unwrap_python_model().model.dtype == torch.bfloat16
+    answer = half.predict(pd.DataFrame([{"question": "what colour is the box ?", "budget": 1, "max_new_tokens": 2}]))
+    assert isinstance(answer["answer"][0], str)
+    model, _ = load_visor("models:/visor/1")  # jobs that log the model again get it as it was stored
+    assert (model.device, model.dtype) == (torch.device("cpu"), torch.float32)
+    if not torch.cuda.is_available():
+        with pytest.raises((ValueError, MlflowException), match=r"model_config device is 'cuda'"):
+            load_visor("models:/visor/1", "cuda")

@@ -39,13 +39,14 @@ def messages(image: Image.Image | None = None, question: str = QUESTION) -> list
 
 @pytest.fixture(scope="module")
 def server(registry):
-    """The app on a free port, serving models:/visor@champion (version 1)."""
+    """The app on a free port, serving models:/visor@champion (version 1); its replica asks Ray for the local
+    Ray's one logical GPU, the others for none."""
     client = MlflowClient(registry.uri)
     client.set_registered_model_alias("visor", "champion", "1")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    config = ServeConfig(tracking_uri=registry.uri, port=port, cpus_per_replica=0.5, max_batch_size=8,
+    config = ServeConfig(tracking_uri=registry.uri, port=port, cpus_per_replica=0.5, replica_gpus=1, max_batch_size=8,
                          batch_wait_timeout_s=0.05, limits=Limits(max_image_bytes=200_000, max_new_tokens=32))
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(config), name="visor", route_prefix="/", blocking=False)
@@ -287,6 +288,14 @@ def test_token_guards_every_route_but_health(server) -> None:
         assert good.status_code == 200
         wrong = http.get("/v1/models", headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401
+        secured = http.get("/admin/stats", headers={"Authorization": "Bearer s3cret"}).json()["placement"]
+    assert secured == {"device": "cpu", "dtype": "float32", "ray_gpu_ids": []} or torch.cuda.is_available()
+    with httpx.Client(base_url=server, timeout=60) as http:
+        placement = http.get("/admin/stats").json()["placement"]
+    # the main app's replica was given Ray's GPU; with no CUDA here, device "auto" fell back to the CPU in float32
+    assert placement["ray_gpu_ids"] == ["0"]
+    if not torch.cuda.is_available():
+        assert placement["device"] == "cpu" and placement["dtype"] == "float32"
 
 
 def test_reload_after_promotion_keeps_requests_in_flight(server, registry) -> None:
