@@ -47,7 +47,7 @@ from .layers import (
 )
 from .plan import LayerPlan
 from .policy import BudgetPolicy, choose_budget, last_valid_index
-from .streams import Streams, scatter_visual, split_streams
+from .streams import Streams, prompt_columns, scatter_visual, split_streams
 
 MODE_CODES = {"T": 0, "C": 1, "S": 2, "s": 3}  # the run modes of LayerPlan.run_modes
 PREFILL_INPUTS = (
@@ -544,6 +544,7 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
         return_dict_in_generate: bool = False,
         min_new_tokens: int = 0,
         repetition_penalty: float = 1.0,
+        image_features: ImageFeatures | None = None,
         **unsupported: Any,
     ) -> torch.LongTensor | GenerationResult:
         """Batched greedy or sampled decoding with VISOR's reduced KV cache.
@@ -554,7 +555,8 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
         or right padding. Stops at ``max_new_tokens`` or when every row has produced EOS.
         ``min_new_tokens``: EOS cannot be chosen before that many new tokens; ``repetition_penalty``: as in
         ``transformers`` (CTRL's rule), every token already in a row — its prompt and what it has generated —
-        has its logit divided by the penalty when positive, multiplied when negative. Any other argument of
+        has its logit divided by the penalty when positive, multiplied when negative. ``image_features``: as in
+        :meth:`forward` (the vision tower's output, computed once elsewhere). Any other argument of
         ``transformers``' ``generate`` (beam search, n-gram blocking, …) raises a ``TypeError`` naming it.
         """
         if unsupported:
@@ -576,7 +578,7 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
         batch = input_ids.shape[0]
         state = self.start_decoding(max_new_tokens, input_ids=input_ids, attention_mask=attention_mask,
                                     pixel_values=pixel_values, image_sizes=image_sizes, budget=budget, tau=tau,
-                                    batch_num_images=batch_num_images)
+                                    batch_num_images=batch_num_images, image_features=image_features)
         finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
         seen = None
         if repetition_penalty != 1.0:  # [B, V]: which tokens each row holds so far
@@ -766,9 +768,7 @@ class _RowGroups:
 def _prompt_slots(streams: Streams, labels: torch.LongTensor) -> torch.BoolTensor:
     """Text slots ``[B, Tt]`` of the prompt: valid and before the first labelled column of ``labels [B, T]``
     (the token before it predicts the first answer token)."""
-    columns = torch.arange(labels.shape[1], device=labels.device)
-    first = torch.where(labels != -100, columns, labels.shape[1]).amin(1, keepdim=True)
-    return streams.text_valid & (streams.text_index < first)
+    return streams.text_valid & prompt_columns(labels).gather(1, streams.text_index)
 
 
 def next_token(

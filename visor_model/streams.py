@@ -71,6 +71,14 @@ def _compact(select: torch.BoolTensor) -> tuple[torch.LongTensor, torch.BoolTens
     return order * valid, valid
 
 
+def prompt_columns(labels: torch.LongTensor) -> torch.BoolTensor:
+    """``[B, T]``: the columns of ``labels`` (``input_ids`` layout, -100 = not trained) before each row's first
+    labelled column — the prompt; the token just before that column predicts the first answer token."""
+    columns = torch.arange(labels.shape[1], device=labels.device)
+    first = torch.where(labels != -100, columns, labels.shape[1]).amin(1, keepdim=True)
+    return columns < first
+
+
 def split_streams(
     input_ids: torch.LongTensor,
     attention_mask: torch.Tensor | None,

@@ -51,15 +51,14 @@ from pipelines.shards import ShardSet
 from visor_model import VisorForConditionalGeneration
 from visor_model.flops import baseline_flops, visor_flops
 from visor_model.policy import choose_budget
+from visor_model.streams import prompt_columns
 
 PASS_THROUGH = ("key", "url", "question_type", "data_source", "metric", "num_tiles")
 
 
 def prompt_mask(attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """``attention_mask`` with every column from the first labelled token on set to 0."""
-    columns = torch.arange(labels.shape[1], device=labels.device)
-    first = torch.where(labels != -100, columns, labels.shape[1]).amin(1, keepdim=True)
-    return attention_mask * (columns < first)
+    return attention_mask * prompt_columns(labels)
 
 
 @torch.inference_mode()
