@@ -96,11 +96,15 @@ def attention_over_parts(
     (``[B, Hkv, m, d]``, ``valid [B, m]``; or None) and visual parts (:class:`~visor_model.cache.VisualPart`:
     rows ``index``, ``keys``/``values`` ``[b, Hkv, n, d]``, all valid). Each piece is attended on its own and
     the pieces are merged by their log-sum-exp — exactly one softmax over all of a row's keys, without
-    concatenating them. A row with no key gets zeros. Returns ``[B, 1, H*d]``.
+    concatenating them. A row with no key gets zeros. Text alone (a layer with no visual part) is one SDPA
+    call. Returns ``[B, 1, H*d]``.
 
     The ``g`` query heads of a K/V head are folded (``[B, Hkv, g, d]``), so grouped K/V are read once; the
     scores and the running sums are float32.
     """
+    if not parts and text is not None:  # text keys alone (every T layer; a row's new token is always valid)
+        keys, values, valid = text
+        return attention(q, keys, values, valid[:, None, None, :], scale)
     batch, heads, _, dim = q.shape
     kv_heads = (text[0] if text is not None else parts[0].keys).shape[1]
     folded = q.reshape(batch, kv_heads, heads // kv_heads, dim).float()
