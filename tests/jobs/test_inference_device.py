@@ -11,17 +11,22 @@ from jobs.serving.config import ServeConfig
 from tests.conftest import make_batch
 from tests.visor_model.test_budgets import build_model
 
-NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only fallback")
 
-
-@NO_CUDA
-def test_auto_falls_back_to_the_cpu_in_float32_and_cuda_is_refused_by_name() -> None:
-    assert resolve() == (torch.device("cpu"), torch.float32)
+def test_auto_picks_the_accelerator_or_the_cpu_and_refuses_what_cannot_work_here_by_name() -> None:
+    """``auto`` is CUDA in bfloat16 where a GPU is visible, else the CPU in float32; without CUDA, asking for it
+    (or for float16 on the CPU) is refused naming the setting. Settings that are wrong anywhere are refused too."""
+    if torch.cuda.is_available():
+        assert resolve() == (torch.device("cuda"), torch.bfloat16)
+        assert resolve("cpu") == (torch.device("cpu"), torch.float32)
+    else:
+        assert resolve() == (torch.device("cpu"), torch.float32)
+        with pytest.raises(ValueError, match=r"serve\.device is 'cuda' but this process sees no CUDA device"):
+            resolve("cuda", setting="serve.")
+        with pytest.raises(ValueError, match=r"score\.dtype float16 needs CUDA"):
+            resolve("auto", "float16", setting="score.")
     assert resolve("cpu", "bfloat16") == (torch.device("cpu"), torch.bfloat16)
-    with pytest.raises(ValueError, match=r"serve\.device is 'cuda' but this process sees no CUDA device"):
-        resolve("cuda", setting="serve.")
     with pytest.raises(ValueError, match=r"score\.dtype float16 needs CUDA"):
-        resolve("auto", "float16", setting="score.")
+        resolve("cpu", "float16", setting="score.")
     with pytest.raises(ValueError, match="device must be auto, cpu, cuda or cuda:N"):
         resolve("tpu")
     with pytest.raises(ValueError, match="String should match pattern"):
