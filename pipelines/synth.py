@@ -1,34 +1,44 @@
 """Deterministic synthetic fine-grained VQA shards for the tiny VISOR model (32-px tiles, patch 8, up to 3x3 grid).
 
 Every image (64 or 96 px a side, so the anyres grids 2x2, 3x2, 2x3 and 3x3 all
-occur) is a plain background divided into a 4x4 grid of cells — one cell per
-token of the base tile (32 px, patch 8) — holding 1–4 black squares/circles
-(one a cell, a few px smaller than its shorter side) and, in another cell, one
-8x8 box: a 1-px white frame around a 6x6 interior with one of ``PATTERNS``,
-aligned to the 8-px patch grid of the full-resolution tiles. Three question
-types, single-word answers:
+occur) is a plain background holding three 8x8 boxes aligned to the 8-px patch
+grid of the full-resolution tiles, so each box is exactly one visual token: a
+1-px frame around a 6x6 interior with one of ``PATTERNS``. Two boxes have white
+frames and sit side by side inside one 2x2 window of patches (the window 2x2
+token reduction averages into one token), with different patterns; the third, a
+distractor, has a black frame and sits in another window. Two question types,
+single-word answers:
 
 * ``coarse`` (difficulty 1) — the background colour: every token shows it;
-* ``counting`` (difficulty 2) — how many shapes (``one`` .. ``four``): how many
-  base-tile tokens are dark;
-* ``fine`` (difficulty 3) — the box's pattern: ``horizontal`` or ``vertical``
-  1-px stripes, ``checkered`` or ``plain`` grey. Every pattern averages to the
-  same grey, so downscaling to the 32x32 base tile (2x or 3x) leaves only a
-  faint resampling residue, while in the full-resolution tiles the pattern fills
-  36 of the 64 pixels of one patch.
+* ``fine`` (difficulty 2) — the pattern of the *left* (or *right*) white box. Both
+  white boxes look alike, so which one is left exists only in how the two tokens
+  relate: the right box's left neighbour is a white box, the left box's is not.
+  A model answers only if visual tokens attend to each other before the text reads
+  them — every layer of full attention, VISOR's S layers; with budget 0 (C layers
+  only) or 2x2 pooling (the pair is averaged into one token) it knows the pair
+  but not its order: 0.5 given the pair, by construction.
 
-Training samples ask all three questions in one three-turn conversation;
-held-out (eval, policy) samples ask one (see :func:`write_split`). The ``detail`` split
-asks only the fine question: the first stage of a training recipe, so that looking up one
-visual token among a hundred is learned before the easier questions take the model's
-attention elsewhere (measured: a tiny model trained on all three questions at once often
-stays at chance on *fine* for a thousand steps; see ``docs/BENCHMARKS.md``).
+Every pattern averages to the same grey, so downscaling to the 32x32 base tile
+(2x or 3x) leaves only a faint resampling residue, while in the full-resolution
+tiles the pattern fills 36 of the 64 pixels of one patch.
 
-Why this layout (measured, see ``docs/BENCHMARKS.md``): a tiny model trained from
-scratch learns to find a patch-aligned box and read a pattern that fills it in a
-few hundred steps, but not a 2x2-px coloured mark inside a box at an arbitrary
-offset (it stays at chance for thousands of steps); it counts black shapes that
-each fill one base token, not shapes of the image's own colours and sizes.
+The miniature relies on a vision tower that sees patches, not relations: the
+``bench-quality`` and demo recipes use ``model.tiny.vision: patches`` (the patch
+embedding alone, no position, frozen; :func:`visor_model.presets.tiny_config`),
+so relating visual tokens happens in the language model, as it does for SigLIP's
+local features in the paper. A tower that attends across patches could order the
+pair itself and leave nothing for the S layers (docs/BENCHMARKS.md).
+
+Training samples ask all three questions (coarse, left, right) in one
+conversation; held-out (eval, policy) samples ask one (see :func:`write_split`),
+*fine* alternating left and right. The ``detail`` split asks only the fine
+questions (left and right): the first stage of a training recipe, so that ordering
+the pair is learned before the easy question takes the model's attention
+elsewhere (measured: a tiny model trained on every question at once stays at 0.5
+on *fine* for 700 steps; with 600 steps of the fine questions first it reaches
+0.85; a third question type, the black box's pattern — a look-up — was learned
+at once but then kept the model from learning the order; see
+``docs/BENCHMARKS.md``).
 
 A sample is a pure function of ``(seed, split, index)``; shards are written with
 fixed tar mtimes, so the same arguments give byte-identical files.
@@ -57,61 +67,71 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 WHITE = (255, 255, 255)
 BLACK = (0, 0, 0)
 GREY = (128, 128, 128)
-COUNTS = ["one", "two", "three", "four"]
 PATTERNS = ["horizontal", "vertical", "checkered", "plain"]
 IMAGE_SIZES: list[tuple[int, int]] = [(64, 64), (96, 64), (64, 96), (96, 96)]  # (width, height)
 BASE_TILE = 32
-GRID = 4  # cells per side: one cell per base-tile token
-PATCH = 8  # the vision tower's patch: the box is aligned to it
-BOX = 8  # box side in px: 1-px white frame, 6x6 patterned interior
-QUESTION_TYPES = ("coarse", "counting", "fine")
-DIFFICULTY = {"coarse": 1, "counting": 2, "fine": 3}
+PATCH = 8  # the vision tower's patch: every box is one patch
+WINDOW = 2 * PATCH  # the 2x2 window of patches that token reduction pools into one token
+BOX = 8  # box side in px: 1-px frame, 6x6 patterned interior
+QUESTION_TYPES = ("coarse", "fine")
+DIFFICULTY = {"coarse": 1, "fine": 2}
 QUESTIONS = {
     "coarse": "what colour is the background ?",
-    "counting": "how many shapes are there ?",
-    "fine": "what pattern is in the white box ?",
+    "left": "what pattern is in the left white box ?",
+    "right": "what pattern is in the right white box ?",
 }
+"""Each question by the answer it asks for: the fine type asks ``left`` or ``right``."""
+TRAINING_TURNS = ("coarse", "left", "right")
+DETAIL_TURNS = ("left", "right")  # the fine questions alone: the first stage of a recipe
 SPLITS = {"train": 0, "eval": 1, "policy": 2, "detail": 3}
-ONLY_FINE_SPLITS = {"detail"}  # every sample asks the fine question
-ALL_QUESTIONS_SPLITS = {"train"}  # training samples ask all three questions; held-out ones ask one
-CHANCE = {"coarse": 1 / len(COLOURS), "counting": 1 / len(COUNTS), "fine": 1 / len(PATTERNS)}  # uniform guessing
+ONLY_FINE_SPLITS = {"detail"}  # every sample's own question is fine; it asks the box questions
+ALL_QUESTIONS_SPLITS = {"train"}  # training samples ask every question; held-out ones ask one
+CHANCE = {"coarse": 1 / len(COLOURS), "fine": 1 / len(PATTERNS)}  # uniform guessing
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One rendered sample; ``box_xy`` is the top-left pixel of the 8x8 box (a multiple of ``PATCH``).
+    """One rendered sample. ``pair`` holds the (left, right) white boxes' patterns (different), ``pair_xy`` the
+    top-left pixel of the left one (a multiple of ``WINDOW`` horizontally, of ``PATCH`` vertically: both boxes in
+    one pooling window); ``black``/``black_xy`` the distractor's pattern and top-left pixel (another window).
 
-    ``question_type`` is this sample's own (first) question; :meth:`answers` has every question type's answer.
+    ``question_type`` is this sample's own (first) question; ``side`` (``left``/``right``) which white box a
+    *fine* question asks for; :meth:`answers` has every question's answer.
     """
 
     key: str
     image: Image.Image
     question_type: str
+    side: str
     background: str
-    num_shapes: int
-    pattern: str
-    box_xy: tuple[int, int]
+    pair: tuple[str, str]
+    pair_xy: tuple[int, int]
+    black: str
+    black_xy: tuple[int, int]
+
+    @property
+    def kind(self) -> str:
+        """The question this sample asks: a key of ``QUESTIONS``."""
+        return self.side if self.question_type == "fine" else self.question_type
 
     @property
     def question(self) -> str:
-        return QUESTIONS[self.question_type]
+        return QUESTIONS[self.kind]
 
     @property
     def answer(self) -> str:
-        return self.answers()[self.question_type]
+        return self.answers()[self.kind]
 
     def answers(self) -> dict[str, str]:
-        """The answer to every question type about this image."""
-        return {"coarse": self.background, "counting": COUNTS[self.num_shapes - 1], "fine": self.pattern}
+        """The answer to every question (keys of ``QUESTIONS``) about this image."""
+        return {"coarse": self.background, "left": self.pair[0], "right": self.pair[1]}
 
-    def record(self, all_questions: bool = False) -> dict[str, Any]:
-        """The LLaVA-conversation JSON stored next to the image: one turn (this sample's question), or with
-        ``all_questions`` three turns — this sample's question type first, then the others in cyclic order."""
-        first = QUESTION_TYPES.index(self.question_type)
-        kinds = (QUESTION_TYPES[first:] + QUESTION_TYPES[:first]) if all_questions else (self.question_type,)
+    def record(self, kinds: tuple[str, ...] | None = None) -> dict[str, Any]:
+        """The LLaVA-conversation JSON stored next to the image: one turn per question of ``kinds`` (default:
+        this sample's own question), the image in the first."""
         answers = self.answers()
         conversations: list[dict] = []
-        for i, kind in enumerate(kinds):
+        for i, kind in enumerate(kinds or (self.kind,)):
             question = QUESTIONS[kind] if i else f"<image>\n{QUESTIONS[kind]}"
             conversations += [{"from": "human", "value": question}, {"from": "gpt", "value": answers[kind]}]
         return {
@@ -120,11 +140,21 @@ class Sample:
             "difficulty": DIFFICULTY[self.question_type],
         }
 
+    def turns_for(self, split: str) -> tuple[str, ...]:
+        """The questions a sample of ``split`` asks: every question in a training split (``TRAINING_TURNS``), the
+        fine questions in the ``detail`` split (``DETAIL_TURNS``), this sample's own first and the others in cyclic
+        order; its own question alone in a held-out split."""
+        turns = TRAINING_TURNS if split in ALL_QUESTIONS_SPLITS else DETAIL_TURNS if split in ONLY_FINE_SPLITS else ()
+        if not turns:
+            return (self.kind,)
+        first = turns.index(self.kind)
+        return turns[first:] + turns[:first]
+
 
 def vocabulary() -> list[str]:
     """Every word of every question and answer (the tokenizer splits on whitespace and punctuation)."""
     words = {w for q in QUESTIONS.values() for w in q.split()}
-    return sorted(words | set(COLOURS) | set(COUNTS) | set(PATTERNS))
+    return sorted(words | set(COLOURS) | set(PATTERNS))
 
 
 def pattern_pixel(pattern: str, dx: int, dy: int) -> tuple[int, int, int]:
@@ -135,9 +165,9 @@ def pattern_pixel(pattern: str, dx: int, dy: int) -> tuple[int, int, int]:
     return WHITE if on else BLACK
 
 
-def draw_box(image: Image.Image, x: int, y: int, pattern: str) -> None:
-    """The 8x8 box at ``(x, y)``: white frame, ``pattern`` inside."""
-    ImageDraw.Draw(image).rectangle((x, y, x + BOX - 1, y + BOX - 1), outline=WHITE)
+def draw_box(image: Image.Image, x: int, y: int, pattern: str, frame: tuple[int, int, int] = WHITE) -> None:
+    """The 8x8 box at ``(x, y)``: a 1-px ``frame``, ``pattern`` inside."""
+    ImageDraw.Draw(image).rectangle((x, y, x + BOX - 1, y + BOX - 1), outline=frame)
     pixels = image.load()
     for dy in range(1, BOX - 1):
         for dx in range(1, BOX - 1):
@@ -145,32 +175,27 @@ def draw_box(image: Image.Image, x: int, y: int, pattern: str) -> None:
 
 
 def render_sample(seed: int, split: str, index: int) -> Sample:
-    """The sample ``index`` of ``split`` for ``seed``; question types cycle coarse, counting, fine (only fine
-    in the ``detail`` split)."""
+    """The sample ``index`` of ``split`` for ``seed``; question types alternate coarse and fine (only fine in the
+    ``detail`` split), and fine questions alternate left and right."""
     rng = np.random.default_rng([seed, SPLITS[split], index])
     question_type = "fine" if split in ONLY_FINE_SPLITS else QUESTION_TYPES[index % len(QUESTION_TYPES)]
+    side = ("left", "right")[(index // len(QUESTION_TYPES)) % 2 if split not in ONLY_FINE_SPLITS else index % 2]
     width, height = IMAGE_SIZES[int(rng.integers(len(IMAGE_SIZES)))]
     background = list(COLOURS)[int(rng.integers(len(COLOURS)))]
-    pattern = PATTERNS[int(rng.integers(len(PATTERNS)))]
-    num_shapes = int(rng.integers(1, len(COUNTS) + 1))
+    left, right = (PATTERNS[int(i)] for i in rng.choice(len(PATTERNS), 2, replace=False))
+    black = PATTERNS[int(rng.integers(len(PATTERNS)))]
+    windows = [(x, y) for y in range(0, height, WINDOW) for x in range(0, width, WINDOW)]
+    pair_window, black_window = (windows[int(i)] for i in rng.choice(len(windows), 2, replace=False))
+    pair_xy = (pair_window[0], pair_window[1] + PATCH * int(rng.integers(2)))
+    black_xy = (black_window[0] + PATCH * int(rng.integers(2)), black_window[1] + PATCH * int(rng.integers(2)))
+
     image = Image.new("RGB", (width, height), COLOURS[background])
-    draw = ImageDraw.Draw(image)
-    cell_w, cell_h = width // GRID, height // GRID
-    box_cell, *shape_cells = (int(c) for c in rng.permutation(GRID * GRID)[: num_shapes + 1])
-
-    bx = box_cell % GRID * cell_w + PATCH * int(rng.integers(cell_w // PATCH))
-    by = box_cell // GRID * cell_h + PATCH * int(rng.integers(cell_h // PATCH))
-    draw_box(image, bx, by, pattern)
-    for cell in shape_cells:
-        side = min(cell_w, cell_h) - int(rng.integers(2, 5))
-        x = cell % GRID * cell_w + int(rng.integers(cell_w - side + 1))
-        y = cell // GRID * cell_h + int(rng.integers(cell_h - side + 1))
-        shape = draw.rectangle if rng.random() < 0.5 else draw.ellipse
-        shape((x, y, x + side - 1, y + side - 1), fill=BLACK)
-
+    draw_box(image, *pair_xy, left)
+    draw_box(image, pair_xy[0] + PATCH, pair_xy[1], right)
+    draw_box(image, *black_xy, black, frame=BLACK)
     return Sample(
-        key=f"{split}{index:08d}", image=image, question_type=question_type, background=background,
-        num_shapes=num_shapes, pattern=pattern, box_xy=(bx, by),
+        key=f"{split}{index:08d}", image=image, question_type=question_type, side=side, background=background,
+        pair=(left, right), pair_xy=pair_xy, black=black, black_xy=black_xy,
     )
 
 
@@ -189,10 +214,10 @@ def write_split(out: Path, split: str, count: int, shard_size: int, seed: int) -
     """Write ``count`` samples to ``out/<split>-%06d.tar`` (``shard_size`` a shard); returns counts per type
     (of each sample's first question).
 
-    Samples of the splits in ``ALL_QUESTIONS_SPLITS`` ask all three questions in one conversation: three
-    answers to learn from for one image's visual tokens, at almost the cost of one, so training learns the
-    skills in far fewer steps (see ``docs/BENCHMARKS.md``). The held-out splits ask one question, so accuracy
-    and the policy's budget are per question type.
+    Samples of the splits in ``ALL_QUESTIONS_SPLITS`` ask every question in one conversation: four answers
+    to learn from for one image's visual tokens, at almost the cost of one, so training learns the skills in
+    far fewer steps (see ``docs/BENCHMARKS.md``); ``detail`` samples ask left and right. The held-out splits
+    ask one question, so accuracy and the policy's budget are per question type.
 
     Existing ``out/<split>-NNNNNN.tar`` files are deleted first, so the directory holds exactly this split.
     """
@@ -211,7 +236,7 @@ def write_split(out: Path, split: str, count: int, shard_size: int, seed: int) -
             sink.write({
                 "__key__": sample.key,
                 "png": _png(sample.image),
-                "json": json.dumps(sample.record(split in ALL_QUESTIONS_SPLITS), sort_keys=True).encode(),
+                "json": json.dumps(sample.record(sample.turns_for(split)), sort_keys=True).encode(),
             })
     return counts
 
@@ -219,7 +244,7 @@ def write_split(out: Path, split: str, count: int, shard_size: int, seed: int) -
 def write_synth(out: Path, train: int, eval: int, shard_size: int, seed: int, policy: int = 0,
                 detail: int = 0) -> dict:
     """Write train/eval/policy/detail shards (``policy``: held-out samples for the policy job; ``detail``: training
-    samples that ask only the fine question), ``out/tokenizer``
+    samples that ask only the fine questions), ``out/tokenizer``
     (word-level, whole vocabulary), ``out/processor`` (the
     ``VisorProcessor`` of :func:`visor_model.presets.tiny_config` with that tokenizer) and ``out/manifest.json``.
 

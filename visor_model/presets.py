@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, SiglipVisionConfig
 from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
@@ -74,16 +75,31 @@ def llava_ov_config(preset: str, **visor_fields: Any) -> VisorConfig:
     )
 
 
-def tiny_config(vocab_size: int, image_token_id: int = 2, **visor_fields: Any) -> VisorConfig:
+TINY_VISION = ("transformer", "patches")
+"""Vision towers of :func:`tiny_config`: ``transformer`` (SigLIP, 2 layers attending across the tile's patches)
+or ``patches`` (the patch embedding alone: no attention across patches, no position; see
+:func:`drop_vision_positions`)."""
+
+
+def tiny_config(vocab_size: int, image_token_id: int = 2, vision: str = "transformer",
+                **visor_fields: Any) -> VisorConfig:
     """A tiny random VISOR model: SigLIP 32 px tiles / patch 8 (16 tokens a tile), Qwen2 hidden 64, 6 layers.
 
     The rotary base is Qwen2-0.5B's (``rope_theta`` 1e6), not ``Qwen2Config``'s default 1e4: with 16-dim heads,
     1e4 leaves almost no rotary frequency slow enough for a text token to match a visual token's content a
     hundred positions away, and a tiny model trained from scratch then struggles to look up visual detail.
 
+    ``vision="patches"`` makes the visual tokens the tower's patch embeddings (``vision_feature_layer`` -2 of a
+    one-layer tower, i.e. the input of its only layer — ``transformers``' SigLIP reports no hidden states with
+    zero layers, so that layer runs and is not read): each token sees its own 8x8 patch and nothing else, so
+    relating visual tokens is left to the language model. Call :func:`drop_vision_positions` on the model and
+    keep the tower frozen, or the position embedding tells every token where it is.
+
     ``visor_fields`` may override the text depth via ``num_layers`` and any
     ``VisorConfig`` field (``plan``, ``cross_attention``, ``token_reduction``, ...).
     """
+    if vision not in TINY_VISION:
+        raise ValueError(f"vision must be one of {TINY_VISION}, got {vision!r}")
     num_layers = visor_fields.pop("num_layers", 6)
     hidden = visor_fields.pop("hidden_size", 64)
     text = Qwen2Config(
@@ -91,14 +107,23 @@ def tiny_config(vocab_size: int, image_token_id: int = 2, **visor_fields: Any) -
         num_key_value_heads=2, vocab_size=vocab_size, max_position_embeddings=4096, pad_token_id=0,
         eos_token_id=4, bos_token_id=3, rope_parameters={"rope_type": "default", "rope_theta": 1e6},
     )
-    vision = SiglipVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+    patches = vision == "patches"
+    tower = SiglipVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1 if patches else 2, num_attention_heads=2,
         image_size=32, patch_size=8, vision_use_head=False,
     )
     return VisorConfig(
-        vision_config=vision, text_config=text, image_token_index=image_token_id,
-        image_grid_pinpoints=_grid_pinpoints(32, 3), **visor_fields,
+        vision_config=tower, text_config=text, image_token_index=image_token_id,
+        image_grid_pinpoints=_grid_pinpoints(32, 3), vision_feature_layer=-2 if patches else -1, **visor_fields,
     )
+
+
+def drop_vision_positions(model: torch.nn.Module) -> None:
+    """Zero the vision tower's position embedding (a ``vision="patches"`` tiny model): a visual token then
+    carries what its patch shows and nothing of where it is — the language model's rotary positions are the
+    only place order exists. Train with the ``vision_tower`` group frozen so it stays zero."""
+    with torch.no_grad():
+        model.model.vision_tower.embeddings.position_embedding.weight.zero_()
 
 
 def word_tokenizer(words: Iterable[str]) -> PreTrainedTokenizerFast:

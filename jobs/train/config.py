@@ -19,6 +19,7 @@ from pydantic import AfterValidator, Field, ValidationError, model_validator
 
 from jobs.config import Section, describe_errors, load_config
 from jobs.sections import ReadSection, S3Section, TrackingSection
+from visor_model.presets import TINY_VISION
 
 FREEZABLE = ("vision_tower", "projector", "language_model", "lm_head", "cross_attention")
 
@@ -40,11 +41,17 @@ class TinyShape(Section):
     initialisation (None: the model's ``initializer_range``, 0.02). A tiny model learns to look up one
     visual token among a hundred only after a plateau whose length varies widely with the seed; wider
     query/key weights make it short and reliable (measured in docs/BENCHMARKS.md).
+
+    ``vision``: ``transformer`` (a 2-layer SigLIP tower) or ``patches`` (the patch embedding alone, without
+    positions: the visual tokens see their own patch and nothing else, so every relation between them is
+    learned in the language model; the run must freeze ``vision_tower``, or positions would be learned back —
+    see :func:`visor_model.presets.tiny_config`).
     """
 
     num_layers: int = Field(6, ge=1)
     hidden_size: int = Field(64, ge=8)
     attention_init_std: float | None = Field(None, gt=0)
+    vision: Literal[TINY_VISION] = "transformer"  # type: ignore[valid-type]
 
 
 class ModelConfig(Section):
@@ -200,6 +207,13 @@ class TrainConfig(Section):
     run: RunSection = RunSection()
     mlflow: MlflowSection = MlflowSection()
     stages: list[dict[str, Any]] = []
+
+    @model_validator(mode="after")
+    def _patches_stay_frozen(self) -> TrainConfig:
+        if self.model.init == "tiny" and self.model.tiny.vision == "patches" and "vision_tower" not in self.freeze:
+            raise ValueError("model.tiny.vision: patches needs freeze: [vision_tower] (in every stage): a trained "
+                             "tower would learn its position embedding back and the tokens would know where they are")
+        return self
 
     @model_validator(mode="after")
     def _stages_valid(self) -> TrainConfig:

@@ -65,16 +65,19 @@ def build_model(config: ModelConfig, vocab_size: int, seed: int,
     """The model to train (float32; autocast handles bf16): tiny random, converted LLaVA-OV, or a VISOR model —
     re-planned through :meth:`~VisorForConditionalGeneration.to_llava_onevision` when ``config`` asks a
     full-attention model for another plan (see :class:`~jobs.train.config.ModelConfig`)."""
-    from visor_model.presets import tiny_config
+    from visor_model.presets import drop_vision_positions, tiny_config
 
     torch.manual_seed(seed)
     if config.init == "tiny":
         plan = requested_plan(config, config.tiny.num_layers)
         model = VisorForConditionalGeneration(tiny_config(
             vocab_size, num_layers=config.tiny.num_layers, hidden_size=config.tiny.hidden_size,
+            vision=config.tiny.vision,
             cross_attention=config.cross_attention or "joint", token_reduction=config.token_reduction or 1,
             **({"plan": plan.to_dict()} if plan else {}),
         ))
+        if config.tiny.vision == "patches":
+            drop_vision_positions(model)
         if config.tiny.attention_init_std is not None:
             widen_attention_init(model, config.tiny.attention_init_std)
     elif config.init == "llava":

@@ -8,8 +8,10 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 import typer
 import yaml
+from PIL import Image
 
 from jobs.cli import app
 from jobs.cluster.infra import Values
@@ -169,6 +171,38 @@ def test_a_recipe_stage_is_its_keys_merged_over_the_config() -> None:
 def test_recipe_errors_name_the_stage_and_field(stages, message) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(TrainConfig, {**RECIPE, "stages": stages})
+
+
+def test_a_patch_only_vision_tower_must_stay_frozen_in_every_stage() -> None:
+    patches = {"init": "tiny", "plan": "full_attention", "tiny": {"vision": "patches"}}
+    with pytest.raises(ConfigError, match=r"model.tiny.vision: patches needs freeze: \[vision_tower\]"):
+        load_config(TrainConfig, {**RECIPE, "stages": [], "model": patches})
+    with pytest.raises(ConfigError, match=r"stages\[0\] \(pretrain\): .*needs freeze: \[vision_tower\]"):
+        load_config(TrainConfig, {**RECIPE, "model": patches, "freeze": ["vision_tower"],
+                                  "stages": [{"name": "pretrain", "freeze": []}]})
+    config = load_config(TrainConfig, {**RECIPE, "model": patches, "freeze": ["vision_tower"]})
+    assert config.stage(0).freeze == ["vision_tower"] and config.stage(1).freeze == ["vision_tower"]
+
+
+def test_a_patch_only_tiny_model_has_no_positions_and_no_attention_across_patches() -> None:
+    from jobs.train.model_setup import build_model
+    from visor_model.presets import tiny_processor, word_tokenizer
+
+    config = load_config(TrainConfig, {**RECIPE, "stages": [], "freeze": ["vision_tower"],
+                                       "model": {"init": "tiny", "tiny": {"vision": "patches"}}})
+    model = build_model(config.model, 40, seed=0).eval()
+    assert not model.model.vision_tower.embeddings.position_embedding.weight.any()
+    processor = tiny_processor(word_tokenizer(["x"]), model.config)
+    image = Image.new("RGB", (64, 64), (200, 30, 30))
+    image.paste((0, 0, 0), (8, 8, 16, 16))  # the same dark patch at two places in one tile
+    image.paste((0, 0, 0), (48, 40, 56, 48))
+    inputs = processor(text=["<image>"], images=[image], return_tensors="pt")
+    with torch.no_grad():
+        (tokens,), _ = model.image_features(inputs["pixel_values"], inputs["image_sizes"])
+    assert tokens.shape[0] == 16 + 8 * 9  # the base tile's 4x4 tokens, then 8 rows of 8 patches and a newline
+    patch = lambda row, col: tokens[16 + 9 * row + col]  # noqa: E731
+    assert torch.equal(patch(1, 1), patch(5, 6)) and torch.equal(patch(0, 0), patch(7, 7))  # where is not seen
+    assert not torch.allclose(patch(1, 1), patch(0, 0)) and torch.equal(patch(1, 2), patch(0, 0))
 
 
 def test_model_plan_settings_are_exclusive() -> None:

@@ -27,7 +27,7 @@ def test_inspect_json_counts_and_render(ray_local, tmp_path: Path) -> None:
     stats = json.loads(result.stdout.strip().splitlines()[-1])
     assert stats["samples"] == 14 and stats["valid"] == 12
     assert stats["quarantined"] == {"empty_answer": 1, "undecodable_image": 1}
-    assert stats["question_types"] == {"coarse": 4, "counting": 4, "fine": 4} and stats["shards"] == 4
+    assert stats["question_types"] == {"coarse": 7, "fine": 5} and stats["shards"] == 4
     assert sum(stats["tiles"].values()) == 12 and set(stats["tiles"]) <= {"5", "7", "10"}
     assert stats["tokens"]["max"] <= 256 and len(stats["data_version"]) == 16  # three-turn training samples
     assert sorted(json.loads(line)["key"] for line in (tmp_path / "q.jsonl").read_text().splitlines()) == [

@@ -14,14 +14,17 @@ from typer.testing import CliRunner
 from jobs.cli import app
 from pipelines.synth import (
     BASE_TILE,
+    BLACK,
     BOX,
-    COLOURS,
-    GRID,
+    DETAIL_TURNS,
     IMAGE_SIZES,
     PATCH,
     PATTERNS,
     QUESTION_TYPES,
     QUESTIONS,
+    TRAINING_TURNS,
+    WHITE,
+    WINDOW,
     draw_box,
     pattern_pixel,
     render_sample,
@@ -37,24 +40,40 @@ def base_tile(image: Image.Image) -> np.ndarray:
     return np.asarray(image.resize((BASE_TILE, BASE_TILE), Image.BICUBIC)).astype(float)
 
 
-@pytest.mark.parametrize("index", [2, 5, 8, 11, 14, 17, 20, 23, 26, 29])
-def test_fine_pattern_fills_a_patch_at_full_resolution_and_fades_from_base_tile(index: int) -> None:
+def box_pixels(image: Image.Image, xy: tuple[int, int]) -> np.ndarray:
+    x, y = xy
+    return np.asarray(image)[y : y + BOX, x : x + BOX]
+
+
+def expected_box(pattern: str, frame: tuple[int, int, int]) -> np.ndarray:
+    box = np.empty((BOX, BOX, 3), np.uint8)
+    box[:] = frame
+    box[1:-1, 1:-1] = [[pattern_pixel(pattern, dx, dy) for dx in range(1, BOX - 1)] for dy in range(1, BOX - 1)]
+    return box
+
+
+@pytest.mark.parametrize("index", range(0, 30, 3))
+def test_boxes_are_single_patches_and_the_pair_shares_one_pooling_window(index: int) -> None:
     sample = render_sample(3, "train", index)
-    assert sample.question_type == "fine" and sample.answer == sample.pattern
-    assert sample.pattern in PATTERNS
     width, height = sample.image.size
     assert [width, height] in tiny_config(64).image_grid_pinpoints  # tiles are exact crops, no resize
-    bx, by = sample.box_xy
-    assert bx % PATCH == 0 and by % PATCH == 0  # the box is one patch of a full-resolution tile
-    full = np.asarray(sample.image)
-    interior = full[by + 1 : by + BOX - 1, bx + 1 : bx + BOX - 1]
-    expected = [[pattern_pixel(sample.pattern, dx, dy) for dx in range(1, BOX - 1)] for dy in range(1, BOX - 1)]
-    assert np.array_equal(interior, np.array(expected, np.uint8))
+    (px, py), (kx, ky) = sample.pair_xy, sample.black_xy
+    assert px % WINDOW == 0 and py % PATCH == 0 and kx % PATCH == 0 and ky % PATCH == 0
+    assert (px // WINDOW, py // WINDOW) != (kx // WINDOW, ky // WINDOW)  # the black box is in another window
+    left, right = sample.pair
+    assert left != right and {left, right, sample.black} <= set(PATTERNS)
+    assert np.array_equal(box_pixels(sample.image, (px, py)), expected_box(left, WHITE))
+    assert np.array_equal(box_pixels(sample.image, (px + PATCH, py)), expected_box(right, WHITE))
+    assert np.array_equal(box_pixels(sample.image, (kx, ky)), expected_box(sample.black, BLACK))
+    assert sample.answers() == {"coarse": sample.background, "left": left, "right": right}
 
+
+def test_patterns_differ_at_full_resolution_and_fade_from_the_base_tile() -> None:
+    sample = render_sample(3, "eval", 2)
     renders = {}
-    for pattern in PATTERNS:  # the same image with each pattern in the box
+    for pattern in PATTERNS:  # the same image with each pattern in the left white box
         image = sample.image.copy()
-        draw_box(image, bx, by, pattern)
+        draw_box(image, *sample.pair_xy, pattern)
         renders[pattern] = (np.asarray(image).astype(float), base_tile(image))
     for a in PATTERNS:
         for b in PATTERNS:
@@ -64,7 +83,54 @@ def test_fine_pattern_fills_a_patch_at_full_resolution_and_fades_from_base_tile(
                 assert np.abs(renders[a][1] - renders[b][1]).max() <= 50  # in the base tile a faint residue
 
 
-def test_samples_are_deterministic_and_cover_sizes_counts_and_patterns() -> None:
+def swapped(sample) -> Image.Image:
+    """The sample's image with its two white boxes exchanged."""
+    image = sample.image.copy()
+    draw_box(image, *sample.pair_xy, sample.pair[1])
+    draw_box(image, sample.pair_xy[0] + PATCH, sample.pair_xy[1], sample.pair[0])
+    return image
+
+
+@pytest.mark.parametrize("index", [2, 5, 8, 11])
+def test_only_relating_tokens_tells_left_from_right(index: int) -> None:
+    """The design claim of the fine question, through the real tiny model with the patch-only vision tower: the
+    image and its twin with the white boxes exchanged give the same *set* of visual tokens (the two box tokens
+    trade places), and with 2x2 token reduction exactly the same tokens — so a model that does not relate
+    visual tokens (C layers alone, pooling) cannot tell which pattern is left from the full-resolution tiles.
+    (The downscaled base tile keeps a blurred, order-dependent trace of the pair: docs/BENCHMARKS.md measures
+    whether models learn to read it.)"""
+    import torch
+
+    from visor_model.modeling import VisorForConditionalGeneration
+    from visor_model.presets import drop_vision_positions, tiny_processor
+
+    sample = render_sample(1, "eval", index)
+    tokenizer = make_tokenizer(vocabulary())
+    features = {}
+    for reduction in (1, 2):
+        config = tiny_config(len(tokenizer), vision="patches", token_reduction=reduction)
+        torch.manual_seed(0)
+        model = VisorForConditionalGeneration(config).eval()
+        drop_vision_positions(model)
+        processor = tiny_processor(tokenizer, config)
+        for name, image in (("sample", sample.image), ("swapped", swapped(sample))):
+            inputs = processor(text=["<image>"], images=[image], return_tensors="pt")
+            with torch.no_grad():
+                (tokens,), _ = model.image_features(inputs["pixel_values"], inputs["image_sizes"])
+            features[reduction, name] = tokens
+    base = (BASE_TILE // PATCH) ** 2  # the base tile's tokens come first (its blurred trace of the pair differs)
+    for reduction, base_tokens in ((1, base), (2, base // 4)):
+        ours, twin = features[reduction, "sample"], features[reduction, "swapped"]
+        high = (ours[base_tokens:] - twin[base_tokens:]).abs().amax(-1) > 1e-5
+        if reduction == 2:
+            assert not high.any()  # pooled: the same tokens, whichever box is left
+        else:
+            i, j = high.nonzero().flatten().tolist()  # full resolution: the two box tokens trade places
+            assert j == i + 1 and torch.equal(ours[base_tokens + i], twin[base_tokens + j])
+            assert torch.equal(ours[base_tokens + j], twin[base_tokens + i])
+
+
+def test_samples_are_deterministic_and_cover_sizes_sides_and_patterns() -> None:
     first = [render_sample(0, "train", i) for i in range(60)]
     again = [render_sample(0, "train", i) for i in range(60)]
     other = [render_sample(1, "train", i) for i in range(60)]
@@ -73,13 +139,10 @@ def test_samples_are_deterministic_and_cover_sizes_counts_and_patterns() -> None
     assert any(a.image.tobytes() != c.image.tobytes() for a, c in zip(first, other, strict=True))
     assert first[0].image.tobytes() != render_sample(0, "eval", 0).image.tobytes()
     assert {s.image.size for s in first} == set(IMAGE_SIZES)
-    assert {s.num_shapes for s in first} == {1, 2, 3, 4}
-    assert {s.pattern for s in first} == set(PATTERNS)
-    for s in first:
-        assert "." not in s.key
-        cells = np.asarray(s.image.resize((GRID, GRID), Image.BOX)).mean(-1)  # one value per base-tile token
-        background = np.mean(COLOURS[s.background])
-        assert (cells < 0.8 * background).sum() == s.num_shapes  # every shape darkens exactly one cell
+    assert {s.black for s in first} == set(PATTERNS) == {s.pair[0] for s in first}
+    held_out = [render_sample(0, "eval", i) for i in range(12)]
+    assert [s.kind for s in held_out] == ["coarse", "left", "coarse", "right"] * 3
+    assert all("." not in s.key for s in first)
 
 
 @pytest.fixture(scope="module")
@@ -105,12 +168,12 @@ def test_shards_read_back_with_webdataset(synth_dir: Path) -> None:
         expected = render_sample(5, "train", i)
         assert sample["__key__"] == expected.key
         record = sample["json"]
-        assert record == expected.record(all_questions=True)  # training samples ask all three questions
-        turns = record["conversations"]
-        assert [t["from"] for t in turns] == ["human", "gpt"] * 3
+        assert record == expected.record(expected.turns_for("train"))
+        turns = record["conversations"]  # training samples ask every question, their own first
+        assert [t["from"] for t in turns] == ["human", "gpt"] * len(TRAINING_TURNS)
         assert turns[0]["value"] == f"<image>\n{expected.question}" and turns[1]["value"] == expected.answer
         assert sum("<image>" in t["value"] for t in turns) == 1
-        assert sorted(t["value"] for t in turns[1::2]) == sorted(expected.answers().values())
+        assert [t["value"] for t in turns[1::2]] == [expected.answers()[k] for k in expected.turns_for("train")]
         assert all(len(t["value"].split()) == 1 for t in turns[1::2])
         image = sample["png"]
         assert image.mode == "RGB" and np.array_equal(np.asarray(image), np.asarray(expected.image))
@@ -120,7 +183,7 @@ def test_shards_read_back_with_webdataset(synth_dir: Path) -> None:
     manifest = json.loads((synth_dir / "manifest.json").read_text())
     assert manifest["seed"] == 5 and manifest["splits"]["train"]["samples"] == 25
     assert manifest["splits"]["train"]["question_types"] == dict(types)
-    assert manifest["splits"]["eval"]["question_types"] == {"coarse": 3, "counting": 2, "fine": 2}
+    assert manifest["splits"]["eval"]["question_types"] == {"coarse": 4, "fine": 3}
     assert manifest["splits"]["train"]["shards"] == [Path(u).name for u in urls]
 
 
@@ -179,16 +242,20 @@ def test_rerun_with_fewer_samples_removes_stale_shards(tmp_path: Path) -> None:
     assert data_version(resolve_shards(f"{tmp_path}/train-0*.tar")) == data_version(resolve_shards(str(fresh)))
 
 
-def test_detail_split_asks_only_the_fine_question(tmp_path: Path) -> None:
+def test_detail_split_asks_the_box_questions(tmp_path: Path) -> None:
     import webdataset as wds
 
     manifest = write_synth(tmp_path, train=0, eval=0, shard_size=4, seed=2, detail=6)
-    assert manifest["splits"]["detail"]["question_types"] == {"coarse": 0, "counting": 0, "fine": 6}
+    assert manifest["splits"]["detail"]["question_types"] == {"coarse": 0, "fine": 6}
     samples = list(wds.WebDataset(str(tmp_path / "detail-000000.tar"), shardshuffle=False).decode("pil"))
     samples += list(wds.WebDataset(str(tmp_path / "detail-000001.tar"), shardshuffle=False).decode("pil"))
     assert len(samples) == 6
     for i, sample in enumerate(samples):
         expected = render_sample(2, "detail", i)
         turns = sample["json"]["conversations"]
-        assert len(turns) == 2 and turns[0]["value"] == f"<image>\n{QUESTIONS['fine']}"
-        assert turns[1]["value"] == expected.pattern and expected.key == sample["__key__"]
+        kinds = expected.turns_for("detail")
+        assert kinds[0] == ("left" if i % 2 == 0 else "right") and sorted(kinds) == sorted(DETAIL_TURNS)
+        assert [t["value"] for t in turns[0::2]] == [("<image>\n" if not j else "") + QUESTIONS[k]
+                                                   for j, k in enumerate(kinds)]
+        assert [t["value"] for t in turns[1::2]] == [expected.answers()[k] for k in kinds]
+        assert expected.key == sample["__key__"] and sample["json"]["question_type"] == "fine"
