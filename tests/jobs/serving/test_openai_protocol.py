@@ -14,22 +14,8 @@ import yaml
 from PIL import Image
 
 from jobs.inputs import ApiError, Limits
+from jobs.serving import openai_responses as api
 from jobs.serving.openai_protocol import SUPPORTED, ChatCompletionRequest, image_data_url, parse_chat_request
-from jobs.serving.openai_responses import (
-    ChatCompletionChoice,
-    ChatCompletionChunk,
-    ChatCompletionResponse,
-    ChatCompletionStreamChoice,
-    ChoiceLogprobs,
-    DeltaMessage,
-    ModelCard,
-    ModelList,
-    ResponseMessage,
-    TokenLogprob,
-    TopLogprob,
-    Usage,
-    VisorStats,
-)
 
 SPEC = Path(__file__).resolve().parents[3].parent / "shared" / "openai-openapi" / "chat-completions-and-models.yaml"
 IMAGE = image_data_url(Image.new("RGB", (16, 12), (200, 30, 30)))
@@ -176,28 +162,30 @@ def schema_errors(spec: dict, name: str, instance: Any) -> list[str]:
 
 def test_every_response_model_dumps_to_what_openais_schema_accepts() -> None:
     spec = openai_spec()
-    entry = TokenLogprob(token="red", logprob=-0.1, bytes=list(b"red"),
-                         top_logprobs=[TopLogprob(token="red", logprob=-0.1, bytes=list(b"red"))])
-    logprobs = ChoiceLogprobs(content=[entry])
-    visor = VisorStats(budget=1, flops=2e6, language_flops=1e6, full_attention_flops=8e6, saving_vs_full_attention=4.0,
-                       model_version="3")
-    usage = Usage(prompt_tokens=120, completion_tokens=2, total_tokens=122)
-    completion = ChatCompletionResponse(id="chatcmpl-1", created=1, model="visor", usage=usage, visor=visor, choices=[
-        ChatCompletionChoice(index=0, message=ResponseMessage(content="red"), logprobs=logprobs, finish_reason="stop"),
-        ChatCompletionChoice(index=1, message=ResponseMessage(content="re"), logprobs=None, finish_reason="length"),
-    ])
+    entry = api.TokenLogprob(token="red", logprob=-0.1, bytes=list(b"red"),
+                             top_logprobs=[api.TopLogprob(token="red", logprob=-0.1, bytes=list(b"red"))])
+    logprobs = api.ChoiceLogprobs(content=[entry])
+    visor = api.VisorStats(budget=1, flops=2e6, language_flops=1e6, full_attention_flops=8e6,
+                           saving_vs_full_attention=4.0, model_version="3")
+    usage = api.Usage(prompt_tokens=120, completion_tokens=2, total_tokens=122)
+    choices = [api.ChatCompletionChoice(index=0, message=api.ResponseMessage(content="red"), logprobs=logprobs,
+                                        finish_reason="stop"),
+               api.ChatCompletionChoice(index=1, message=api.ResponseMessage(content="re"), logprobs=None,
+                                        finish_reason="length")]
+    completion = api.ChatCompletionResponse(id="chatcmpl-1", created=1, model="visor", choices=choices, usage=usage,
+                                            visor=visor)
     assert schema_errors(spec, "CreateChatCompletionResponse", completion.model_dump(mode="json")) == []
 
-    def chunk(*choices: ChatCompletionStreamChoice, **extra: Any) -> dict:
-        return ChatCompletionChunk(id="chatcmpl-1", created=1, model="visor", choices=list(choices),
+    def chunk(*choices: api.ChatCompletionStreamChoice, **extra: Any) -> dict:
+        return api.ChatCompletionChunk(id="chatcmpl-1", created=1, model="visor", choices=list(choices),
                                    **extra).model_dump(mode="json")
 
     error = ApiError(500, "generation failed: RuntimeError", None, "generation_failed", kind="server_error")
     chunks = [
-        chunk(ChatCompletionStreamChoice(index=0, delta=DeltaMessage(role="assistant", content=""))),
-        chunk(ChatCompletionStreamChoice(index=0, delta=DeltaMessage(content="red"), logprobs=logprobs)),
-        chunk(ChatCompletionStreamChoice(index=0, delta=DeltaMessage(content="red"))),
-        chunk(ChatCompletionStreamChoice(index=0, delta=DeltaMessage(), finish_reason="stop"), visor=visor),
+        chunk(api.ChatCompletionStreamChoice(index=0, delta=api.DeltaMessage(role="assistant", content=""))),
+        chunk(api.ChatCompletionStreamChoice(index=0, delta=api.DeltaMessage(content="red"), logprobs=logprobs)),
+        chunk(api.ChatCompletionStreamChoice(index=0, delta=api.DeltaMessage(content="red"))),
+        chunk(api.ChatCompletionStreamChoice(index=0, delta=api.DeltaMessage(), finish_reason="stop"), visor=visor),
         chunk(usage=usage),
         chunk(error=error.body.error),
     ]
@@ -206,7 +194,7 @@ def test_every_response_model_dumps_to_what_openais_schema_accepts() -> None:
     assert chunks[0]["choices"][0] == {"index": 0, "delta": {"role": "assistant", "content": ""},
                                        "finish_reason": None}  # what is None and may not be null is left out
     assert "usage" not in chunks[1] and "logprobs" not in chunks[2]["choices"][0]
-    models = ModelList(data=[ModelCard(id="visor", version="3", budgets=2)]).model_dump(mode="json")
+    models = api.ModelList(data=[api.ModelCard(id="visor", version="3", budgets=2)]).model_dump(mode="json")
     assert schema_errors(spec, "ListModelsResponse", models) == []
     assert schema_errors(spec, "ErrorResponse", error.body.model_dump(mode="json")) == []
 
