@@ -161,7 +161,7 @@ def multi_turn(preset: str, layers: int | None, side: int, smoke: bool) -> dict:
         body = {"messages": messages, "max_tokens": 1, "temperature": 0, "visor_budget": budget}
         started = time.perf_counter()
         job = ask(engine, loaded, body)
-        return time.perf_counter() - started, job.choices[0].text, job.visor["budget"]
+        return time.perf_counter() - started, job.choices[0].text, job.visor.budget
 
     def user(question: str, with_image: bool = True) -> dict:
         image_part = [{"type": "image_url", "image_url": {"url": url}}] if with_image else []

@@ -1,6 +1,6 @@
 """What a request to a VISOR model may hold, checked the same way by the endpoint (:mod:`jobs.serving`) and by
 the ``mlflow.pyfunc`` model (:class:`jobs.registry.model_format.VisorPyfunc`): the same :class:`Limits`, the same
-messages, raised as :class:`ApiError` (an HTTP status and OpenAI's error object)::
+messages, raised as :class:`ApiError` (an HTTP status and OpenAI's error object, :class:`ErrorResponse`)::
 
     {"error": {"message": "...", "type": "invalid_request_error", "param": "...", "code": "..."}}
 
@@ -16,7 +16,7 @@ import re
 from typing import Any
 
 from PIL import Image
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from jobs.config import Section, default_of
 from pipelines.options import ReadOptions
@@ -37,14 +37,36 @@ class Limits(Section):
     max_choices: int = Field(8, ge=1, description="Largest n (choices per request).")
 
 
+class ErrorInfo(BaseModel):
+    """OpenAI's error object: ``type`` is the kind (``invalid_request_error``, ``authentication_error``,
+    ``rate_limit_error``, ``server_error``), ``param`` the request field at fault, ``code`` a machine-readable
+    reason."""
+
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error answer: ``{"error": {...}}``."""
+
+    error: ErrorInfo
+
+
 class ApiError(Exception):
-    """An error answered to the client: ``status`` and the OpenAI error body."""
+    """An error answered to the client: ``status`` and the OpenAI error body (:attr:`body`)."""
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
                  kind: str = "invalid_request_error"):
         super().__init__(message)
         self.status = status
-        self.body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+        self.body = ErrorResponse(error=ErrorInfo(message=message, type=kind, param=param, code=code))
+
+
+def must_be(key: str, expected: str, value: Any, code: str | None = None) -> ApiError:
+    """The 400 for a field of the wrong type or out of range: ``"<key> must be <expected>, got <value>"``."""
+    return ApiError(400, f"{key} must be {expected}, got {value!r}", key, code)
 
 
 def _fetch(url: str, limits: Limits) -> bytes:
@@ -114,7 +136,7 @@ def check_text(texts: list[str], limits: Limits, param: str = "messages") -> Non
 def check_max_tokens(value: Any, limits: Limits, key: str = "max_tokens") -> int:
     """``value`` as the number of new tokens, an integer in ``[1, limits.max_new_tokens]``; raises :class:`ApiError`."""
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limits.max_new_tokens:
-        raise ApiError(400, f"{key} must be an integer in [1, {limits.max_new_tokens}], got {value!r}", key)
+        raise must_be(key, f"an integer in [1, {limits.max_new_tokens}]", value)
     return value
 
 
@@ -132,5 +154,4 @@ def check_budget(value: Any, num_budgets: int, key: str = "visor_budget", string
         value = int(value)
     if value == "auto" or (not isinstance(value, bool) and isinstance(value, int) and 0 <= value < num_budgets):
         return value
-    raise ApiError(400, f"{key} must be \"auto\" or an integer in [0, {num_budgets - 1}], got {value!r}", key,
-                   "invalid_budget")
+    raise must_be(key, f'"auto" or an integer in [0, {num_budgets - 1}]', value, "invalid_budget")

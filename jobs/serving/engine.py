@@ -11,8 +11,9 @@ streaming client gets its first chunk as soon as the first token exists.
 ``@serve.batch`` is not used: it forms a batch once and holds every request in it until the whole
 batch has generated — the static batching this replaces.
 
-Admission is bounded: at most ``max_rows`` rows decode together (a request of ``n`` choices takes
-``n``) and at most ``max_queued`` requests wait; beyond that :meth:`Engine.submit` raises
+Admission is bounded: at most ``max_batch_size`` rows decode together (a request of ``n`` choices takes
+``n``) and at most ``max_queued_requests`` requests wait (the :class:`~jobs.serving.config.ServeConfig` fields of
+the same names); beyond that :meth:`Engine.submit` raises
 :class:`QueueFull` (the handler answers 429 with ``Retry-After``). A request's sampled choices come
 from its own generator (seeded by ``seed``), so they do not depend on what else is decoding.
 
@@ -38,7 +39,8 @@ import torch
 
 from jobs.faults import ServeFault
 from jobs.serving.image_cache import ImageFeatureCache
-from jobs.serving.openai_protocol import ChatRequest
+from jobs.serving.openai_protocol import ChatCompletionRequest
+from jobs.serving.openai_responses import TokenLogprob, TopLogprob, VisorStats
 
 INPUT_ERRORS = (ValueError, TypeError)  # raised by the model about its input: the request's fault (400)
 
@@ -54,7 +56,7 @@ class Choice:
     tokens: list[int] = field(default_factory=list)
     text: str = ""
     sent: str = ""  # the part of ``text`` already sent to the client
-    logprobs: list[dict] | None = None
+    logprobs: list[TokenLogprob] | None = None
     logprobs_sent: int = 0  # entries of ``logprobs`` already streamed
     finish: str | None = None
 
@@ -64,17 +66,16 @@ class Job:
     ``("delta", choice, text, logprobs)`` (the entries of the tokens not sent yet, or None),
     ``("finish", choice, logprobs)``, ``("end", None)`` and ``("error", status, message)``."""
 
-    def __init__(self, request: ChatRequest, loaded: Any, inputs: dict, loop: asyncio.AbstractEventLoop):
+    def __init__(self, request: ChatCompletionRequest, loaded: Any, inputs: dict, loop: asyncio.AbstractEventLoop):
         self.request, self.loaded, self.inputs, self.loop = request, loaded, inputs, loop
         self.events: asyncio.Queue = asyncio.Queue()
         self.cancelled = False
         self.generator = None if request.seed is None else torch.Generator().manual_seed(request.seed)
         self.choices = [Choice(logprobs=[] if request.logprobs else None) for _ in range(request.n)]
-        self.visor: dict = {}
+        self.visor: VisorStats | None = None  # set by the prefill
         self.prompt_tokens = 0
         self.failed = False
-        self.text = " ".join(part["text"] for message in request.conversation for part in message["content"]
-                             if part["type"] == "text")
+        self.text = " ".join(request.texts)
 
     def emit(self, *event: Any) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, event)
@@ -89,25 +90,24 @@ class Job:
         return self.failed or self.cancelled
 
 
-def logprob_entries(token: int, logprobs: torch.Tensor, top: int, tokenizer) -> dict:
+def logprob_entries(token: int, logprobs: torch.Tensor, top: int, tokenizer) -> TokenLogprob:
     """OpenAI's ``logprobs.content`` entry of ``token`` given the step's ``log_softmax`` ``[V]``."""
-    def entry(index: int, value: float) -> dict:
+    def entry(index: int) -> dict:
         text = tokenizer.decode([index])
-        return {"token": text, "logprob": value, "bytes": list(text.encode())}
+        return {"token": text, "logprob": float(logprobs[index]), "bytes": list(text.encode())}
 
-    item = entry(token, float(logprobs[token]))
-    values, ids = logprobs.topk(top) if top else (logprobs[:0], logprobs[:0].long())
-    item["top_logprobs"] = [entry(int(i), float(v)) for v, i in zip(values, ids, strict=True)]
-    return item
+    ids = logprobs.topk(top).indices.tolist() if top else []
+    return TokenLogprob(**entry(token), top_logprobs=[TopLogprob(**entry(i)) for i in ids])
 
 
 class Engine:
-    """The decode loop of one replica (module docstring). ``wait_s``: how long an idle engine waits for more
-    requests to arrive before prefilling the first ones."""
+    """The decode loop of one replica (module docstring). ``batch_wait_timeout_s``: how long an idle engine waits for
+    more requests to arrive before prefilling the first ones."""
 
-    def __init__(self, max_rows: int, max_queued: int, wait_s: float = 0.0, fault: ServeFault | None = None,
-                 image_cache: ImageFeatureCache | None = None):
-        self.max_rows, self.max_queued, self.wait_s, self.fault = max_rows, max_queued, wait_s, fault
+    def __init__(self, max_batch_size: int, max_queued_requests: int, batch_wait_timeout_s: float = 0.0,
+                 fault: ServeFault | None = None, image_cache: ImageFeatureCache | None = None):
+        self.max_batch_size, self.max_queued_requests = max_batch_size, max_queued_requests
+        self.batch_wait_timeout_s, self.fault = batch_wait_timeout_s, fault
         self.image_cache = image_cache or ImageFeatureCache(0)
         self.waiting: deque[Job] = deque()
         self.condition = threading.Condition()
@@ -119,9 +119,9 @@ class Engine:
         self.thread.start()
 
     def submit(self, job: Job) -> None:
-        """Queue ``job``; raises :class:`QueueFull` when ``max_queued`` requests already wait."""
+        """Queue ``job``; raises :class:`QueueFull` when ``max_queued_requests`` requests already wait."""
         with self.condition:
-            if len(self.waiting) >= self.max_queued:
+            if len(self.waiting) >= self.max_queued_requests:
                 self.stats["refused"] += 1
                 raise QueueFull(f"{len(self.waiting)} requests are waiting")
             self.waiting.append(job)
@@ -163,11 +163,11 @@ class Engine:
             if not self.rows:
                 while not self.waiting:
                     self.condition.wait()
-                deadline = time.monotonic() + self.wait_s  # each arrival wakes the wait: wait out the deadline
-                while len(self.waiting) < self.max_rows and (left := deadline - time.monotonic()) > 0:
+                deadline = time.monotonic() + self.batch_wait_timeout_s  # each arrival wakes the wait: wait it out
+                while len(self.waiting) < self.max_batch_size and (left := deadline - time.monotonic()) > 0:
                     self.condition.wait(left)
             loaded = self.rows[0][0].loaded if self.rows else None
-            free, jobs = self.max_rows - len(self.rows), []
+            free, jobs = self.max_batch_size - len(self.rows), []
             while self.waiting:
                 job = self.waiting[0]
                 if job.cancelled:
@@ -225,16 +225,16 @@ class Engine:
             {name: object_column([job.inputs[name] for job in jobs]) for name in ("input_ids", "pixel_values",
                                                                                   "image_sizes")}
         ), device)
-        budgets = torch.tensor([AUTO_BUDGET if job.request.budget == "auto" else int(job.request.budget)
+        budgets = torch.tensor([AUTO_BUDGET if job.request.visor_budget == "auto" else int(job.request.visor_budget)
                                 for job in jobs], device=device)
-        taus = torch.tensor([model.config.policy_tau if job.request.tau is None else job.request.tau for job in jobs],
-                            device=device)
+        taus = torch.tensor([model.config.policy_tau if job.request.visor_tau is None else job.request.visor_tau
+                             for job in jobs], device=device)
 
         def prefill() -> Any:
             features = self._image_features(model, [job for job in jobs if len(job.inputs["pixel_values"])],
                                             batch.get("pixel_values"), batch.get("image_sizes"))
             return model.start_decoding(**batch, budget=budgets, tau=taus, image_features=features,
-                                        capacity=max(job.request.max_tokens for job in jobs))
+                                        capacity=max(job.request.max_completion_tokens for job in jobs))
 
         state = self._call("prefill", jobs, prefill)
         used = state.budget.tolist()
@@ -243,9 +243,10 @@ class Engine:
             cost = visor_flops(model.config, used[i], nv, nt, tiles)
             full = baseline_flops(model.config, nv, nt, tiles)
             job.prompt_tokens = int(batch["attention_mask"][i].sum())
-            job.visor = {"budget": used[i], "flops": cost["total"], "language_flops": cost["language"],
-                         "full_attention_flops": full["total"],
-                         "saving_vs_full_attention": full["total"] / cost["total"], "model_version": loaded.version}
+            job.visor = VisorStats(budget=used[i], flops=cost["total"], language_flops=cost["language"],
+                                   full_attention_flops=full["total"],
+                                   saving_vs_full_attention=full["total"] / cost["total"],
+                                   model_version=loaded.version)
         copies = [i for i, job in enumerate(jobs) for _ in range(job.request.n)]
         if len(copies) > len(jobs):
             state = state.select(torch.tensor(copies, device=device))
@@ -354,7 +355,7 @@ class Engine:
                 choice.text, choice.finish = choice.text[: min(hits)].rstrip(), "stop"
                 if choice.logprobs is not None:
                     choice.logprobs.pop()  # the token that completed the stop text is not returned
-            elif len(choice.tokens) >= request.max_tokens:
+            elif len(choice.tokens) >= request.max_completion_tokens:
                 choice.finish = "length"
         held = max((len(stop) for stop in request.stop), default=1) - 1 if choice.finish is None else 0
         ready = choice.text[: len(choice.text) - held] if held else choice.text
@@ -366,7 +367,7 @@ class Engine:
         return token
 
     @staticmethod
-    def _unsent_logprobs(choice: Choice) -> list[dict] | None:
+    def _unsent_logprobs(choice: Choice) -> list[TokenLogprob] | None:
         """The logprobs entries of ``choice`` not sent yet (marked sent), or None without logprobs."""
         if choice.logprobs is None:
             return None

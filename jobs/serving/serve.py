@@ -39,7 +39,6 @@ in ``/admin/stats`` (``image_cache``), beside ``vision_tower_images``, the image
 """
 
 import asyncio
-import json
 import time
 import uuid
 from dataclasses import dataclass
@@ -57,7 +56,19 @@ from jobs.inputs import check_context
 from jobs.serving.config import ServeConfig
 from jobs.serving.engine import Engine, Job, QueueFull
 from jobs.serving.image_cache import ImageFeatureCache, image_key
-from jobs.serving.openai_protocol import ApiError, ChatRequest, parse_chat_request
+from jobs.serving.openai_protocol import ApiError, ChatCompletionRequest, parse_chat_request
+from jobs.serving.openai_responses import (
+    ChatCompletionChoice,
+    ChatCompletionChunk,
+    ChatCompletionResponse,
+    ChatCompletionStreamChoice,
+    ChoiceLogprobs,
+    DeltaMessage,
+    ModelCard,
+    ModelList,
+    ResponseMessage,
+    Usage,
+)
 
 
 @dataclass
@@ -86,7 +97,7 @@ def _load(config: ServeConfig) -> Loaded:
     return Loaded(model.eval(), processor, name, version)
 
 
-def prepare(request: ChatRequest, loaded: Loaded) -> dict[str, Any]:
+def prepare(request: ChatCompletionRequest, loaded: Loaded) -> dict[str, Any]:
     """Tile and tokenize one request (``[T]`` ids, ``[tiles, 3, H, W]`` pixels, and ``image_key``, the image's
     key in the replica's feature cache); checks the context length. Raises :class:`ApiError` (400) when the
     processor refuses the input."""
@@ -100,7 +111,7 @@ def prepare(request: ChatRequest, loaded: Loaded) -> dict[str, Any]:
     except (ValueError, TypeError, TemplateError) as err:
         raise ApiError(400, f"the model's processor refused the input: {err}", "messages", "invalid_input") from err
     ids = out["input_ids"][0]
-    check_context(len(ids), request.max_tokens, loaded.model.config.text_config.max_position_embeddings)
+    check_context(len(ids), request.max_completion_tokens, loaded.model.config.text_config.max_position_embeddings)
     tile = processor.image_processor.size
     inputs = {
         "input_ids": ids,
@@ -112,10 +123,14 @@ def prepare(request: ChatRequest, loaded: Loaded) -> dict[str, Any]:
     return inputs
 
 
-def _usage(job: Job) -> dict:
+def _usage(job: Job) -> Usage:
     completion = sum(len(choice.tokens) for choice in job.choices)
-    return {"prompt_tokens": job.prompt_tokens, "completion_tokens": completion,
-            "total_tokens": job.prompt_tokens + completion}
+    return Usage(prompt_tokens=job.prompt_tokens, completion_tokens=completion,
+                 total_tokens=job.prompt_tokens + completion)
+
+
+def _logprobs(entries: list | None) -> ChoiceLogprobs | None:
+    return None if entries is None else ChoiceLogprobs(content=entries)
 
 
 def generation_error(status: int, message: str) -> ApiError:
@@ -139,30 +154,28 @@ async def _sse(job: Job, model: str, completion_id: str, created: int):
     """Server-sent events as the engine produces tokens: a role chunk per choice, a chunk per piece of new text,
     a final chunk per choice (with the ``visor`` object), a usage chunk with ``stream_options.include_usage``.
     A client that disconnects cancels the request (its rows leave the running batch)."""
-    def event(choices: list[dict], extra: dict | None = None) -> str:
-        chunk = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
-                 "choices": choices, **(extra or {})}
-        return f"data: {json.dumps(chunk)}\n\n"
+    def event(choices: list[ChatCompletionStreamChoice], **extra: Any) -> str:
+        chunk = ChatCompletionChunk(id=completion_id, created=created, model=model, choices=choices, **extra)
+        return f"data: {chunk.model_dump_json()}\n\n"
 
     try:
         for index in range(job.request.n):
-            yield event([{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+            yield event([ChatCompletionStreamChoice(index=index, delta=DeltaMessage(role="assistant", content=""))])
         while True:
             kind, *value = await job.events.get()
             if kind == "delta":
-                logprobs = None if value[2] is None else {"content": value[2]}
-                yield event([{"index": value[0], "delta": {"content": value[1]}, "logprobs": logprobs,
-                              "finish_reason": None}])
+                yield event([ChatCompletionStreamChoice(index=value[0], delta=DeltaMessage(content=value[1]),
+                                                        logprobs=_logprobs(value[2]))])
             elif kind == "finish":
-                logprobs = None if value[1] is None else {"content": value[1]}
-                yield event([{"index": value[0], "delta": {}, "logprobs": logprobs,
-                              "finish_reason": job.choices[value[0]].finish}], {"visor": job.visor})
+                yield event([ChatCompletionStreamChoice(index=value[0], delta=DeltaMessage(),
+                                                        logprobs=_logprobs(value[1]),
+                                                        finish_reason=job.choices[value[0]].finish)], visor=job.visor)
             elif kind == "error":
-                yield event([], generation_error(*value).body)
+                yield event([], error=generation_error(*value).body.error)
                 break
             else:
                 if job.request.include_usage:
-                    yield event([], {"usage": _usage(job)})
+                    yield event([], usage=_usage(job))
                 break
         yield "data: [DONE]\n\n"
     finally:
@@ -173,7 +186,7 @@ app = FastAPI(title="VISOR", description="OpenAI-compatible chat completions wit
 
 
 def _error(err: ApiError) -> JSONResponse:
-    return JSONResponse(err.body, status_code=err.status)
+    return JSONResponse(err.body.model_dump(), status_code=err.status)
 
 
 def _unexpected(err: Exception) -> ApiError:
@@ -265,18 +278,17 @@ class VisorServer:
     async def health(self) -> dict:
         return {"status": "ok", "model": self.current.name, "version": self.current.version}
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", response_model=ModelList)
     async def models(self, request: Request):
         if (denied := self._denied(request)) is not None:
             return denied
-        return {"object": "list", "data": [self._model_card()]}
+        return ModelList(data=[self._model_card()])
 
-    def _model_card(self) -> dict:
+    def _model_card(self) -> ModelCard:
         loaded = self.current
-        return {"id": loaded.name, "object": "model", "created": 0, "owned_by": "visor", "version": loaded.version,
-                "budgets": loaded.model.plan.num_budgets}
+        return ModelCard(id=loaded.name, version=loaded.version, budgets=loaded.model.plan.num_budgets)
 
-    @app.get("/v1/models/{model_id:path}")
+    @app.get("/v1/models/{model_id:path}", response_model=ModelCard)
     async def model(self, model_id: str, request: Request):
         """One model (``models.retrieve``): the served one, by name or ``name/version``."""
         if (denied := self._denied(request)) is not None:
@@ -301,7 +313,7 @@ class VisorServer:
 
         return {**self.engine.snapshot(), "placement": describe(self.current.model)}
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", response_model=ChatCompletionResponse)
     async def chat(self, request: Request):
         started = time.perf_counter()
         loaded = self.current
@@ -321,7 +333,7 @@ class VisorServer:
         except QueueFull as err:
             self.requests.inc(tags={"status": "429"})
             return JSONResponse(ApiError(429, f"the server is busy ({err}); retry shortly", None, "queue_full",
-                                         kind="rate_limit_error").body, status_code=429,
+                                         kind="rate_limit_error").body.model_dump(), status_code=429,
                                 headers={"Retry-After": "1"})
         except Exception as err:  # noqa: BLE001 (a bug: this request gets a 500, in OpenAI's format)
             self.requests.inc(tags={"status": "500"})
@@ -338,13 +350,13 @@ class VisorServer:
         finally:
             job.cancelled = True  # a client gone while waiting frees its rows; a no-op once finished
         self.requests.inc(tags={"status": "200"})
-        self.budget_chosen.inc(tags={"budget": str(job.visor["budget"])})
+        self.budget_chosen.inc(tags={"budget": str(job.visor.budget)})
         self.latency.observe(time.perf_counter() - started)
-        choices = [{"index": index, "message": {"role": "assistant", "content": choice.text},
-                    "logprobs": None if choice.logprobs is None else {"content": choice.logprobs},
-                    "finish_reason": choice.finish} for index, choice in enumerate(job.choices)]
-        return {"id": completion_id, "object": "chat.completion", "created": created, "model": loaded.name,
-                "choices": choices, "usage": _usage(job), "visor": job.visor}
+        choices = [ChatCompletionChoice(index=index, message=ResponseMessage(content=choice.text),
+                                        logprobs=_logprobs(choice.logprobs), finish_reason=choice.finish)
+                   for index, choice in enumerate(job.choices)]
+        return ChatCompletionResponse(id=completion_id, created=created, model=loaded.name, choices=choices,
+                                      usage=_usage(job), visor=job.visor)
 
 
 def build_app(config: ServeConfig):
