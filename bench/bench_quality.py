@@ -451,14 +451,24 @@ def main() -> None:
                         help="Extra override of the recipe, for every model (e.g. optim.lr=0.001).")
     parser.add_argument("--workdir", type=Path, help="Keep data, checkpoints and the MLflow stores here.")
     parser.add_argument("--write", type=Path, help="Markdown file whose quality section is replaced.")
+    parser.add_argument("--report-only", action="store_true",
+                        help="Write the report from the seeds' results already in --workdir (no training).")
     args = parser.parse_args()
+    if args.report_only and not args.workdir:
+        parser.error("--report-only needs --workdir (where the seeds' results are)")
     base = SMOKE if args.smoke else FULL
     scale = replace(base, overrides=(*base.overrides, *args.overrides))
     seeds = args.seeds or ([0] if args.smoke else [0, 1])
     write = args.write.resolve() if args.write else None
     with tempfile.TemporaryDirectory() as tmp:
         workdir = (args.workdir or Path(tmp)).resolve()
-        results = [run(scale, workdir / f"seed-{seed}", seed, args.smoke) for seed in seeds]
+        results = []
+        for seed in seeds:  # each seed's result is kept as it finishes: --report-only rebuilds from them
+            result_file = workdir / f"seed-{seed}" / "result.json"
+            if not args.report_only:
+                result_file.parent.mkdir(parents=True, exist_ok=True)
+                result_file.write_text(json.dumps(run(scale, result_file.parent, seed, args.smoke), indent=2) + "\n")
+            results.append(json.loads(result_file.read_text()))
         (workdir / "bench-quality.json").write_text(json.dumps(results, indent=2) + "\n")
         os.chdir(workdir.parent)
     images = save_plots(results, write.parent / "img") if write else []

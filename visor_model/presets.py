@@ -81,13 +81,14 @@ or ``patches`` (the patch embedding alone: no attention across patches, no posit
 :func:`drop_vision_positions`)."""
 
 
-def tiny_config(vocab_size: int, image_token_id: int = 2, vision: str = "transformer",
+def tiny_config(vocab_size: int, image_token_id: int = 2, vision: str = "transformer", rope_theta: float = 1e6,
                 **visor_fields: Any) -> VisorConfig:
     """A tiny random VISOR model: SigLIP 32 px tiles / patch 8 (16 tokens a tile), Qwen2 hidden 64, 6 layers.
 
-    The rotary base is Qwen2-0.5B's (``rope_theta`` 1e6), not ``Qwen2Config``'s default 1e4: with 16-dim heads,
-    1e4 leaves almost no rotary frequency slow enough for a text token to match a visual token's content a
-    hundred positions away, and a tiny model trained from scratch then struggles to look up visual detail.
+    The rotary base defaults to Qwen2-0.5B's (``rope_theta`` 1e6), not ``Qwen2Config``'s default 1e4: with
+    16-dim heads, 1e4 leaves fewer rotary frequencies slow enough for a text token to match a visual token's
+    content a hundred positions away; 1e4 in turn has more that tell neighbouring positions apart, which relating
+    visual tokens by where they are needs (the quality benchmark's recipe uses it; docs/BENCHMARKS.md).
 
     ``vision="patches"`` makes the visual tokens the tower's patch embeddings (``vision_feature_layer`` -2 of a
     one-layer tower, i.e. the input of its only layer — ``transformers``' SigLIP reports no hidden states with
@@ -105,7 +106,7 @@ def tiny_config(vocab_size: int, image_token_id: int = 2, vision: str = "transfo
     text = Qwen2Config(
         hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=num_layers, num_attention_heads=4,
         num_key_value_heads=2, vocab_size=vocab_size, max_position_embeddings=4096, pad_token_id=0,
-        eos_token_id=4, bos_token_id=3, rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+        eos_token_id=4, bos_token_id=3, rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
     )
     patches = vision == "patches"
     tower = SiglipVisionConfig(

@@ -21,12 +21,12 @@ def synth(
     train: int = typer.Option(3000, min=0, help="Number of training samples."),
     eval: int = typer.Option(300, "--eval", min=0, help="Number of evaluation samples."),
     policy: int = typer.Option(0, min=0, help="Number of held-out samples for the policy job (policy-*.tar)."),
-    detail: int = typer.Option(0, min=0, help="Number of training samples asking only the fine question "
+    detail: int = typer.Option(0, min=0, help="Number of training samples asking only the fine questions "
                                "(detail-*.tar, a recipe's first stage)."),
     shard_size: int = typer.Option(1000, min=1, help="Samples per shard."),
     seed: int = typer.Option(0, help="Random seed; the same seed writes byte-identical shards."),
 ) -> None:
-    """Write deterministic synthetic fine-grained VQA shards (coarse / counting / fine questions): train-*.tar,
+    """Write deterministic synthetic fine-grained VQA shards (coarse / fine questions): train-*.tar,
     eval-*.tar, policy-*.tar and detail-*.tar splits, tokenizer/, processor/ and manifest.json."""
     from pipelines.synth import write_synth
 

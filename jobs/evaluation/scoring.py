@@ -172,11 +172,14 @@ class Scores:
 
 
 def model_dir(model_uri: str) -> Path:
-    """The local model directory (weights, config, processor) of a logged VISOR model (downloaded once)."""
+    """The local model directory (weights, config, processor) of a logged VISOR model (downloaded once), or
+    ``model_uri`` itself when it is one (a training checkpoint's ``model/``)."""
     import mlflow.artifacts
 
-    from jobs.registry.model_format import MODEL_ARTIFACT
+    from jobs.registry.model_format import MODEL_ARTIFACT, is_model_dir
 
+    if is_model_dir(model_uri):
+        return Path(model_uri)
     return Path(mlflow.artifacts.download_artifacts(model_uri)) / "artifacts" / MODEL_ARTIFACT
 
 

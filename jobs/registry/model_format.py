@@ -262,15 +262,30 @@ def fetch_model_dir(model_uri: str, tracking_uri: str, cache: Path | None = None
     return root / relative
 
 
+def is_model_dir(model_uri: str) -> bool:
+    """Whether ``model_uri`` is a local model directory (a training checkpoint's ``model/``: ``config.json``,
+    weights and processor) rather than an MLflow model URI."""
+    return (Path(model_uri) / "config.json").is_file()
+
+
 def load_visor(
     model_uri: str, device: str = "cpu", dtype: str = "float32"
 ) -> tuple[VisorForConditionalGeneration, VisorProcessor]:
-    """The model and processor of a logged/registered VISOR model (``models:/visor@champion``, ``runs:/…``), on
-    ``device`` in ``dtype`` (:mod:`jobs.inference_device`; the default, the CPU in float32, is what a job that
-    changes and logs the model again needs; inference passes its own settings, e.g. ``auto``)."""
+    """The model and processor of a logged/registered VISOR model (``models:/visor@champion``, ``runs:/…``) or of a
+    local model directory (:func:`is_model_dir`), on ``device`` in ``dtype`` (:mod:`jobs.inference_device`; the
+    default, the CPU in float32, is what a job that changes and logs the model again needs; inference passes its
+    own settings, e.g. ``auto``)."""
     from jobs.inference_device import place, resolve
 
     resolve(device, dtype, "model_config ")  # before loading anything
+    if is_model_dir(model_uri):
+        import torch
+
+        from visor_model import VisorForConditionalGeneration
+        from visor_model.processing import VisorProcessor
+
+        model = VisorForConditionalGeneration.from_pretrained(model_uri, dtype=torch.float32, local_files_only=True)
+        return place(model, device, dtype, "model_config "), VisorProcessor.from_pretrained(model_uri)
     wrapper = mlflow.pyfunc.load_model(model_uri, model_config={"device": device, "dtype": dtype})
     wrapper = wrapper.unwrap_python_model()
     if not isinstance(wrapper, VisorPyfunc):

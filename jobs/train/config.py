@@ -45,13 +45,16 @@ class TinyShape(Section):
     ``vision``: ``transformer`` (a 2-layer SigLIP tower) or ``patches`` (the patch embedding alone, without
     positions: the visual tokens see their own patch and nothing else, so every relation between them is
     learned in the language model; the run must freeze ``vision_tower``, or positions would be learned back —
-    see :func:`visor_model.presets.tiny_config`).
+    see :func:`visor_model.presets.tiny_config`). ``rope_theta``: the rotary base (Qwen2-0.5B's 1e6 by default;
+    1e4 gives the 16-dim heads more frequencies that tell neighbouring positions apart, which a model needs to
+    learn where one visual token sits relative to another — measured in docs/BENCHMARKS.md).
     """
 
     num_layers: int = Field(6, ge=1)
     hidden_size: int = Field(64, ge=8)
     attention_init_std: float | None = Field(None, gt=0)
     vision: Literal[TINY_VISION] = "transformer"  # type: ignore[valid-type]
+    rope_theta: float = Field(1e6, gt=0)
 
 
 class ModelConfig(Section):

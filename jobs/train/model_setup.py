@@ -72,7 +72,7 @@ def build_model(config: ModelConfig, vocab_size: int, seed: int,
         plan = requested_plan(config, config.tiny.num_layers)
         model = VisorForConditionalGeneration(tiny_config(
             vocab_size, num_layers=config.tiny.num_layers, hidden_size=config.tiny.hidden_size,
-            vision=config.tiny.vision,
+            vision=config.tiny.vision, rope_theta=config.tiny.rope_theta,
             cross_attention=config.cross_attention or "joint", token_reduction=config.token_reduction or 1,
             **({"plan": plan.to_dict()} if plan else {}),
         ))

@@ -40,7 +40,7 @@ def test_quality_benchmark_smoke_report(tmp_path: Path) -> None:
         assert (out.parent / "img" / image).read_bytes()[:4] == b"\x89PNG"
         assert f"](img/{image})" in text
     (result,) = json.loads((work / "bench-quality.json").read_text())  # one seed in a smoke run
-    assert [s["name"] for s in result["stages"]] == ["detail", "pretrain", "universal"]
+    assert [s["name"] for s in result["stages"]] == ["detail", "pretrain", "largest", "universal"]
     assert all(s["steps"] == 3 for s in result["stages"])
     assert [p["step"] for p in result["curve"]] == [2, 3]  # the fine-tuning stage's kept checkpoints, scored
     assert all([r["budget"] for r in p["rows"]] == [0, 1, 2] for p in result["curve"])
