@@ -112,13 +112,14 @@ def check(
     Exit code 1 and one line per problem, naming the object and the field."""
     import yaml
 
+    from jobs.cli.app import app
     from jobs.cluster.infra import Values, check_manifests, manifests
 
     if rendered is not None:
         files = {p.name: [d for d in yaml.safe_load_all(p.read_text()) if d] for p in sorted(rendered.glob("*.yaml"))}
     else:
         files = manifests(load(Values, values, param_hint="--values"))
-    problems = check_manifests(files)
+    problems = check_manifests(files, typer.main.get_command(app))
     for problem in problems:
         typer.echo(problem, err=True)
     if problems:

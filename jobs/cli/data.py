@@ -55,8 +55,8 @@ def pack(
 ) -> None:
     """Pack real VLM data into WebDataset shards (Ray Data job, deterministic); rows that cannot be packed are
     skipped, counted by reason and listed in OUT/pack_quarantine.jsonl."""
-    from jobs.cluster.ray_env import init_ray
     from jobs.console import job_console
+    from jobs.ray_env import init_ray
     from pipelines.pack import pack as run_pack
 
     settings = {"image_root": image_root, "answers_field": answers_field, "metric": metric,
@@ -97,8 +97,8 @@ def inspect(
     verbose: bool = VERBOSE,
 ) -> None:
     """Sample count, question types, token and tile distributions, bad samples by reason, data version."""
-    from jobs.cluster.ray_env import init_ray
     from jobs.console import job_console
+    from jobs.ray_env import init_ray
     from pipelines.inspect import inspect_shards, render_samples
     from pipelines.shards import ShardSet
     from visor_model.processing import VisorProcessor

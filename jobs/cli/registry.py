@@ -1,10 +1,10 @@
-"""``visor promote`` and ``visor retrain``: the registry jobs (:mod:`jobs.registry`)."""
+"""``visor promote``: the registry job (:mod:`jobs.registry`)."""
 
 from __future__ import annotations
 
 import typer
 
-from jobs.cli.options import SET, TRACKING_URI, VERBOSE, load, option, renamed_flag, usage_errors
+from jobs.cli.options import TRACKING_URI, load, option, renamed_flag
 from jobs.registry.config import PromotionRule
 from jobs.sections import TrackingSection
 
@@ -35,23 +35,3 @@ def promote(
     typer.echo(f"{'[dry run] ' if dry_run else ''}{verb}: challenger {decision.challenger}, champion "
                f"{decision.champion or '-'}: {decision.reason}")
 
-
-@commands.command()
-def retrain(
-    config: str = typer.Option(..., help="Retrain config file, or the preset retrain-demo."),
-    set_: list[str] = SET,
-    verbose: bool = VERBOSE,
-) -> None:
-    """Train → policy → evaluate → promote when the training data changed; skip otherwise."""
-    from jobs.console import job_console
-    from jobs.registry.config import RetrainConfig
-    from jobs.registry.retrain import AlreadyRunning, run_retrain
-
-    try:
-        with usage_errors("--config/--set"), job_console("retrain", verbose):
-            outcome = run_retrain(load(RetrainConfig, config, set_))
-    except AlreadyRunning as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(3) from err
-    typer.echo(f"{outcome.status}: {outcome.reason} (data version {outcome.data_version}; champion "
-               f"{outcome.champion or '-'})")

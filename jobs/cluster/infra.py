@@ -25,7 +25,7 @@ import copy
 import json
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import ConfigDict, Field, model_validator
@@ -34,6 +34,9 @@ from pydantic.alias_generators import to_camel
 from jobs.config import Section, field_of
 from jobs.sections import REGISTERED_MODEL
 from jobs.serving.config import ServeConfig
+
+if TYPE_CHECKING:
+    import click
 
 
 class _Values(Section):
@@ -133,7 +136,7 @@ class PolicyValues(_Values):
 
 class RetrainValues(_Values):
     """The nightly retrain: its schedule, where its config is mounted (from a ConfigMap), and that config's
-    training config (:class:`jobs.registry.config.RetrainConfig`); its data comes from ``data``."""
+    training config (:class:`jobs.retrain.config.RetrainConfig`); its data comes from ``data``."""
 
     config: str = Field("/config/retrain.yaml", pattern=r"^/.*[^/]$")
     schedule: str
@@ -401,12 +404,13 @@ def render(values: Values, out: str | Path) -> list[Path]:
     return paths
 
 
-def check_manifests(files: dict[str, list[dict]]) -> list[str]:
+def check_manifests(files: dict[str, list[dict]], command_line: click.Group) -> list[str]:
     """Every problem of the manifests ``files`` (file name → documents), one line each naming the object and the
     field: the KubeRay objects against KubeRay's CRD schemas, strictly (:mod:`jobs.cluster.kube_schema`), then
-    every job they declare (:mod:`jobs.cluster.job_check`). Empty when all pass."""
+    every job they declare, parsed with ``command_line`` (the ``visor`` command line;
+    :mod:`jobs.cluster.job_check`). Empty when all pass."""
     from jobs.cluster.job_check import RAY_KINDS, job_errors
     from jobs.cluster.kube_schema import crd_errors
 
     documents = [d for docs in files.values() for d in docs]
-    return [e for d in documents if d.get("kind") in RAY_KINDS for e in crd_errors(d)] + job_errors(files)
+    return [e for d in documents if d.get("kind") in RAY_KINDS for e in crd_errors(d)] + job_errors(files, command_line)

@@ -28,7 +28,7 @@ import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import yaml
@@ -36,6 +36,9 @@ import yaml
 from jobs.cluster.infra import cpu_count
 from jobs.cluster.localize import RETRAIN_PATHS, TRAIN_PATHS, local_path
 from jobs.config import CONFIG_DIR, ConfigError, load_config
+
+if TYPE_CHECKING:
+    import click
 
 RAY_KINDS = ("RayCluster", "RayJob", "RayService")
 CHECKED_RETRAIN_PATHS = tuple(p for p in RETRAIN_PATHS if p != (None, "lock_dir"))  # lock_dir: node-local scratch
@@ -93,7 +96,8 @@ def cluster_pods(spec: dict) -> tuple[Pod, list[Pod]]:
 
 @dataclass
 class Context:
-    """Where a command runs: its name for messages, the pod that reads its config, the pods that run it."""
+    """Where a command runs: its name for messages, the pod that reads its config, the pods that run it, and the
+    ``visor`` command line that parses it."""
 
     where: str
     reader: Pod
@@ -101,6 +105,7 @@ class Context:
     workers: list[Pod]
     configmaps: dict[str, dict[str, str]]
     clusters: dict[str, dict]
+    command_line: click.Group
     errors: list[str] = field(default_factory=list)
     splits: dict[str, dict[tuple[str, ...], list[str]]] = field(default_factory=dict)  # split → specs → readers
 
@@ -209,14 +214,12 @@ def _command(ctx: Context, argv: list[str], field_name: str) -> None:
     """Parse ``argv`` (``visor …``) with the command line, then check what the job reads and where it runs."""
     import typer
 
-    from jobs.cli import app
-
     if argv[:3] == ["python", "-m", "jobs.cli"]:  # the same command line, as `ray job submit` examples spell it
         argv = ["visor", *argv[3:]]
     if argv[:1] != ["visor"] or len(argv) < 2:
         ctx.error(f"{field_name}: {shlex.join(argv)!r} is not a visor command")
         return
-    command = typer.main.get_command(app).commands.get(argv[1])
+    command = ctx.command_line.commands.get(argv[1])
     if command is None:
         ctx.error(f"{field_name}: visor has no command {argv[1]!r}")
         return
@@ -247,7 +250,7 @@ def _command(ctx: Context, argv: list[str], field_name: str) -> None:
 
 
 def _retrain(ctx: Context, params: dict) -> None:
-    from jobs.registry.config import RetrainConfig
+    from jobs.retrain.config import RetrainConfig
     from jobs.train.config import TrainConfig
 
     retrain = ctx.load(RetrainConfig, "--config", params["config"], params["set_"])
@@ -276,8 +279,8 @@ def _submitted(ctx: Context, params: dict, args: list[str], field_name: str) -> 
     head, workers = cluster_pods(ctx.clusters[cluster])
     for one in (head, *workers):
         one.where = f"RayCluster {cluster} {one.where}"
-    job = Context(ctx.where, ctx.reader, [head, *workers], workers, ctx.configmaps, ctx.clusters, ctx.errors,
-                  ctx.splits)
+    job = Context(ctx.where, ctx.reader, [head, *workers], workers, ctx.configmaps, ctx.clusters, ctx.command_line,
+                  ctx.errors, ctx.splits)
     config = ["--config", params["config"]] if params.get("config") else []
     _command(job, ["visor", params["job"], *config, *args], f"{field_name} (run on RayCluster {cluster})")
 
@@ -302,8 +305,10 @@ def _serve_errors(name: str, spec: dict) -> Iterator[str]:
             yield f"{where}: {err}"
 
 
-def job_errors(files: dict[str, list[dict]]) -> list[str]:
-    """Every reason a job of ``files`` (file name → documents) could not start; empty when all can."""
+def job_errors(files: dict[str, list[dict]], command_line: click.Group) -> list[str]:
+    """Every reason a job of ``files`` (file name → documents) could not start; empty when all can.
+    ``command_line``: the ``visor`` command line (``typer.main.get_command(jobs.cli.app)``), passed in by the
+    command that checks, so that this module stays below the CLI."""
     documents = [d for docs in files.values() for d in docs if isinstance(d, dict)]
     configmaps = {_name(d): d.get("data") or {} for d in documents if d.get("kind") == "ConfigMap"}
     clusters = {_name(d): d.get("spec") or {} for d in documents if d.get("kind") == "RayCluster"}
@@ -314,7 +319,7 @@ def job_errors(files: dict[str, list[dict]]) -> list[str]:
         spec = document.get("spec") or {}
         if kind == "RayJob":
             head, workers = cluster_pods(spec.get("rayClusterSpec") or {})
-            ctx = Context(name, head, [head, *workers], workers, configmaps, clusters, errors, splits)
+            ctx = Context(name, head, [head, *workers], workers, configmaps, clusters, command_line, errors, splits)
             _command(ctx, shlex.split(spec.get("entrypoint", "")), "spec.entrypoint")
         elif kind == "RayService":
             errors.extend(_serve_errors(name, spec))
@@ -323,7 +328,8 @@ def job_errors(files: dict[str, list[dict]]) -> list[str]:
                 for index, container in enumerate((template.get("spec") or {}).get("containers") or []):
                     if (container.get("command") or [None])[0] == "visor":
                         here = pod(where, template)  # the job runs in this pod (`visor submit`: on a cluster)
-                        ctx = Context(name, here, [here], [], configmaps, clusters, errors, splits)
+                        ctx = Context(name, here, [here], [], configmaps, clusters, command_line, errors,
+                                      splits)
                         _command(ctx, list(container["command"]), f"{where}.spec.containers[{index}].command")
     for split, readers in splits.items():
         if len(readers) > 1:

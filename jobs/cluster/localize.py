@@ -137,7 +137,7 @@ def localize(job: str, config: str | None, overrides: list[str], args: list[str]
     remote cluster.
     """
     from jobs.config import load_config
-    from jobs.registry.config import RetrainConfig
+    from jobs.retrain.config import RetrainConfig
     from jobs.train.config import load_train_config
 
     cwd = cwd or Path.cwd()

@@ -92,9 +92,9 @@ def serve_one_request(tracking_uri: str) -> str:
 
 def run_demo() -> str:
     from jobs.config import load_config
-    from jobs.registry.config import RetrainConfig
-    from jobs.registry.retrain import run_retrain
     from jobs.registry.tracking import tracking_uri
+    from jobs.retrain.config import RetrainConfig
+    from jobs.retrain.retrain import run_retrain
 
     ensure_data()
     outcome = run_retrain(load_config(RetrainConfig, "retrain-demo"))

@@ -6,6 +6,6 @@ name a benchmark metric greedily and scores them with it (``metrics``: each benc
 ``policy`` labels budget sufficiency, trains the policy head and picks τ; ``evaluate`` reports accuracy,
 FLOPs and latency per budget and under the policy; ``config`` holds their settings (``ScoreOptions``,
 ``PolicyTraining``, ``PolicyOptions``). May import ``jobs.config``, ``jobs.sections``, ``jobs.registry.tracking`` and
-``jobs.registry.model_format``, ``jobs.cluster.ray_env``, ``pipelines`` and ``visor_model`` — never
+``jobs.registry.model_format``, ``jobs.ray_env``, ``pipelines`` and ``visor_model`` — never
 train, serving or the CLI.
 """

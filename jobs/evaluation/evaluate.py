@@ -200,7 +200,7 @@ def evaluate(
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from jobs.cluster.ray_env import init_ray
+    from jobs.ray_env import init_ray
     from jobs.registry.tracking import git_commit, registered_version, start_job_run
 
     data = ShardSet.of(spec)

@@ -125,7 +125,7 @@ def run_policy_job(
     """The whole job (see the module docstring)."""
     import mlflow
 
-    from jobs.cluster.ray_env import init_ray
+    from jobs.ray_env import init_ray
     from jobs.registry.model_format import load_visor, log_visor_model, save_model_dir
     from jobs.registry.tracking import git_commit, register, registered_version, start_job_run
 

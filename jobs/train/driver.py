@@ -187,8 +187,8 @@ def _run_single(config: TrainConfig, parent_run_id: str | None, data: ShardSet |
     from mlflow.tracking import MlflowClient
     from ray.train.torch import TorchTrainer
 
-    from jobs.cluster.ray_env import init_ray
     from jobs.faults import train_fault
+    from jobs.ray_env import init_ray
     from jobs.registry.tracking import tracking_uri
     from jobs.train.progress import follow_training
     from jobs.train.worker import WorkerInputs, train_loop

@@ -15,7 +15,8 @@ from jobs.cli import app
 from jobs.cluster.infra import Values
 from jobs.config import CONFIG_DIR, ConfigDeprecationWarning, ConfigError, Section, load_config
 from jobs.evaluation.config import PolicyOptions, ScoreOptions
-from jobs.registry.config import PromotionRule, RetrainConfig
+from jobs.registry.config import PromotionRule
+from jobs.retrain.config import RetrainConfig
 from jobs.sections import PackSection, ReadSection, TrackingSection
 from jobs.serving.config import Limits, ServeConfig
 from jobs.train.config import TrainConfig

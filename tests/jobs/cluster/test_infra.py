@@ -10,6 +10,7 @@ from pathlib import Path
 
 import kubernetes_validate
 import pytest
+import typer
 import yaml
 from typer.testing import CliRunner
 
@@ -107,7 +108,7 @@ def test_manifests_parse_with_the_right_kinds_and_fields(tmp_path: Path) -> None
     assert "--artifacts-destination s3://visor/mlflow-artifacts" in command and "MLFLOW_BACKEND_STORE_URI" in command
     assert service["spec"]["ports"][0]["port"] == 5000
     retrain = yaml.safe_load(files["retrain-config.yaml"][0]["data"]["retrain.yaml"])
-    from jobs.registry.config import RetrainConfig
+    from jobs.retrain.config import RetrainConfig
     RetrainConfig.model_validate(retrain)  # the ConfigMap holds a valid retrain config
 
 
@@ -191,7 +192,7 @@ def check(tmp_path: Path, values: dict) -> tuple[int, list[str]]:
 
 def test_the_shipped_values_pass_every_check(tmp_path: Path) -> None:
     files = render(tmp_path)
-    assert check_manifests(files) == []
+    assert check_manifests(files, typer.main.get_command(app)) == []
     code, output = check(tmp_path, yaml.safe_load(VALUES.read_text()))
     assert code == 0 and output == ["13 objects: KubeRay schemas (strict) and every job's command, config, paths "
                                     "and CPUs: ok"]
@@ -274,7 +275,7 @@ def test_a_retrain_without_its_config_and_a_serve_app_with_ignored_args_are_refu
     serve_config["applications"][0]["args"]["host"] = "0.0.0.0"
     service["spec"]["serveConfigV2"] = yaml.safe_dump(serve_config)
     files["rayjob-train-policy.yaml"][0]["spec"]["entrypoint"] += " --epochz 3"
-    assert check_manifests(files) == [
+    assert check_manifests(files, typer.main.get_command(app)) == [
         "RayJob visor-retrain: --config '/config/retrain.yaml' is neither a preset nor a file on a volume that the "
         "head pod mounts (mounts: none)",
         "RayJob visor-train-policy: spec.entrypoint: `visor train-policy`: No such option: --epochz (Possible "

@@ -9,7 +9,7 @@ import yaml
 
 from jobs.cluster.localize import TRAIN_CONFIG_NAME, is_local_head, localize
 from jobs.cluster.submit import split_overrides
-from jobs.registry.config import RetrainConfig
+from jobs.retrain.config import RetrainConfig
 from jobs.train.config import TrainConfig
 
 LOCAL, REMOTE = "http://127.0.0.1:8265", "http://ray-head.example:8265"

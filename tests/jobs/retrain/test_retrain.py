@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from jobs.registry.config import RetrainConfig
-from jobs.registry.retrain import AlreadyRunning, retrain_lock, run_retrain
+from jobs.retrain.config import RetrainConfig
+from jobs.retrain.retrain import AlreadyRunning, retrain_lock, run_retrain
 from pipelines.synth import write_split, write_synth
 
 pytestmark = pytest.mark.integration  # Ray Train runs

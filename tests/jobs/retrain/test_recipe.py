@@ -15,8 +15,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 from transformers import LlavaOnevisionForConditionalGeneration
 
-from jobs.registry.config import RetrainConfig
-from jobs.registry.retrain import run_retrain
+from jobs.retrain.config import RetrainConfig
+from jobs.retrain.retrain import run_retrain
 from pipelines.synth import write_split, write_synth
 from visor_model import LayerPlan, VisorForConditionalGeneration
 from visor_model.presets import tiny_config

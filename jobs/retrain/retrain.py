@@ -29,7 +29,7 @@ from pathlib import Path
 
 from jobs.console import current
 from jobs.faults import fail_stage
-from jobs.registry.config import RetrainConfig
+from jobs.retrain.config import RetrainConfig
 
 EXPERIMENT = "visor-retrain"
 

@@ -1,0 +1,30 @@
+"""``visor retrain``: the retrain job (:mod:`jobs.retrain`)."""
+
+from __future__ import annotations
+
+import typer
+
+from jobs.cli.options import SET, VERBOSE, load, usage_errors
+
+commands = typer.Typer()
+
+
+@commands.command()
+def retrain(
+    config: str = typer.Option(..., help="Retrain config file, or the preset retrain-demo."),
+    set_: list[str] = SET,
+    verbose: bool = VERBOSE,
+) -> None:
+    """Train → policy → evaluate → promote when the training data changed; skip otherwise."""
+    from jobs.console import job_console
+    from jobs.retrain.config import RetrainConfig
+    from jobs.retrain.retrain import AlreadyRunning, run_retrain
+
+    try:
+        with usage_errors("--config/--set"), job_console("retrain", verbose):
+            outcome = run_retrain(load(RetrainConfig, config, set_))
+    except AlreadyRunning as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(3) from err
+    typer.echo(f"{outcome.status}: {outcome.reason} (data version {outcome.data_version}; champion "
+               f"{outcome.champion or '-'})")
