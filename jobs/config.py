@@ -5,9 +5,10 @@
   every default is written once, in its field; a field's ``description`` is also the ``--help`` text
   of the command-line flag that sets it (see ``jobs.cli.options``).
 * :func:`load_config` takes YAML from a file or a shipped preset (``jobs/configs/<name>.yaml``), or an
-  already parsed mapping (command-line flags, a Serve application's ``args``), applies ``--set
-  key.sub=value`` overrides (the value parsed as YAML) and validates it. A :class:`ConfigError` names
-  the source and every bad field by its dotted name (``optim.lr: Input should be greater than 0``).
+  already parsed mapping (a Serve application's ``args``), sets the values of command-line flags by their
+  dotted field names, applies ``--set key.sub=value`` overrides (the value parsed as YAML) and validates it.
+  A :class:`ConfigError` names the source and every bad field by its dotted name
+  (``optim.lr: Input should be greater than 0``).
 * Renaming a key: the section lists it in ``renamed`` (``{"old": "new"}``, the new name may be dotted
   to move the value into a sub-section). For one release the old name is still accepted, moved to the
   new one, with a :class:`ConfigDeprecationWarning`; giving both is an error.
@@ -20,7 +21,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -79,6 +80,40 @@ class Section(BaseModel):
 S = TypeVar("S", bound=Section)
 
 
+class LocalPath:
+    """Field metadata: the value (a string, a list of them, or a mapping's values) may name a local path or a SQLite
+    store — what ``visor submit`` makes absolute and ``visor infra check`` looks for on mounted volumes
+    (:func:`path_fields`). Declared as ``Annotated[str, LOCAL_PATH]``."""
+
+
+LOCAL_PATH = LocalPath()
+
+
+class Partials:
+    """Field metadata: a list of partial configs of the section that holds the field (a recipe's ``stages``),
+    searched by :func:`path_fields` with that section's schema."""
+
+
+PARTIALS = Partials()
+
+
+def path_fields(schema: type[BaseModel], data: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, dict, str]]:
+    """``(dotted name, holder, key)`` of every set :data:`LOCAL_PATH` field in ``data``, a config of ``schema``
+    dumped to a mapping (or a partial one), so that ``holder[key]`` can be read or rewritten."""
+    for key, field in schema.model_fields.items():
+        value = data.get(key)
+        if value is None:
+            continue
+        name = f"{prefix}{key}"
+        if LOCAL_PATH in field.metadata:
+            yield name, data, key
+        elif PARTIALS in field.metadata:
+            for index, partial in enumerate(value):
+                yield from path_fields(schema, partial, f"{name}[{index}].")
+        elif isinstance(value, dict) and isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            yield from path_fields(field.annotation, value, f"{name}.")
+
+
 def config_path(name_or_path: str | Path) -> Path:
     """A file path, or a shipped preset's YAML (``jobs/configs/<name>.yaml``)."""
     path = Path(name_or_path)
@@ -91,19 +126,24 @@ def config_path(name_or_path: str | Path) -> Path:
     raise ConfigError(f"config {str(name_or_path)!r} is neither a file nor a preset (presets: {', '.join(names)})")
 
 
+def set_value(data: dict, dotted: str, value: Any) -> None:
+    """Set ``key.sub`` of a config mapping to ``value`` in place (missing sections are created)."""
+    node = data
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        if not isinstance(node.setdefault(part, {}), dict):
+            raise ConfigError(f"{dotted}: {part} is not a section")
+        node = node[part]
+    node[leaf] = value
+
+
 def apply_override(data: dict, item: str) -> None:
     """Apply one ``key.sub=value`` override (the value parsed as YAML) to a config mapping in place."""
     dotted, sep, raw = item.partition("=")
     dotted = dotted.strip()
     if not sep or not dotted:
         raise ConfigError(f"--set {item!r}: expected key.sub=value")
-    node = data
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        if not isinstance(node.setdefault(part, {}), dict):
-            raise ConfigError(f"--set {dotted}: {part} is not a section")
-        node = node[part]
-    node[leaf] = yaml.safe_load(raw)
+    set_value(data, dotted, yaml.safe_load(raw))
 
 
 def describe_errors(err: ValidationError) -> str:
@@ -112,9 +152,10 @@ def describe_errors(err: ValidationError) -> str:
 
 
 def load_config(schema: type[S], source: str | Path | Mapping[str, Any] | None = None,
-                overrides: Iterable[str] = ()) -> S:
-    """Read ``source`` (a YAML file, a shipped preset's name, a mapping, or None for all defaults), apply the
-    ``key.sub=value`` ``overrides`` and validate against ``schema``; raises :class:`ConfigError`."""
+                overrides: Iterable[str] = (), values: Mapping[str, Any] | None = None) -> S:
+    """Read ``source`` (a YAML file, a shipped preset's name, a mapping, or None for all defaults), set the
+    dotted ``values`` (``{"score.batch_size": 8}``: command-line flags), apply the ``key.sub=value``
+    ``overrides`` and validate against ``schema``; raises :class:`ConfigError`."""
     if source is None or isinstance(source, Mapping):
         data, origin = copy.deepcopy(dict(source or {})), schema.__name__
     else:
@@ -122,6 +163,8 @@ def load_config(schema: type[S], source: str | Path | Mapping[str, Any] | None =
         data, origin = yaml.safe_load(path.read_text()) or {}, str(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{origin}: expected a mapping at the top level")
+    for dotted, value in (values or {}).items():
+        set_value(data, dotted, value)
     for item in overrides:
         apply_override(data, item)
     try:

@@ -34,15 +34,15 @@ from urllib.parse import urlparse
 import yaml
 
 from jobs.cluster.infra import cpu_count
-from jobs.cluster.localize import RETRAIN_PATHS, TRAIN_PATHS, local_path
-from jobs.config import CONFIG_DIR, ConfigError, load_config
+from jobs.cluster.localize import local_path
+from jobs.config import CONFIG_DIR, ConfigError, load_config, path_fields
 
 if TYPE_CHECKING:
     import click
 
 RAY_KINDS = ("RayCluster", "RayJob", "RayService")
-CHECKED_RETRAIN_PATHS = tuple(p for p in RETRAIN_PATHS if p != (None, "lock_dir"))  # lock_dir: node-local scratch
-PATH_PARAMS = ("data", "model", "out", "tracking_uri")  # the jobs' own path options (``--baseline`` apart)
+UNCHECKED_PATHS = ("lock_dir",)  # a retrain's lock: node-local scratch by design
+PATH_PARAMS = ("data", "model", "out", "tracking_uri")  # the jobs' own path options (``--baselines`` apart)
 SPLIT_OF_DATA = {"train-policy": "policy", "evaluate": "eval"}  # the split a job's --data reads
 IGNORED_SERVE_ARGS = ("host", "port")  # app_builder builds the app; Serve's http_options place the proxy
 
@@ -170,14 +170,10 @@ class Context:
 
 def _train_checks(ctx: Context, config: Any, prefix: str = "") -> None:
     """Paths of a training config and of its stages; its workers and Ray Data on the worker groups."""
-    data = config.model_dump(mode="json")
     stages = [config.stage(i) for i in range(len(config.stages))] if config.stages else [config]
     ctx.split("train", f"{prefix}data.train", config.data.train)
-    for holder, where in [(data, prefix)] + [(s, f"{prefix}stages[{i}].") for i, s in enumerate(data["stages"])]:
-        for section, key in TRAIN_PATHS:
-            node = holder if section is None else holder.get(section)
-            if isinstance(node, dict) and node.get(key) is not None:
-                ctx.path(f"{where}{section}.{key}", node[key])
+    for name, holder, key in path_fields(type(config), config.model_dump(mode="json")):
+        ctx.path(f"{prefix}{name}", holder[key])
     seen = set()  # stages that share their workers and data settings are checked once; without worker groups
     for stage in stages if ctx.workers else []:  # Ray runs inside the job's own pod: nothing to place
         key = (stage.scaling.model_dump_json(), stage.data.preprocess_cpus)
@@ -245,8 +241,8 @@ def _command(ctx: Context, argv: list[str], field_name: str) -> None:
                      if isinstance(params[name], list | tuple) else str(params[name]))
     if argv[1] in SPLIT_OF_DATA:
         ctx.split(SPLIT_OF_DATA[argv[1]], "--data", list(params["data"]))
-    for baseline in params.get("baseline") or []:
-        ctx.path("--baseline", baseline.partition("=")[2])
+    for baseline in params.get("baselines") or []:
+        ctx.path("--baselines", baseline.partition("=")[2])
 
 
 def _retrain(ctx: Context, params: dict) -> None:
@@ -256,10 +252,9 @@ def _retrain(ctx: Context, params: dict) -> None:
     retrain = ctx.load(RetrainConfig, "--config", params["config"], params["set_"])
     if retrain is None:
         return
-    data = retrain.model_dump(mode="json")
-    for section, key in CHECKED_RETRAIN_PATHS:
-        node = data if section is None else data.get(section)
-        ctx.path(f"{section + '.' if section else ''}{key}", node[key])
+    for name, holder, key in path_fields(RetrainConfig, retrain.model_dump(mode="json")):
+        if name not in UNCHECKED_PATHS:
+            ctx.path(name, holder[key])
     ctx.split("policy", "policy.data", retrain.policy.data)
     ctx.split("eval", "eval_data", retrain.eval_data)
     train = ctx.load(TrainConfig, "train_config", retrain.train_config, retrain.train_overrides)

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jobs.evaluation.config import ScoreOptions
+from jobs.evaluation.config import EvaluateConfig, ScoreOptions
 from jobs.evaluation.scoring import Scores, score_split
 from pipelines.shards import ShardSet
 
@@ -249,6 +249,14 @@ def evaluate(
                            f"{prefix}/run_id": run_id, "eval/latest_data_version": scores.data_version}.items():
             client.set_model_version_tag(*version, key, str(value))
     return EvalOutcome(report, run_id, Path(out) if out else None)
+
+
+def run(config: EvaluateConfig) -> EvalOutcome:
+    """``visor evaluate``: :func:`evaluate` with ``config``'s model, data, baselines and scoring."""
+    from jobs.registry.tracking import tracking_uri
+
+    return evaluate(config.model, config.data, tracking_uri(config.tracking_uri), config.score, config.baselines,
+                    Path(config.out) if config.out else None)
 
 
 def format_report(report: dict) -> str:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from jobs.evaluation.config import PolicyOptions, PolicyTraining
+from jobs.evaluation.config import PolicyConfig, PolicyOptions, PolicyTraining
 from jobs.evaluation.scoring import Scores, score_split
 from pipelines.shards import ShardSet
 
@@ -165,3 +165,10 @@ def run_policy_job(
             "job": "train-policy",
         })
     return PolicyOutcome(run_id, info.model_uri, version, tau, summary)
+
+
+def run(config: PolicyConfig) -> PolicyOutcome:
+    """``visor train-policy``: the whole job on ``config``'s model and data, in its tracking store."""
+    from jobs.registry.tracking import tracking_uri
+
+    return run_policy_job(config.model, config.data, tracking_uri(config.tracking_uri), config)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from mlflow.tracking import MlflowClient
 
-from jobs.registry.config import PromotionRule
+from jobs.registry.config import PromoteConfig, PromotionRule
 from jobs.registry.tracking import alias_version
 from jobs.sections import REGISTERED_MODEL
 
@@ -115,3 +115,10 @@ def promote(tracking_uri: str, name: str = REGISTERED_MODEL, rule: PromotionRule
         if champion is not None:
             client.set_model_version_tag(name, champion.version, "promotion.replaced_by", str(challenger.version))
     return decision
+
+
+def run(config: PromoteConfig) -> Decision:
+    """``visor promote``: :func:`promote` on ``config``'s registered model, in its tracking store."""
+    from jobs.registry.tracking import tracking_uri
+
+    return promote(tracking_uri(config.tracking_uri), config.registered_model, config.rule, config.dry_run)

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import Field
 
-from jobs.config import Section
+from jobs.config import LOCAL_PATH, Section
 from jobs.evaluation.config import PolicyTraining, ScoreOptions
 from jobs.registry.config import PromotionRule
 
@@ -13,7 +15,7 @@ from jobs.registry.config import PromotionRule
 class RetrainPolicy(PolicyTraining):
     """The policy stage of a retrain: its data and how the head is trained."""
 
-    data: list[str] = Field(min_length=1)
+    data: Annotated[list[str], LOCAL_PATH] = Field(min_length=1)
 
 
 class RetrainConfig(Section):
@@ -28,9 +30,10 @@ class RetrainConfig(Section):
     train_config: str
     train_overrides: list[str] = []
     policy: RetrainPolicy
-    eval_data: list[str] = Field(min_length=1)
+    eval_data: Annotated[list[str], LOCAL_PATH] = Field(min_length=1)
     promote: PromotionRule = Field(default_factory=PromotionRule)
     score: ScoreOptions = Field(default_factory=ScoreOptions)
-    lock_dir: str = "runs"
+    lock_dir: Annotated[str, LOCAL_PATH] = Field("runs", description="Where the lock file that keeps a second "
+                                                  "retrain from starting is written.")
     warm_start: bool = Field(True, description="Continue from the champion (when there is one) instead of "
                              "training from the recipe's start.")

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, ValidationError, model_validator
 
-from jobs.config import Section, describe_errors, load_config
+from jobs.config import LOCAL_PATH, PARTIALS, Section, describe_errors, load_config
 from jobs.sections import ReadSection, S3Section, TrackingSection
 
 FREEZABLE = ("vision_tower", "projector", "language_model", "lm_head", "cross_attention")
@@ -68,8 +68,8 @@ class ModelConfig(Section):
     """
 
     init: Literal["tiny", "llava", "visor"] = "tiny"
-    path: str | None = None
-    processor: str | None = None
+    path: Annotated[str | None, LOCAL_PATH] = None
+    processor: Annotated[str | None, LOCAL_PATH] = None
     tiny: TinyShape = TinyShape()
     plan: Literal["default", "full_attention"] | None = None
     cross_layers: list[int] | None = None
@@ -98,7 +98,7 @@ class DataSection(ReadSection):
     ``batch_size`` is per worker and per micro-step.
     """
 
-    train: list[str] = Field(min_length=1)
+    train: Annotated[list[str], LOCAL_PATH] = Field(min_length=1)
     batch_size: int = Field(8, ge=1)
     shuffle_buffer: int = Field(0, ge=0)
     s3: S3Section = Field(default_factory=S3Section)
@@ -154,7 +154,7 @@ class RunSection(Section):
     ``<local storage>/<name>/samples-rank<R>.jsonl`` (local storage only).
     """
 
-    storage_path: str = "runs"
+    storage_path: Annotated[str, LOCAL_PATH] = "runs"
     checkpoint_every: int = Field(50, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     max_failures: int = Field(1, ge=0)
@@ -189,8 +189,9 @@ class TrainConfig(Section):
     stage's model is logged and registered; a recipe run again after a failure skips its finished stages.
     """
 
-    name: str = Field("visor", pattern=NAME_PATTERN)
-    seed: int = 0
+    name: str = Field("visor", pattern=NAME_PATTERN, description="Name of the run (a run started again with "
+                      "the same name resumes it).")
+    seed: int = Field(0, description="Seed of the model's initialisation and of the data order.")
     model: ModelConfig = ModelConfig()
     data: DataSection
     optim: OptimConfig = OptimConfig()
@@ -199,7 +200,7 @@ class TrainConfig(Section):
     scaling: ScalingSection = ScalingSection()
     run: RunSection = RunSection()
     mlflow: MlflowSection = MlflowSection()
-    stages: list[dict[str, Any]] = []
+    stages: Annotated[list[dict[str, Any]], PARTIALS] = []
 
     @model_validator(mode="after")
     def _stages_valid(self) -> TrainConfig:

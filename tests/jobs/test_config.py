@@ -12,28 +12,26 @@ import typer
 import yaml
 
 from jobs.cli import app
+from jobs.cli.options import JOBS, field_at
 from jobs.cluster.infra import Values
 from jobs.config import CONFIG_DIR, ConfigDeprecationWarning, ConfigError, Section, load_config
-from jobs.evaluation.config import PolicyOptions, ScoreOptions
-from jobs.registry.config import PromotionRule
+from jobs.evaluation.config import EvaluateConfig, PolicyOptions, ScoreOptions
 from jobs.retrain.config import RetrainConfig
-from jobs.sections import PackSection, ReadSection, TrackingSection
+from jobs.sections import ReadSection
 from jobs.serving.config import Limits, ServeConfig
 from jobs.train.config import TrainConfig
 
 VALUES = Path(__file__).resolve().parents[2] / "infra" / "values.yaml"
 
-# command → (the schemas its options come from, the options that are job inputs or console switches rather than
-# settings)
-COMMANDS: dict[tuple[str, ...], tuple[tuple[type[Section], ...], set[str]]] = {
-    ("serve",): ((ServeConfig, Limits), {"verbose"}),
-    ("train-policy",): ((PolicyOptions, ScoreOptions, TrackingSection), {"model", "data", "verbose"}),
-    ("evaluate",): ((ScoreOptions, TrackingSection), {"model", "data", "baseline", "out", "verbose"}),
-    ("promote",): ((PromotionRule, TrackingSection), {"dry_run"}),
-    ("data", "inspect"): ((ReadSection,), {"spec", "processor", "as_json", "render", "render_count", "report",
-                                           "verbose"}),
-    ("data", "pack"): ((PackSection,), {"source", "out", "as_json", "verbose"}),
-}
+# every shipped preset → the job that runs it (a new preset must say which)
+PRESET_JOBS = {"demo-tiny": "train", "demo-recipe": "train", "bench-quality": "train", "llava-ov-0.5b": "train",
+               "llava-ov-7b": "train", "retrain-demo": "retrain", "train-policy-demo": "train-policy",
+               "evaluate-demo": "evaluate", "promote-demo": "promote", "serve-demo": "serve",
+               "synth-demo": "synth", "pack-example": "pack", "inspect-demo": "inspect"}
+JOB_COMMANDS = {"train": ("train",), "retrain": ("retrain",), "train-policy": ("train-policy",),
+                "evaluate": ("evaluate",), "promote": ("promote",), "serve": ("serve",),
+                "synth": ("data", "synth"), "pack": ("data", "pack"), "inspect": ("data", "inspect")}
+NOT_SETTINGS = {"config", "set_", "verbose", "as_json"}  # the config source and console switches
 
 
 def strict(schema: type[Section], source, overrides=()):
@@ -43,31 +41,69 @@ def strict(schema: type[Section], source, overrides=()):
         return load_config(schema, source, overrides)
 
 
-@pytest.mark.parametrize("preset", sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+def command_of(job: str):
+    command = typer.main.get_command(app)
+    for name in JOB_COMMANDS[job]:
+        command = command.commands[name]
+    return command
+
+
+def test_every_job_has_a_shipped_config_and_every_preset_a_job() -> None:
+    assert set(PRESET_JOBS) == {p.stem for p in CONFIG_DIR.glob("*.yaml")}
+    assert set(PRESET_JOBS.values()) == set(JOB_COMMANDS) == set(JOBS)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESET_JOBS))
 def test_every_shipped_preset_validates_under_current_names(preset: str) -> None:
-    data = yaml.safe_load((CONFIG_DIR / f"{preset}.yaml").read_text())
-    if "train_config" in data:
-        retrain = strict(RetrainConfig, preset)
-        strict(TrainConfig, retrain.train_config, retrain.train_overrides)
-    else:
-        strict(TrainConfig, preset)
+    config = strict(JOBS[PRESET_JOBS[preset]].schema, preset)
+    if isinstance(config, RetrainConfig):
+        strict(TrainConfig, config.train_config, config.train_overrides)
     strict(Values, VALUES)
 
 
-@pytest.mark.parametrize("path", list(COMMANDS), ids=" ".join)
-def test_command_line_defaults_and_help_are_the_schema_fields(path: tuple[str, ...]) -> None:
-    command = typer.main.get_command(app)
-    for name in path:
-        command = command.commands[name]
-    schemas, inputs = COMMANDS[path]
-    fields = {name: field for schema in schemas for name, field in schema.model_fields.items()}
-    options = [p for p in command.params if not getattr(p, "hidden", False)]
-    assert {p.name for p in options} - set(fields) == inputs  # a setting's flag carries the field's name
-    for param in options:
-        if param.name in fields:
-            field = fields[param.name]
-            assert param.default == field.get_default(call_default_factory=True), (path, param.name)
-            assert param.help == field.description, (path, param.name)
+@pytest.mark.parametrize("job", sorted(JOB_COMMANDS))
+def test_every_job_takes_config_set_and_a_flag_per_common_field(job: str) -> None:
+    spec, command = JOBS[job], command_of(job)
+    options = {p.name: p for p in command.params if not getattr(p, "hidden", False)}
+    assert {"config", "set_"} <= set(options)
+    flags = {dotted.rpartition(".")[2]: dotted for dotted in (*spec.flags, *spec.arguments)}
+    assert set(options) - NOT_SETTINGS == set(flags)  # a setting's flag carries the field's name
+    for name, dotted in flags.items():
+        info = field_at(spec.schema, dotted)
+        assert options[name].default is None, (job, name)  # a flag left out keeps the config's value
+        assert options[name].help == info.description and info.description, (job, name)
+        if not info.is_required() and name not in spec.arguments:
+            assert options[name].show_default == str(info.get_default(call_default_factory=True)), (job, name)
+
+
+def test_a_job_config_comes_from_the_file_then_the_flags_then_set(tmp_path: Path) -> None:
+    (tmp_path / "eval.yaml").write_text("model: models:/visor/1\ndata: [a]\nscore: {batch_size: 4, actors: 3}\n")
+    params = command_of("evaluate").make_context("evaluate", [
+        "--config", str(tmp_path / "eval.yaml"), "--batch-size", "8", "--set", "score.batch_size=9",
+        "--baselines", "llava=models:/llava/1", "--max-new-tokens", "5"]).params
+    config = JOBS["evaluate"].resolve(params)
+    assert isinstance(config, EvaluateConfig)
+    assert (config.model, config.data, config.score.actors) == ("models:/visor/1", ["a"], 3)  # from the file
+    assert (config.score.batch_size, config.score.max_new_tokens) == (9, 5)  # --set over the flag over the file
+    assert config.baselines == {"llava": "models:/llava/1"}
+    with pytest.raises(typer.BadParameter, match="score.batch_size: Input should be greater than or equal to 1"):
+        JOBS["evaluate"].resolve(command_of("evaluate").make_context("evaluate", [
+            "--model", "m", "--data", "d", "--batch-size", "0"]).params)
+    with pytest.raises(typer.BadParameter, match="data: Field required"):
+        JOBS["evaluate"].resolve(command_of("evaluate").make_context("evaluate", ["--model", "m"]).params)
+
+
+@pytest.mark.parametrize(("job", "old", "value", "field", "expected"), [
+    ("evaluate", "--baseline", "b=models:/b/1", "baselines", {"b": "models:/b/1"}),
+    ("promote", "--name", "other", "registered_model", "other"),
+    ("serve", "--reload-poll", "5", "reload_poll_seconds", 5.0),
+])
+def test_old_flag_names_work_for_one_release_with_a_warning(job, old, value, field, expected) -> None:
+    args = ["--model", "m", "--data", "d"] if job == "evaluate" else []
+    params = command_of(job).make_context(job, [*args, old, value]).params
+    with pytest.warns(ConfigDeprecationWarning, match=f"'{old}' is deprecated.*use '--{field.replace('_', '-')}'"):
+        config = JOBS[job].resolve(params)
+    assert getattr(config, field) == expected
 
 
 def test_shared_settings_keep_one_default() -> None:

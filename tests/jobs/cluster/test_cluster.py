@@ -126,6 +126,27 @@ def test_submit_train_waits_for_success_and_logs_show_it(ray_head, submitted_tra
     assert f"model and checkpoint: {root}/runs/demo-tiny-" in logs.stdout
 
 
+def test_submit_evaluate_ships_its_resolved_config_file(ray_head, submitted_train) -> None:
+    """`visor submit evaluate --config FILE` with a flag and a --set: the job runs the config as resolved here,
+    its relative paths (data, report, store) the submitting directory's."""
+    root, trained = submitted_train
+    assert trained.returncode == 0
+    (root / "eval.yaml").write_text("model: models:/visor@challenger\ndata: ['demo-data/train-*.tar']\n"
+                                    "out: reports/eval.json\nscore: {batch_size: 32, cpus_per_actor: 0.5}\n")
+    result = visor("submit", "evaluate", "--address", ray_head, "--config", "eval.yaml", "--wait", "--",
+                   "--batch-size", "8", "--set", "score.max_new_tokens=4", cwd=root)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert ": SUCCEEDED" in result.stdout
+    report = json.loads((root / "reports" / "eval.json").read_text())
+    assert report["samples"] == 24 and report["model_uri"] == "models:/visor@challenger"
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    assert client.get_model_version_by_alias("visor", "challenger").tags["eval/latest_data_version"] == \
+        report["data_version"]
+
+
 def test_submit_serve_runs_the_endpoint_on_the_cluster_until_stopped(ray_head, submitted_train) -> None:
     """A long-running job: the challenger of the submitting directory's store answers on the head's port."""
     root, trained = submitted_train
