@@ -24,6 +24,8 @@ class TrackingSection(Section):
 
 
 REGISTERED_MODEL: str = default_of(TrackingSection, "registered_model")
+CHAMPION, CHALLENGER = "champion", "challenger"  # the registered model's aliases: served, and awaiting promotion
+DEFAULT_STORE = "mlflow.db"  # the SQLite tracking store in the working directory when no URI is set
 
 
 DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"

@@ -32,7 +32,7 @@ from pydantic import ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from jobs.config import Section, field_of
-from jobs.sections import REGISTERED_MODEL
+from jobs.sections import CHALLENGER, REGISTERED_MODEL
 from jobs.serving.config import ServeConfig
 
 if TYPE_CHECKING:
@@ -131,7 +131,7 @@ class TrainValues(_Values):
 
 
 class PolicyValues(_Values):
-    model: str = f"models:/{REGISTERED_MODEL}@challenger"
+    model: str = f"models:/{REGISTERED_MODEL}@{CHALLENGER}"
 
 
 class RetrainValues(_Values):

@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 from urllib.parse import urlparse
 
 from jobs.config import Section, path_fields
+from jobs.sections import DEFAULT_STORE
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
 SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
@@ -110,7 +111,7 @@ def localize(config: Section, address: str, cwd: Path | None = None, remote: boo
         train = load_train_config(config.train_config, config.train_overrides)
         files["main"] |= {"train_config": TRAIN_CONFIG_NAME, "train_overrides": []}
         files[TRAIN_CONFIG_NAME] = localizer.config(train)
-    tracking = os.environ.get("MLFLOW_TRACKING_URI") or f"{SQLITE}mlflow.db"  # the job's default store here
+    tracking = os.environ.get("MLFLOW_TRACKING_URI") or f"{SQLITE}{DEFAULT_STORE}"  # the job's default store here
     env = {"MLFLOW_TRACKING_URI": localizer.field("MLFLOW_TRACKING_URI", tracking)}
     if localizer.unreachable:
         raise ValueError(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from jobs.sections import REGISTERED_MODEL
+from jobs.sections import CHAMPION, REGISTERED_MODEL
 
 DATA = Path("demo-data")
 SPLITS = {"train": 3000, "eval": 300, "policy": 300, "detail": 2400}
@@ -42,7 +42,7 @@ def champion_summary(tracking_uri: str, name: str = REGISTERED_MODEL) -> str:
     from jobs.evaluation.evaluate import format_report
     from jobs.registry.tracking import alias_version
 
-    champion = alias_version(MlflowClient(tracking_uri), name, "champion")
+    champion = alias_version(MlflowClient(tracking_uri), name, CHAMPION)
     if champion is None:
         return f"no champion for {name!r} yet"
     data_version = champion.tags["eval/latest_data_version"]

@@ -29,6 +29,7 @@ import torch
 
 from jobs.evaluation.config import PolicyConfig, PolicyOptions, PolicyTraining
 from jobs.evaluation.scoring import Scores, score_split
+from jobs.sections import CHALLENGER
 from pipelines.shards import ShardSet
 
 EXPERIMENT = "visor-policy"
@@ -158,7 +159,7 @@ def run_policy_job(
         from mlflow.tracking import MlflowClient
 
         inherited = MlflowClient(tracking_uri).get_model_version(*parent).tags
-        version = register(tracking_uri, info.model_uri, options.registered_model, "challenger", {
+        version = register(tracking_uri, info.model_uri, options.registered_model, CHALLENGER, {
             "data_version": inherited.get("data_version", ""), "plan": inherited.get("plan", ""),
             "parent_version": parent[1], "policy.tau": str(tau), "policy.run_id": run_id,
             "policy.heldout": json.dumps({k: summary[k] for k in ("accuracy", "mean_flops", "target_met")}),

@@ -22,12 +22,14 @@ import mlflow
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from jobs.sections import DEFAULT_STORE
+
 RUN_NAME_TAG = "visor.run_name"
 
 
 def tracking_uri(configured: str | None = None) -> str:
     uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
-    return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    return uri or f"sqlite:///{Path.cwd() / DEFAULT_STORE}"
 
 
 def git_commit() -> str:

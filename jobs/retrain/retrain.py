@@ -30,6 +30,7 @@ from pathlib import Path
 from jobs.console import current
 from jobs.faults import fail_stage
 from jobs.retrain.config import RetrainConfig
+from jobs.sections import CHAMPION
 
 EXPERIMENT = "visor-retrain"
 
@@ -108,7 +109,7 @@ def run_retrain(config: RetrainConfig) -> RetrainOutcome:
     lock = Path(config.lock_dir).expanduser().resolve() / f"retrain-{name}.lock"
     with retrain_lock(lock):
         client = MlflowClient(uri)
-        champion = alias_version(client, name, "champion")
+        champion = alias_version(client, name, CHAMPION)
         if champion is not None and champion.tags.get("data_version") == version:
             return RetrainOutcome("skipped", f"champion version {champion.version} was trained on data version "
                                   f"{version}: nothing to do", version, champion=str(champion.version))
@@ -158,6 +159,6 @@ def run_retrain(config: RetrainConfig) -> RetrainOutcome:
         client.set_tag(parent_id, "decision", "promoted" if decision.promoted else "rejected")
         client.set_tag(parent_id, "decision_reason", decision.reason)
         client.set_terminated(parent_id, "FINISHED")
-        final = alias_version(client, name, "champion")
+        final = alias_version(client, name, CHAMPION)
         return RetrainOutcome("promoted" if decision.promoted else "rejected", decision.reason, version, parent_id,
                               decision.challenger, None if final is None else str(final.version), report)

@@ -14,7 +14,7 @@ from pydantic import Field, model_validator
 
 from jobs.config import Section, field_of
 from jobs.inputs import Limits
-from jobs.sections import REGISTERED_MODEL, InferenceSection, TrackingSection
+from jobs.sections import CHAMPION, REGISTERED_MODEL, InferenceSection, TrackingSection
 
 __all__ = ["Limits", "ServeConfig", "TOKEN_ENV"]
 
@@ -26,7 +26,7 @@ class ServeConfig(Section):
 
     renamed = {"model_uri": "model", "num_replicas": "replicas", "reload_poll_s": "reload_poll_seconds"}
 
-    model: str = Field(f"models:/{REGISTERED_MODEL}@champion", description="MLflow model URI to serve.")
+    model: str = Field(f"models:/{REGISTERED_MODEL}@{CHAMPION}", description="MLflow model URI to serve.")
     tracking_uri: str | None = field_of(TrackingSection, "tracking_uri")
     host: str = Field("127.0.0.1", description="Address of the HTTP proxy.")
     port: int = Field(8000, ge=0, le=65535, description="Port of the HTTP proxy.")

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jobs.console import current
+from jobs.sections import CHALLENGER
 from jobs.train.config import TrainConfig
 from pipelines.shards import S3Options, ShardSet
 
@@ -299,7 +300,7 @@ def _log_and_register(config: TrainConfig, outcome: TrainOutcome, model_dir: Pat
     outcome.model_uri = info.model_uri
     if register:
         outcome.registered_version = register_version(
-            outcome.tracking_uri, info.model_uri, config.mlflow.registered_model, "challenger",
+            outcome.tracking_uri, info.model_uri, config.mlflow.registered_model, CHALLENGER,
             {"data_version": outcome.data_version, "plan": json.dumps(plan), "run_id": outcome.run_id,
              "job": "train"},
         )
