@@ -106,7 +106,7 @@ def train(raw: dict, name: str, uri: str) -> str:
 def run(scale: Scale, workdir: Path, seed: int, smoke: bool) -> dict:
     """Data → (a) → (b) and (c) from (a) → policy → evaluation, in ``workdir``; returns the evaluation report,
     the stage times and the settings."""
-    from jobs.evaluation.config import PolicyOptions, ScoreOptions
+    from jobs.evaluation.config import PolicyTraining, ScoreOptions
     from jobs.evaluation.evaluate import evaluate
     from jobs.evaluation.policy import run_policy_job
     from pipelines.synth import write_synth
@@ -132,8 +132,8 @@ def run(scale: Scale, workdir: Path, seed: int, smoke: bool) -> dict:
 
     score = ScoreOptions(batch_size=32)
     started = time.perf_counter()
-    policy = run_policy_job(models["VISOR"], f"{DATA}/policy-*.tar", uri,
-                            PolicyOptions(registered_model="bench-visor", seed=seed, score=score))
+    policy = run_policy_job(models["VISOR"], f"{DATA}/policy-*.tar", uri, PolicyTraining(seed=seed), score,
+                            "bench-visor")
     times["policy"] = time.perf_counter() - started
     started = time.perf_counter()
     outcome = evaluate(f"models:/bench-visor/{policy.registered_version}", f"{DATA}/eval-*.tar", uri, score,

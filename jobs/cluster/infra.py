@@ -31,7 +31,7 @@ import yaml
 from pydantic import ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
-from jobs.config import Section, field_of
+from jobs.config import INCLUDE_KEY, Section, apply_override, field_of
 from jobs.sections import CHALLENGER, REGISTERED_MODEL
 from jobs.serving.config import ServeConfig
 
@@ -317,11 +317,11 @@ def manifests(values: Values) -> dict[str, list[dict]]:
     serve_config = {"http_options": {"host": "0.0.0.0", "port": 8000},  # the head's "serve" port
                     "applications": [{"name": "visor", "route_prefix": "/",
                                       "import_path": "jobs.serving.serve:app_builder", "args": serve_args}]}
-    retrain_config = {
-        "train_config": values.retrain.train_config,
-        "train_overrides": training_overrides(values) + values.retrain.train_overrides,
-        "policy": {"data": values.data.policy}, "eval_data": values.data.eval, "lock_dir": "/tmp/visor-locks",
-    }
+    train = {INCLUDE_KEY: values.retrain.train_config}
+    for item in training_overrides(values) + values.retrain.train_overrides:
+        apply_override(train, item)
+    retrain_config = {"train": train, "policy": {"data": values.data.policy}, "evaluate": {"data": values.data.eval},
+                      "lock_dir": "/tmp/visor-locks"}
     config_volume = _retrain_config_volume(values)
     ray_service_head = _ray_cluster_spec(values)
     if values.serve.token_secret:

@@ -8,7 +8,7 @@ for every ``RayJob`` entrypoint and every container whose command is ``visor …
   or a file on a volume its pod mounts from a ``ConfigMap`` among the manifests (read from there); a retrain's
   training config likewise;
 * every local path it names — the config, the model (``model.path``/``processor``, ``--model``), the data
-  (``data.train``, ``policy.data``, ``eval_data``, ``--data``), the storage (``run.storage_path``, ``--out``) and a
+  (``data.train``, ``policy.data``, ``evaluate.data``, ``--data``), the storage (``run.storage_path``, ``--out``) and a
   SQLite tracking store — is absolute and on a volume that every pod of the cluster the job runs on mounts
   (``s3://``, ``models:/`` and other URIs pass). ``lock_dir`` is node-local scratch by design and not checked.
   ``visor submit JOB --address …`` runs JOB on the ``RayCluster`` the address names (which must be rendered);
@@ -247,19 +247,16 @@ def _command(ctx: Context, argv: list[str], field_name: str) -> None:
 
 def _retrain(ctx: Context, params: dict) -> None:
     from jobs.retrain.config import RetrainConfig
-    from jobs.train.config import TrainConfig
 
     retrain = ctx.load(RetrainConfig, "--config", params["config"], params["set_"])
     if retrain is None:
         return
-    for name, holder, key in path_fields(RetrainConfig, retrain.model_dump(mode="json")):
+    for name, holder, key in path_fields(RetrainConfig, retrain.model_dump(mode="json", exclude={"train"})):
         if name not in UNCHECKED_PATHS:
             ctx.path(name, holder[key])
     ctx.split("policy", "policy.data", retrain.policy.data)
-    ctx.split("eval", "eval_data", retrain.eval_data)
-    train = ctx.load(TrainConfig, "train_config", retrain.train_config, retrain.train_overrides)
-    if train is not None:
-        _train_checks(ctx, train, prefix="train_config: ")
+    ctx.split("eval", "evaluate.data", retrain.evaluate.data)
+    _train_checks(ctx, retrain.train, prefix="train.")
 
 
 def _submitted(ctx: Context, params: dict, args: list[str], field_name: str) -> None:

@@ -15,7 +15,7 @@ submitted config here (file or preset, with its ``--set`` overrides), and
 The fields that may hold a local path are marked in the schemas (``Annotated[str, LOCAL_PATH]``, found by
 :func:`jobs.config.path_fields`), so every job's resolved config — its file or preset, flags and ``--set``
 overrides already applied — is treated the same way: ``visor submit evaluate --data 'demo-data/eval-*.tar'``
-reads the shards it would read here. A retrain's training config is shipped resolved beside it.
+reads the shards it would read here. A retrain's training config is nested in it, shipped the same way.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from jobs.sections import DEFAULT_STORE
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
 SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 SQLITE = "sqlite:///"
-TRAIN_CONFIG_NAME = "submitted-train-config.yaml"
 
 
 def is_local_head(address: str) -> bool:
@@ -96,21 +95,14 @@ class Localized(NamedTuple):
 
 
 def localize(config: Section, address: str, cwd: Path | None = None, remote: bool = False) -> Localized:
-    """The config files to ship (``config``, a job's resolved config, and a retrain's training config) and the
+    """The config files to ship (``config``, a job's resolved config, a retrain's training config nested) and the
     environment to add (``MLFLOW_TRACKING_URI``: the store the job would use here), their paths localized.
 
     ``remote`` treats a local address as a remote cluster (a ``kubectl port-forward``). Raises ``ValueError``
     naming every unreachable field for a remote cluster.
     """
-    from jobs.retrain.config import RetrainConfig
-    from jobs.train.config import load_train_config
-
     localizer = Localizer(is_local_head(address) and not remote, cwd or Path.cwd())
     files = {"main": localizer.config(config)}
-    if isinstance(config, RetrainConfig):
-        train = load_train_config(config.train_config, config.train_overrides)
-        files["main"] |= {"train_config": TRAIN_CONFIG_NAME, "train_overrides": []}
-        files[TRAIN_CONFIG_NAME] = localizer.config(train)
     tracking = os.environ.get("MLFLOW_TRACKING_URI") or f"{SQLITE}{DEFAULT_STORE}"  # the job's default store here
     env = {"MLFLOW_TRACKING_URI": localizer.field("MLFLOW_TRACKING_URI", tracking)}
     if localizer.unreachable:

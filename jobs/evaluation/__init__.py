@@ -5,7 +5,7 @@ and the evaluation job (``visor evaluate``).
 name a benchmark metric greedily and scores them with it (``metrics``: each benchmark's metric, once);
 ``policy`` labels budget sufficiency, trains the policy head and picks τ; ``evaluate`` reports accuracy,
 FLOPs and latency per budget and under the policy; ``config`` holds their settings (``ScoreOptions``,
-``PolicyTraining``, ``PolicyOptions``). May import ``jobs.config``, ``jobs.sections``, ``jobs.registry.tracking`` and
+``PolicyTraining``, ``PolicyConfig``). May import ``jobs.config``, ``jobs.sections``, ``jobs.registry.tracking`` and
 ``jobs.registry.model_format``, ``jobs.ray_env``, ``pipelines`` and ``visor_model`` — never
 train, serving or the CLI.
 """

@@ -43,23 +43,18 @@ class PolicyTraining(Section):
     seed: int = Field(0, description="Seed of the head's initialisation and training.")
 
 
-class PolicyOptions(PolicyTraining):
-    """The policy job's settings: how the head is trained, where the result is registered and how the
-    sufficiency labels are scored."""
-
-    registered_model: str = field_of(TrackingSection, "registered_model")
-    score: ScoreOptions = Field(default_factory=ScoreOptions)
-
-
 Model = Annotated[str, LOCAL_PATH]
 Data = Annotated[list[str], LOCAL_PATH]
 
 
-class PolicyConfig(PolicyOptions):
-    """``visor train-policy``: the universal model to label with, the data, and where runs go."""
+class PolicyConfig(PolicyTraining):
+    """``visor train-policy``: how the head is trained, the universal model to label with, the data, how the
+    sufficiency labels are scored, and where the runs and the registered result go."""
 
     model: Model = Field(description="The universal model, e.g. models:/visor/1.")
     data: Data = Field(min_length=1, description="Shard spec(s) to label and train the policy on.")
+    score: ScoreOptions = Field(default_factory=ScoreOptions)
+    registered_model: str = field_of(TrackingSection, "registered_model")
     tracking_uri: str | None = field_of(TrackingSection, "tracking_uri")
 
 

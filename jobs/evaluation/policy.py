@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from jobs.evaluation.config import PolicyConfig, PolicyOptions, PolicyTraining
+from jobs.evaluation.config import PolicyConfig, PolicyTraining, ScoreOptions
 from jobs.evaluation.scoring import Scores, score_split
-from jobs.sections import CHALLENGER
+from jobs.sections import CHALLENGER, REGISTERED_MODEL
 from pipelines.shards import ShardSet
 
 EXPERIMENT = "visor-policy"
@@ -120,19 +120,21 @@ def fit_policy(scores: Scores, hidden_size: int, policy_hidden_size: int, option
 
 
 def run_policy_job(
-    model_uri: str, spec: ShardSet | str | list[str], tracking_uri: str, options: PolicyOptions | None = None,
-    parent_run_id: str | None = None,
+    model_uri: str, spec: ShardSet | str | list[str], tracking_uri: str, options: PolicyTraining | None = None,
+    score: ScoreOptions | None = None, registered_model: str = REGISTERED_MODEL, parent_run_id: str | None = None,
 ) -> PolicyOutcome:
-    """The whole job (see the module docstring)."""
+    """The whole job (see the module docstring): label ``spec`` with ``model_uri`` (scored as ``score`` says),
+    train the head as ``options`` says (any :class:`PolicyTraining`: a policy or a retrain config), register the
+    result as a new version of ``registered_model``; nested under ``parent_run_id`` when given."""
     import mlflow
 
     from jobs.ray_env import init_ray
     from jobs.registry.model_format import load_visor, log_visor_model, save_model_dir
     from jobs.registry.tracking import git_commit, register, registered_version, start_job_run
 
-    options = options or PolicyOptions()
+    options = options or PolicyTraining()
     init_ray()
-    scores = score_split(model_uri, ShardSet.of(spec), tracking_uri, options.score)
+    scores = score_split(model_uri, ShardSet.of(spec), tracking_uri, score)
     mlflow.set_tracking_uri(tracking_uri)
     model, processor = load_visor(model_uri)
     text = model.config.text_config
@@ -159,7 +161,7 @@ def run_policy_job(
         from mlflow.tracking import MlflowClient
 
         inherited = MlflowClient(tracking_uri).get_model_version(*parent).tags
-        version = register(tracking_uri, info.model_uri, options.registered_model, CHALLENGER, {
+        version = register(tracking_uri, info.model_uri, registered_model, CHALLENGER, {
             "data_version": inherited.get("data_version", ""), "plan": inherited.get("plan", ""),
             "parent_version": parent[1], "policy.tau": str(tau), "policy.run_id": run_id,
             "policy.heldout": json.dumps({k: summary[k] for k in ("accuracy", "mean_flops", "target_met")}),
@@ -172,4 +174,5 @@ def run(config: PolicyConfig) -> PolicyOutcome:
     """``visor train-policy``: the whole job on ``config``'s model and data, in its tracking store."""
     from jobs.registry.tracking import tracking_uri
 
-    return run_policy_job(config.model, config.data, tracking_uri(config.tracking_uri), config)
+    return run_policy_job(config.model, config.data, tracking_uri(config.tracking_uri), config, config.score,
+                          config.registered_model)

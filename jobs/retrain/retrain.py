@@ -94,14 +94,13 @@ def run_retrain(config: RetrainConfig) -> RetrainOutcome:
     from mlflow.tracking import MlflowClient
 
     from jobs.evaluation.evaluate import evaluate
-    from jobs.evaluation.policy import PolicyOptions, run_policy_job
+    from jobs.evaluation.policy import run_policy_job
     from jobs.registry.promote import promote
-    from jobs.registry.tracking import alias_version, create_run, git_commit, tracking_uri
-    from jobs.train.config import load_train_config
+    from jobs.registry.tracking import alias_version, create_run, failure_marked, git_commit, tracking_uri
     from jobs.train.driver import resolve_training_data, run_training
     from pipelines.shards import ShardSet
 
-    train_config = load_train_config(config.train_config, config.train_overrides)
+    train_config = config.train
     data = resolve_training_data(train_config.final())  # listed once: its version decides, the training reads it
     version = data.version
     uri = tracking_uri(train_config.mlflow.tracking_uri)
@@ -126,20 +125,18 @@ def run_retrain(config: RetrainConfig) -> RetrainOutcome:
             clock = time.perf_counter()
             return name
 
-        try:
+        with failure_marked(client, parent_id, lambda: {"failed_stage": stage}):
             fail_stage(stage)
             trained = run_training(train_config, parent_run_id=parent_id, data=data)
             stage = finished("policy")
             fail_stage(stage)
-            options = PolicyOptions(**config.policy.model_dump(exclude={"data"}), registered_model=name,
-                                    score=config.score)
             policy = run_policy_job(f"models:/{name}/{trained.registered_version}", config.policy.data, uri,
-                                    options, parent_run_id=parent_id)
+                                    config.policy, config.score, name, parent_run_id=parent_id)
             current().say(f"policy: τ = {policy.tau}, held-out accuracy {policy.heldout['accuracy']:.3f}, "
                           f"budgets chosen {policy.heldout['budget_counts']}")
             stage = finished("evaluate")
             fail_stage(stage)
-            eval_data = ShardSet.resolve(config.eval_data)  # the challenger and the champion score one listing
+            eval_data = ShardSet.resolve(config.evaluate.data)  # the challenger and the champion score one listing
             report = evaluate(f"models:/{name}/{policy.registered_version}", eval_data, uri, config.score,
                               parent_run_id=parent_id).report
             point = next(row for row in report["rows"] if row["name"] == report["operating_point"])
@@ -151,11 +148,6 @@ def run_retrain(config: RetrainConfig) -> RetrainOutcome:
             fail_stage(stage)
             decision = promote(uri, name, config.promote)
             finished("done")
-        except BaseException as err:
-            client.set_tag(parent_id, "failed_stage", stage)
-            client.set_tag(parent_id, "error", f"{type(err).__name__}: {err}"[:5000])
-            client.set_terminated(parent_id, "FAILED")
-            raise
         client.set_tag(parent_id, "decision", "promoted" if decision.promoted else "rejected")
         client.set_tag(parent_id, "decision_reason", decision.reason)
         client.set_terminated(parent_id, "FINISHED")

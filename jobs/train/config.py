@@ -12,12 +12,13 @@ the optimizer (``optim``), the budget draws (``budgets``), the frozen groups (``
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, ValidationError, model_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
-from jobs.config import LOCAL_PATH, PARTIALS, Section, describe_errors, load_config
+from jobs.config import LOCAL_PATH, Section, describe_errors, load_config, merge, partial
 from jobs.sections import ReadSection, S3Section, TrackingSection
 
 FREEZABLE = ("vision_tower", "projector", "language_model", "lm_head", "cross_attention")
@@ -180,14 +181,18 @@ class TrainConfig(Section):
     """A training run (see the module docstring), or a recipe of several (``stages``).
 
     ``stages``: training stages run in order, each its own Ray Train run and MLflow run nested under the
-    recipe's run. A stage is a mapping with a ``name`` and any keys of this config except ``name``,
-    ``stages`` and ``mlflow``; they are merged over the rest of the config (sections key by key, lists
+    recipe's run. A stage is a :data:`TrainStage`: a ``name`` and a partial config of any keys of this one
+    except ``name``, ``stages`` and ``mlflow``, merged over the rest of the config (sections key by key, lists
     replaced), so a stage states only what differs — its ``optim.max_steps``, ``freeze``, ``budgets``, its
     ``data.train``, its plan. The first stage starts from ``model`` as configured; every later one from
     the model the stage before it produced, so it may not set ``model.init``/``path``/``processor``/``tiny``
     (asking a full-attention model for a sparse plan converts it, see :class:`ModelConfig`). Only the last
     stage's model is logged and registered; a recipe run again after a failure skips its finished stages.
+
+    Includable: a retrain names its training config (``train: demo-recipe``) or writes it in place.
     """
+
+    includable = True
 
     name: str = Field("visor", pattern=NAME_PATTERN, description="Name of the run (a run started again with "
                       "the same name resumes it).")
@@ -200,42 +205,42 @@ class TrainConfig(Section):
     scaling: ScalingSection = ScalingSection()
     run: RunSection = RunSection()
     mlflow: MlflowSection = MlflowSection()
-    stages: Annotated[list[dict[str, Any]], PARTIALS] = []
+    stages: list[TrainStage] = []
+
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _typed_stages(cls, stages: Any) -> Any:
+        """Each stage given as a mapping validated as a :data:`TrainStage`, its errors named by its place and name."""
+        if not isinstance(stages, list):
+            return stages
+        return [_stage(index, stage) if isinstance(stage, Mapping) else stage for index, stage in enumerate(stages)]
 
     @model_validator(mode="after")
     def _stages_valid(self) -> TrainConfig:
-        names = [stage.get("name") for stage in self.stages]
         for index, stage in enumerate(self.stages):
-            where = f"stages[{index}]"
-            name = stage.get("name")
-            if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
-                raise ValueError(f"{where}.name: every stage needs a name matching {NAME_PATTERN} (got {name!r})")
-            if name in names[:index]:
-                raise ValueError(f"{where}.name: stage name {name!r} is used twice")
-            locked = sorted(set(stage) & set(STAGE_LOCKED) - {"name"})
-            if locked:
-                raise ValueError(f"{where} ({name}): {locked} cannot differ between the stages of one recipe")
-            started = sorted(set(stage.get("model") or {}) & set(STAGE_START))
+            where = f"stages[{index}] ({stage.name})"
+            if stage.name in self.stage_names[:index]:
+                raise ValueError(f"stages[{index}].name: stage name {stage.name!r} is used twice")
+            started = sorted(stage.model.model_fields_set & set(STAGE_START)) if stage.model else []
             if index and started:
-                raise ValueError(f"{where} ({name}): model.{started[0]} cannot be set after the first stage "
+                raise ValueError(f"{where}: model.{started[0]} cannot be set after the first stage "
                                  "(a later stage starts from the model the stage before it produced)")
             try:
                 self.stage(index)
             except ValidationError as err:
-                raise ValueError(f"{where} ({name}): {describe_errors(err)}") from None
+                raise ValueError(f"{where}: {describe_errors(err)}") from None
         return self
 
     @property
     def stage_names(self) -> list[str]:
-        return [stage["name"] for stage in self.stages]
+        return [stage.name for stage in self.stages]
 
     def stage(self, index: int, start: str = "<the model of the stage before>") -> TrainConfig:
         """The single-run config of stage ``index``: its keys merged over this config, named
         ``<name>.<stage>``; from the second stage on it starts from ``start`` (the previous stage's model)."""
-        raw = dict(self.stages[index])
-        stage_name = raw.pop("name")
-        data = merge(self.model_dump(mode="json", exclude={"stages"}), raw)
-        data["name"] = f"{self.name}.{stage_name}"
+        stage = self.stages[index]
+        data = merge(self.model_dump(mode="json", exclude={"stages"}), stage.model_dump(mode="json", exclude={"name"}))
+        data["name"] = f"{self.name}.{stage.name}"
         if index:
             data["model"].update(init="visor", path=start, processor=None)
         return TrainConfig.model_validate(data)
@@ -255,12 +260,24 @@ class TrainConfig(Section):
         return final.model_copy(update={"model": model})
 
 
-def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """``update`` merged over ``base``: mappings key by key (recursively), everything else replaced."""
-    out = dict(base)
-    for key, value in update.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
+TrainStage = partial(TrainConfig, STAGE_LOCKED, "TrainStage", name=(str, Field(pattern=NAME_PATTERN, description="The "
+                     "stage's name (its run is <recipe name>.<stage name>).")))
+"""One stage of a recipe: a name and a partial :class:`TrainConfig` (all but ``name``, ``stages``, ``mlflow``)."""
+TrainConfig.model_rebuild()
+
+
+def _stage(index: int, stage: Mapping[str, Any]) -> Any:
+    """``stage`` (a mapping) as a :data:`TrainStage`; a ``ValueError`` names the stage and the field."""
+    name = stage.get("name")
+    if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
+        raise ValueError(f"stages[{index}].name: every stage needs a name matching {NAME_PATTERN} (got {name!r})")
+    locked = sorted(set(stage) & set(STAGE_LOCKED) - {"name"})
+    if locked:
+        raise ValueError(f"stages[{index}] ({name}): {locked} cannot differ between the stages of one recipe")
+    try:
+        return TrainStage.model_validate(stage)
+    except ValidationError as err:
+        raise ValueError(f"stages[{index}] ({name}): {describe_errors(err)}") from None
 
 
 def load_train_config(source: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:

@@ -142,7 +142,7 @@ def _run_recipe(config: TrainConfig, parent_run_id: str | None, final_data: Shar
     from mlflow.tracking import MlflowClient
 
     from jobs.faults import fail_stage
-    from jobs.registry.tracking import tracking_uri
+    from jobs.registry.tracking import failure_marked, tracking_uri
 
     uri = tracking_uri(config.mlflow.tracking_uri)
     client = MlflowClient(uri)
@@ -153,7 +153,7 @@ def _run_recipe(config: TrainConfig, parent_run_id: str | None, final_data: Shar
     ) if STAGE_OUTPUT_TAG in run.data.tags}
     last = len(config.stages) - 1
     start, outcome = "", None
-    try:
+    with failure_marked(client, recipe_id):
         for index, name in enumerate(config.stage_names):
             label = f"stage {index + 1}/{last + 1} {name}"
             if name in finished:
@@ -167,10 +167,6 @@ def _run_recipe(config: TrainConfig, parent_run_id: str | None, final_data: Shar
                                   index == last and config.mlflow.register_model, log_model=index == last,
                                   label=label)
             start = outcome.model_dir
-    except BaseException as err:
-        client.set_tag(recipe_id, "error", f"{type(err).__name__}: {err}"[:5000])
-        client.set_terminated(recipe_id, "FAILED")
-        raise
     if outcome is None:
         raise RuntimeError(f"recipe {config.name}: every stage had finished already, nothing was trained")
     client.set_terminated(recipe_id, "FINISHED")
@@ -190,7 +186,7 @@ def _run_single(config: TrainConfig, parent_run_id: str | None, data: ShardSet |
 
     from jobs.faults import train_fault
     from jobs.ray_env import init_ray
-    from jobs.registry.tracking import tracking_uri
+    from jobs.registry.tracking import failure_marked, tracking_uri
     from jobs.train.progress import follow_training
     from jobs.train.worker import WorkerInputs, train_loop
     from pipelines.dataset import build_split
@@ -225,12 +221,9 @@ def _run_single(config: TrainConfig, parent_run_id: str | None, data: ShardSet |
     )
     client = MlflowClient(uri)
     try:
-        with follow_training(client, run_id, config.optim.max_steps, label or f"train {config.name}"):
+        with (failure_marked(client, run_id),
+              follow_training(client, run_id, config.optim.max_steps, label or f"train {config.name}")):
             result = trainer.fit()
-    except Exception as err:
-        client.set_tag(run_id, "error", f"{type(err).__name__}: {err}"[:5000])
-        client.set_terminated(run_id, "FAILED")
-        raise
     finally:
         report = ray.get(ledger.report.remote())
         _log_quarantine(client, run_id, report)

@@ -15,11 +15,11 @@ from jobs.cli import app
 from jobs.cli.options import JOBS, field_at
 from jobs.cluster.infra import Values
 from jobs.config import CONFIG_DIR, ConfigDeprecationWarning, ConfigError, Section, load_config
-from jobs.evaluation.config import EvaluateConfig, PolicyOptions, ScoreOptions
+from jobs.evaluation.config import EvaluateConfig, PolicyConfig, ScoreOptions
 from jobs.retrain.config import RetrainConfig
 from jobs.sections import ReadSection
 from jobs.serving.config import Limits, ServeConfig
-from jobs.train.config import TrainConfig
+from jobs.train.config import TrainConfig, TrainStage
 
 VALUES = Path(__file__).resolve().parents[2] / "infra" / "values.yaml"
 
@@ -55,9 +55,7 @@ def test_every_job_has_a_shipped_config_and_every_preset_a_job() -> None:
 
 @pytest.mark.parametrize("preset", sorted(PRESET_JOBS))
 def test_every_shipped_preset_validates_under_current_names(preset: str) -> None:
-    config = strict(JOBS[PRESET_JOBS[preset]].schema, preset)
-    if isinstance(config, RetrainConfig):
-        strict(TrainConfig, config.train_config, config.train_overrides)
+    strict(JOBS[PRESET_JOBS[preset]].schema, preset)  # a retrain's training config too: nested in it
     strict(Values, VALUES)
 
 
@@ -110,13 +108,13 @@ def test_shared_settings_keep_one_default() -> None:
     serve, values = ServeConfig(), Values.model_fields["serve"].annotation.model_fields
     for name in ("model", "replicas", "replica_gpus", "max_batch_size", "reload_poll_seconds"):
         assert values[name].get_default() == getattr(serve, name), name
-    policy, retrain = PolicyOptions(), RetrainConfig.model_fields["policy"].annotation
+    policy, retrain = PolicyConfig.model_fields, RetrainConfig.model_fields["policy"].annotation
     for name in ("loss_tolerance", "heldout_fraction", "accuracy_target", "epochs"):
-        assert retrain.model_fields[name].get_default() == getattr(policy, name), name
+        assert retrain.model_fields[name].get_default() == policy[name].get_default(), name
     read = ReadSection().read_options()
     assert ScoreOptions().read.read_options() == read
     assert Limits().max_image_pixels == read.max_image_pixels
-    assert ServeConfig().model == f"models:/{PolicyOptions().registered_model}@champion"
+    assert ServeConfig().model == f"models:/{policy['registered_model'].get_default()}@champion"
 
 
 def test_renamed_keys_are_accepted_with_a_warning_for_one_release() -> None:
@@ -128,6 +126,11 @@ def test_renamed_keys_are_accepted_with_a_warning_for_one_release() -> None:
     with pytest.warns(ConfigDeprecationWarning, match="'score_batch_size'.*use 'score.batch_size'"):
         retrain = load_config(RetrainConfig, "retrain-demo", ["score_batch_size=7", "score.actors=2"])
     assert (retrain.score.batch_size, retrain.score.actors) == (7, 2)
+    with pytest.warns(ConfigDeprecationWarning) as old_train:  # the training config by file + --set items
+        old = load_config(RetrainConfig, {"train_config": "demo-recipe", "train_overrides": ["optim.lr=0.5"],
+                                          "policy": {"data": ["p"]}, "eval_data": ["e"]})
+    assert sorted(str(w.message).split("'")[1] for w in old_train) == ["eval_data", "train_config/train_overrides"]
+    assert old.train == load_config(TrainConfig, "demo-recipe", ["optim.lr=0.5"]) and old.evaluate.data == ["e"]
     values = yaml.safe_load(VALUES.read_text())
     values["retrain"]["policyData"] = values["data"]["policy"]  # moved (not renamed): it names its new place
     with pytest.raises(ConfigError, match="retrain.policyData moved to data.policy"):
@@ -193,6 +196,30 @@ def test_a_recipe_stage_is_its_keys_merged_over_the_config() -> None:
     warm = recipe.warm_started("models:/visor/3")
     assert (warm.model.init, warm.model.path, warm.model.plan) == ("visor", "models:/visor/3", None)
     assert warm.optim.max_steps == 30 and not warm.stages
+
+
+def test_stages_are_typed_partial_configs_that_dump_only_what_they_set() -> None:
+    recipe = strict(TrainConfig, RECIPE)
+    universal = recipe.stages[1]
+    assert isinstance(universal, TrainStage) and universal.optim.max_steps == 30 and universal.optim.lr is None
+    assert universal.model_dump() == RECIPE["stages"][1]  # the YAML form, as written
+    assert TrainConfig.model_validate(recipe.model_dump(mode="json")) == recipe
+    with pytest.raises(ConfigError, match=r"stages\[0\] \(a\): optim.lrr: Extra inputs are not permitted"):
+        load_config(TrainConfig, {**RECIPE, "stages": [{"name": "a", "optim": {"lrr": 1}}]})
+
+
+def test_a_retrain_nests_its_training_config_by_name_or_in_place(tmp_path: Path) -> None:
+    named = strict(RetrainConfig, "retrain-demo", ["train.optim.max_steps=7"])  # train: demo-recipe
+    assert named.train.name == "demo-recipe" and named.train.optim.max_steps == 7
+    assert named.train.stages == load_config(TrainConfig, "demo-recipe").stages
+    changed = strict(RetrainConfig, {**yaml.safe_load((CONFIG_DIR / "retrain-demo.yaml").read_text()),
+                                     "train": {"config": "demo-recipe", "optim": {"lr": 0.5}, "stages": []}})
+    assert changed.train.optim.lr == 0.5 and changed.train.optim.max_steps == 150 and not changed.train.stages
+    inline = strict(RetrainConfig, {**named.model_dump(mode="json"), "lock_dir": str(tmp_path)})
+    assert inline.train == named.train
+    with pytest.raises(ConfigError, match="RetrainConfig: train: config 'nope' is neither a file nor a preset"):
+        load_config(RetrainConfig, {"train": {"config": "nope"}, "policy": {"data": ["p"]},
+                                    "evaluate": {"data": ["e"]}})
 
 
 @pytest.mark.parametrize("stages, message", [

@@ -86,10 +86,11 @@ def squeezed(text: str) -> str:
     return "".join(text.replace("│", "").split())
 
 
-def train_overrides(root: Path) -> list[str]:
-    return ["--set", f"data.train=['{root}/data/train-*.tar']", "--set", "optim.max_steps=3", "--set",
-            "data.batch_size=4", "--set", "model.tiny.num_layers=3", "--set", f"run.storage_path={root / 'runs'}",
-            "--set", f"mlflow.tracking_uri=sqlite:///{root / 'mlflow.db'}", "--set", "scaling.num_workers=1"]
+def train_config(root: Path) -> dict:
+    """demo-tiny, small, on ``root``'s data (the tracking store: the environment's)."""
+    return {"config": "demo-tiny", "data": {"train": [f"{root}/data/train-*.tar"], "batch_size": 4},
+            "optim": {"max_steps": 3}, "model": {"tiny": {"num_layers": 3}},
+            "run": {"storage_path": str(root / "runs")}, "scaling": {"num_workers": 1}}
 
 
 @pytest.fixture(scope="module")
@@ -219,10 +220,10 @@ def test_concurrent_retrains_against_a_tracking_server_run_once(mlflow_server, m
     write_synth(tmp_path / "data", 24, 12, 12, seed=2, policy=24)
     config = tmp_path / "retrain.yaml"
     config.write_text(json.dumps({
-        "train_config": "demo-tiny",
-        "train_overrides": [o for o in train_overrides(tmp_path) if o != "--set" and "mlflow" not in o],
+        "train": train_config(tmp_path),
         "policy": {"data": [f"{tmp_path}/data/policy-*.tar"], "epochs": 50},
-        "eval_data": [f"{tmp_path}/data/eval-*.tar"], "score": {"batch_size": 12}, "lock_dir": str(tmp_path / "locks"),
+        "evaluate": {"data": [f"{tmp_path}/data/eval-*.tar"]}, "score": {"batch_size": 12},
+        "lock_dir": str(tmp_path / "locks"),
     }))
     env = {"MLFLOW_TRACKING_URI": mlflow_server}  # clients need no S3 credentials: the server proxies artifacts
     first = subprocess.Popen([VISOR, "retrain", "--config", str(config)], cwd=tmp_path, env=environment(**env),

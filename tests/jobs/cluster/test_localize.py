@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jobs.cluster.localize import TRAIN_CONFIG_NAME, is_local_head, localize
+from jobs.cluster.localize import is_local_head, localize
 from jobs.config import load_config
 from jobs.evaluation.config import EvaluateConfig
 from jobs.retrain.config import RetrainConfig
@@ -41,24 +41,27 @@ def test_a_local_head_gets_absolute_paths_and_the_store_it_would_use_here(tmp_pa
     files, env = localize(train(recipe(tmp_path), ["run.storage_path=out"]), LOCAL, cwd=tmp_path)
     config = TrainConfig.model_validate(files["main"])  # what the job loads validates as it is
     assert config.data.train == [f"{tmp_path}/shards/train-*.tar", "s3://bucket/more-*.tar"]
-    assert config.stages[0]["data"]["train"] == [f"{tmp_path}/shards/detail-*.tar"]
+    assert config.stages[0].data.train == [f"{tmp_path}/shards/detail-*.tar"]
+    assert files["main"]["stages"][1] == {"name": "rest"}  # a stage ships only what it sets
     assert config.model.path == "models:/visor@champion" and config.run.storage_path == f"{tmp_path}/out"
     assert config.mlflow.tracking_uri == f"sqlite:///{tmp_path}/stores/mlflow.db"
     assert env == {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
 
 
-def test_a_retrain_ships_its_training_config_resolved_beside_it(tmp_path, monkeypatch) -> None:
+def test_a_retrain_ships_its_training_config_resolved_inside_it(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
     retrain = tmp_path / "retrain.yaml"
-    retrain.write_text(yaml.safe_dump({"train_config": str(recipe(tmp_path)), "train_overrides": ["seed=3"],
-                                       "policy": {"data": ["p/*.tar"]}, "eval_data": ["e/*.tar"]}))
-    files, env = localize(load_config(RetrainConfig, retrain, ["lock_dir=locks"]), LOCAL, cwd=tmp_path)
+    retrain.write_text(yaml.safe_dump({"train": {"config": str(recipe(tmp_path)), "seed": 3},
+                                       "policy": {"data": ["p/*.tar"]}, "evaluate": {"data": ["e/*.tar"]}}))
+    files, env = localize(load_config(RetrainConfig, retrain, ["lock_dir=locks", "train.optim.lr=0.5"]), LOCAL,
+                          cwd=tmp_path)
+    assert set(files) == {"main"}
     main = RetrainConfig.model_validate(files["main"])
-    assert main.train_config == TRAIN_CONFIG_NAME and main.train_overrides == []
-    assert main.policy.data == [f"{tmp_path}/p/*.tar"] and main.eval_data == [f"{tmp_path}/e/*.tar"]
+    assert main.policy.data == [f"{tmp_path}/p/*.tar"] and main.evaluate.data == [f"{tmp_path}/e/*.tar"]
     assert main.lock_dir == f"{tmp_path}/locks"
-    train = TrainConfig.model_validate(files[TRAIN_CONFIG_NAME])
-    assert train.seed == 3 and train.data.train[0] == f"{tmp_path}/shards/train-*.tar"
+    assert main.train.seed == 3 and main.train.optim.lr == 0.5
+    assert main.train.data.train[0] == f"{tmp_path}/shards/train-*.tar"
+    assert main.train.stages[0].data.train == [f"{tmp_path}/shards/detail-*.tar"]
     assert env == {"MLFLOW_TRACKING_URI": "http://mlflow.example:5000"}
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from jobs.evaluation.config import PolicyOptions, ScoreOptions
+from jobs.evaluation.config import PolicyTraining, ScoreOptions
 from jobs.evaluation.evaluate import evaluate
 from jobs.evaluation.policy import choose_tau, fit_policy, run_policy_job, sufficiency
 from jobs.evaluation.scoring import score_batch
@@ -60,7 +60,7 @@ def test_the_policy_learns_from_its_input() -> None:
     loss = np.where(correct, 0.1, 2.0).astype(np.float32)
     columns = {"key": np.array([f"k{i}" for i in range(n)]), "url": np.array(["u"] * n), "features": features,
                "loss": loss, "correct": correct, "flops": np.tile([1.0, 2.0, 3.0], (n, 1))}
-    head, tau, summary, labels = fit_policy(Scores(columns, "v", {}), dim, 32, PolicyOptions(epochs=300))
+    head, tau, summary, labels = fit_policy(Scores(columns, "v", {}), dim, 32, PolicyTraining(epochs=300))
     with torch.no_grad():
         probs = torch.sigmoid(head(torch.as_tensor(features))).numpy()
     chosen = np.where((probs >= tau).any(1), (probs >= tau).argmax(1), 2)
@@ -79,7 +79,7 @@ def prompt_batch(processor, count: int = 12) -> dict:
 
 def test_policy_job_registers_a_version_whose_auto_budget_uses_its_input(registry) -> None:
     outcome = run_policy_job(registry.model_uri, str(registry.data / "policy-*.tar"), registry.uri,
-                             PolicyOptions(loss_tolerance=0.0, epochs=300, score=OPTIONS))
+                             PolicyTraining(loss_tolerance=0.0, epochs=300), OPTIONS)
     assert outcome.registered_version == "2" and 0 < outcome.tau < 1
     rates = outcome.heldout["label_rate_per_budget"]
     assert any(0 < r < 1 for r in rates), "the per-budget labels are constant: the test data proves nothing"

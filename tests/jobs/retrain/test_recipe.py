@@ -55,8 +55,8 @@ def recipe_config(root: Path) -> RetrainConfig:
         "stages": STAGES,
     }))
     return RetrainConfig.model_validate({
-        "train_config": str(train), "policy": {"data": [f"{data}/policy-*.tar"], "epochs": 30},
-        "eval_data": [f"{data}/eval-*.tar"], "score": {"batch_size": 12}, "lock_dir": str(root / "locks"),
+        "train": str(train), "policy": {"data": [f"{data}/policy-*.tar"], "epochs": 30},
+        "evaluate": {"data": [f"{data}/eval-*.tar"]}, "score": {"batch_size": 12}, "lock_dir": str(root / "locks"),
     })
 
 
