@@ -141,8 +141,8 @@ def run(scale: Scale, workdir: Path, seed: int, smoke: bool) -> dict:
     times["evaluate"] = time.perf_counter() - started
     stages = [{"name": s["name"], "steps": s.get("optim", {}).get("max_steps", raw["optim"]["max_steps"])}
               for s in raw["stages"]]
-    return {"report": outcome.report, "times": times, "tau": policy.tau, "seed": seed, "stages": stages,
-            "batch": raw["data"]["batch_size"] * raw["scaling"]["num_workers"],
+    return {"report": outcome.report.model_dump(mode="json"), "times": times, "tau": policy.tau, "seed": seed,
+            "stages": stages, "batch": raw["data"]["batch_size"] * raw["scaling"]["num_workers"],
             "samples": {"train": scale.train, "detail": scale.detail, "eval": scale.eval, "policy": scale.policy},
             "plan": json.loads(_plan_tag(uri, policy.registered_version))}
 
@@ -272,15 +272,15 @@ def goals(rows: list[dict], tau: str) -> list[str]:
 def save_plots(results: list[dict], folder: Path) -> list[str]:
     """Pareto plot and budget histogram (of the first seed) as PNG files in ``folder``; returns their names."""
     from jobs.evaluation.evaluate import histogram_figure, pareto_figure
+    from jobs.evaluation.report import EvalReport
 
     folder.mkdir(parents=True, exist_ok=True)
-    report = results[0]["report"]
+    report = EvalReport.model_validate(results[0]["report"])
     names = ["quality-pareto.png", "quality-budgets.png"]
-    pareto = pareto_figure(report["rows"])
+    pareto = pareto_figure(report.rows)
     pareto.axes[0].set_title(f"Held-out accuracy vs prefill FLOPs (synthetic benchmark, seed {results[0]['seed']})")
     pareto.savefig(folder / names[0], dpi=110)
-    policy = [r for r in report["rows"] if r["name"] == "policy"][0]
-    histogram_figure(policy).savefig(folder / names[1], dpi=110)
+    histogram_figure(report.policy).savefig(folder / names[1], dpi=110)
     return names
 
 

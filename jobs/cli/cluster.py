@@ -52,8 +52,8 @@ def stop(submission_id: str, address: str | None = ADDRESS) -> None:
 @commands.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def submit(
     ctx: typer.Context,
-    job: str = typer.Argument(..., help="train, train-policy, evaluate, retrain, promote or serve (a long-running "
-                              "job: the endpoint serves until `visor jobs stop`)."),
+    job: str = typer.Argument(..., help="train, train-policy, evaluate, retrain, promote, synth, pack, inspect (the "
+                              "data jobs) or serve (a long-running job: the endpoint serves until `visor jobs stop`)."),
     address: str | None = ADDRESS,
     config: str | None = typer.Option(None, help="The job's config file or preset (resolved here, shipped)."),
     wait: bool = typer.Option(False, help="Follow the logs and exit with the job's status."),
@@ -73,11 +73,14 @@ def submit(
 
     if job not in SUBMITTABLE:
         raise typer.BadParameter(f"cannot submit {job!r}; choose one of {', '.join(SUBMITTABLE)}", param_hint="JOB")
-    command = typer.main.get_command(app).commands[job]
+    spec = JOBS[job]
+    command = typer.main.get_command(app)
+    for word in spec.words:
+        command = command.commands[word]
     params = command.make_context(job, [*(["--config", config] if config else []), *ctx.args]).params
-    resolved = JOBS[job].resolve(params)
+    resolved = spec.resolve(params)
     try:
-        client, submission = submit_job(job, address or default_address(), resolved, remote)
+        client, submission = submit_job(job, address or default_address(), resolved, remote, spec.words)
     except ValueError as err:  # paths the cluster cannot reach
         raise typer.BadParameter(str(err), param_hint="--config/--set/flags") from err
     typer.echo(f"submitted {submission}")

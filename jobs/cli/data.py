@@ -4,7 +4,6 @@ shard set), configured like every job (:mod:`jobs.data.config`)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import typer
 
@@ -23,82 +22,58 @@ INSPECT = JobCommand(InspectConfig, ("processor", "read.max_length", "read.max_i
                                      "render_count", "report"), arguments=("spec",))
 
 
-@job_command(data_app, "synth", SYNTH)
+@job_command(data_app, "synth", SYNTH, under=("data",))
 def synth(config: SynthConfig) -> None:
     """Write deterministic synthetic fine-grained VQA shards (coarse / counting / fine questions): train-*.tar,
     eval-*.tar, policy-*.tar and detail-*.tar splits, tokenizer/, processor/ and manifest.json."""
-    from pipelines.synth import write_synth
+    from jobs.data.run import synth as run_synth
 
-    manifest = write_synth(Path(config.out), config.train, config.eval, config.shard_size, config.seed,
-                           config.policy, config.detail)
-    typer.echo(json.dumps({split: info["samples"] for split, info in manifest["splits"].items()}))
-    typer.echo(f"wrote {config.out}")
+    result = run_synth(config)
+    typer.echo(json.dumps(result.samples))
+    typer.echo(f"wrote {result.out}")
 
 
-@job_command(data_app, "pack", PACK)
+@job_command(data_app, "pack", PACK, under=("data",))
 def pack(config: PackConfig, as_json: bool = JSON, verbose: bool = VERBOSE) -> None:
     """Pack real VLM data into WebDataset shards (Ray Data job, deterministic); rows that cannot be packed are
     skipped, counted by reason and listed in OUT/pack_quarantine.jsonl."""
     from jobs.console import job_console
-    from jobs.ray_env import init_ray
-    from pipelines.pack import pack as run_pack
+    from jobs.data.run import pack as run_pack
 
-    with usage_errors():
-        options = config.pack_options()
     with usage_errors("SOURCE", INPUT_ERRORS), job_console("pack", verbose) as console:
-        init_ray()
         with console.stage("pack", unit="rows") as stage:
-            summary = run_pack(config.source, config.out, options,
-                               progress=lambda rows, skipped: stage.update(rows, f"{skipped} skipped"))
-            stage.close(f"{summary['packed']} packed into {len(summary['shards'])} shards, "
-                        f"{sum(summary['skipped'].values())} skipped")
-
+            result = run_pack(config, progress=lambda rows, skipped: stage.update(rows, f"{skipped} skipped"))
+            stage.close(f"{result.packed} packed into {len(result.shards)} shards, "
+                        f"{sum(result.skipped.values())} skipped")
     if as_json:
-        typer.echo(json.dumps(summary))
+        typer.echo(result.model_dump_json())
         return
-    typer.echo(f"rows {summary['rows']}: {summary['packed']} packed, {sum(summary['skipped'].values())} skipped")
-    for reason, count in summary["skipped"].items():
+    typer.echo(f"rows {result.rows}: {result.packed} packed, {sum(result.skipped.values())} skipped")
+    for reason, count in result.skipped.items():
         typer.echo(f"  skipped {reason}: {count}")
-    typer.echo(f"wrote {len(summary['shards'])} shards to {summary['out']} (skipped rows: "
-               f"{summary['out']}/pack_quarantine.jsonl)")
-    typer.echo(f"data version {summary['data_version']}")
+    typer.echo(f"wrote {len(result.shards)} shards to {result.out} (skipped rows: {result.out}/pack_quarantine.jsonl)")
+    typer.echo(f"data version {result.data_version}")
 
 
-@job_command(data_app, "inspect", INSPECT)
+@job_command(data_app, "inspect", INSPECT, under=("data",))
 def inspect(config: InspectConfig, as_json: bool = JSON, verbose: bool = VERBOSE) -> None:
     """Sample count, question types, token and tile distributions, bad samples by reason, data version."""
     from jobs.console import job_console
-    from jobs.ray_env import init_ray
-    from pipelines.inspect import inspect_shards, render_samples
-    from pipelines.shards import ShardSet
-    from visor_model.processing import VisorProcessor
+    from jobs.data.run import inspect as run_inspect
 
-    with usage_errors("SPEC", INPUT_ERRORS):
-        shards = ShardSet.resolve(config.spec)
-    source = config.processor or shards.processor_dir()
-    if source is None:
-        raise typer.BadParameter("no processor/ next to the shards; pass --processor DIR", param_hint="--processor")
-    try:
-        loaded = VisorProcessor.from_pretrained(source)
-    except (OSError, ValueError) as err:
-        raise typer.BadParameter(f"cannot load a processor from {source}: {err}", param_hint="--processor") from err
-    options = config.read.read_options()
     with usage_errors("SPEC", INPUT_ERRORS), job_console("inspect", verbose):
-        init_ray()
-        stats = inspect_shards(shards, loaded, options, report_path=config.report and Path(config.report))
-        rendered = (render_samples(shards, loaded, Path(config.render), config.render_count, options)
-                    if config.render else [])
+        stats = run_inspect(config)
     if as_json:
-        typer.echo(json.dumps(stats))
+        typer.echo(stats.model_dump_json())
         return
-    typer.echo(f"data version {stats['data_version']} — {stats['shards']} shards")
-    typer.echo(f"samples {stats['samples']}: {stats['valid']} valid, {sum(stats['quarantined'].values())} quarantined")
-    for reason, count in stats["quarantined"].items():
+    typer.echo(f"data version {stats.data_version} — {stats.shards} shards")
+    typer.echo(f"samples {stats.samples}: {stats.valid} valid, {sum(stats.quarantined.values())} quarantined")
+    for reason, count in stats.quarantined.items():
         typer.echo(f"  quarantined {reason}: {count}")
-    typer.echo(f"question types: {stats['question_types']}")
-    typer.echo(f"tokens: {stats['tokens']}")
-    typer.echo(f"tiles per sample: {stats['tiles']}")
-    if stats["metrics"]:
-        typer.echo(f"benchmarks: {stats['benchmarks']}; metrics: {stats['metrics']}")
-    for path in rendered:
+    typer.echo(f"question types: {stats.question_types}")
+    typer.echo(f"tokens: {stats.tokens}")
+    typer.echo(f"tiles per sample: {stats.tiles}")
+    if stats.metrics:
+        typer.echo(f"benchmarks: {stats.benchmarks}; metrics: {stats.metrics}")
+    for path in stats.rendered:
         typer.echo(f"rendered {path}")

@@ -38,10 +38,11 @@ def evaluate(config: EvaluateConfig, verbose: bool = VERBOSE) -> None:
     """Accuracy (overall, per question type and per benchmark — each benchmark's own metric on greedy answers for
     samples that name one), FLOPs and latency per budget and under the policy."""
     from jobs.console import job_console
-    from jobs.evaluation.evaluate import format_report, run
+    from jobs.evaluation.evaluate import run
+    from jobs.evaluation.report import format_report
 
     with usage_errors(errors=INPUT_ERRORS), job_console("evaluate", verbose):
         outcome = run(config)
     typer.echo(format_report(outcome.report))
-    typer.echo(f"data version {outcome.report['data_version']}, {outcome.report['samples']} samples; "
+    typer.echo(f"data version {outcome.report.data_version}, {outcome.report.samples} samples; "
                f"MLflow run {outcome.run_id}")

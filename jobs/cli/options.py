@@ -17,7 +17,7 @@ import inspect
 import types
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
@@ -121,6 +121,7 @@ class JobCommand:
     flags: tuple[str, ...] = ()
     arguments: tuple[str, ...] = ()
     renamed: Mapping[str, str] = field(default_factory=dict)
+    words: tuple[str, ...] = ()  # the command's words after `visor` (``("data", "pack")``), set when registered
 
     def parameters(self) -> list[inspect.Parameter]:
         """``--config``, ``--set``, then one Typer parameter per argument, flag and old flag spelling."""
@@ -158,13 +159,15 @@ class JobCommand:
         return load(self.schema, params.get("config"), params.get("set_") or (), "--config/--set/flags", values)
 
 
-JOBS: dict[str, JobCommand] = {}  # command name → how its config is read (``visor submit`` resolves with it)
+JOBS: dict[str, JobCommand] = {}  # job name → its command (``visor submit`` resolves and runs it as registered)
 
 
-def job_command(app: typer.Typer, name: str, spec: JobCommand) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """Register ``body(config, **options)`` as command ``name`` of ``app``: its parameters are those of ``spec``
-    followed by ``body``'s own after the first (Typer options that are not settings: ``--verbose``, ``--json``);
-    ``body`` gets the resolved config and those options."""
+def job_command(app: typer.Typer, name: str, spec: JobCommand,
+                under: tuple[str, ...] = ()) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Register ``body(config, **options)`` as command ``name`` of ``app`` (a sub-app reached by the words
+    ``under``, e.g. ``("data",)``): its parameters are those of ``spec`` followed by ``body``'s own after the
+    first (Typer options that are not settings: ``--verbose``, ``--json``); ``body`` gets the resolved config
+    and those options."""
     def register(body: Callable[..., None]) -> Callable[..., None]:
         own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
                for p in list(inspect.signature(body, eval_str=True).parameters.values())[1:]]
@@ -176,7 +179,7 @@ def job_command(app: typer.Typer, name: str, spec: JobCommand) -> Callable[[Call
         command.__signature__ = inspect.Signature([*made, *own])  # type: ignore[attr-defined]
         command.__annotations__ = {p.name: p.annotation for p in (*made, *own)}
         command.__doc__, command.__name__ = body.__doc__, body.__name__
-        JOBS[name] = spec
+        JOBS[name] = replace(spec, words=(*under, name))
         app.command(name)(command)
         return body
 

@@ -23,6 +23,7 @@ import shlex
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from ray.job_submission import JobStatus, JobSubmissionClient
@@ -32,7 +33,8 @@ from jobs.console import LOG_LEVEL_ENV, QUIET_ENV
 
 PROJECT = Path(__file__).resolve().parents[2]
 STAGED = ("visor_model", "pipelines", "jobs", "pyproject.toml")
-SUBMITTABLE = ("train", "train-policy", "evaluate", "retrain", "promote", "serve")  # serve: runs until stopped
+SUBMITTABLE = ("train", "train-policy", "evaluate", "retrain", "promote", "synth", "pack", "inspect",
+               "serve")  # serve: runs until stopped
 FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
                  "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION",
                  "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "VISOR_API_TOKEN")
@@ -64,8 +66,10 @@ def stage(configs: dict[str, dict]) -> Path:
     return directory
 
 
-def submit(job: str, address: str, config: Section, remote: bool = False) -> tuple[JobSubmissionClient, str]:
-    """Submit ``visor <job> --config <config>``; returns the client and the submission id.
+def submit(job: str, address: str, config: Section, remote: bool = False,
+           words: Sequence[str] = ()) -> tuple[JobSubmissionClient, str]:
+    """Submit ``visor <words> --config <config>`` (``words``: the job's command, default ``job``; ``data pack`` for
+    the job ``pack``); returns the client and the submission id.
 
     ``config`` is the job's resolved config (its file or preset, flags and ``--set`` overrides applied, as
     ``visor <job>`` would resolve them here); it is shipped with its paths made to mean what they mean here
@@ -78,7 +82,7 @@ def submit(job: str, address: str, config: Section, remote: bool = False) -> tup
         raise ValueError(f"cannot submit {job!r}; choose one of {', '.join(SUBMITTABLE)}")
     localized = localize(config, address, remote=remote)
     working_dir = stage(localized.configs)
-    command = ["python", "-m", "jobs.cli", job, "--config", CONFIG_NAME]
+    command = ["python", "-m", "jobs.cli", *(words or (job,)), "--config", CONFIG_NAME]
     env = QUIET_ENV | {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)} | localized.env
     env[LOG_LEVEL_ENV] = "debug"  # everything into the job's own log (`visor jobs logs`), none in its working_dir
     client = JobSubmissionClient(address)

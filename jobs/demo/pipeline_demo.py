@@ -39,7 +39,7 @@ def champion_summary(tracking_uri: str, name: str = REGISTERED_MODEL) -> str:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from jobs.evaluation.evaluate import format_report
+    from jobs.evaluation.report import EvalReport, format_report
     from jobs.registry.tracking import alias_version
 
     champion = alias_version(MlflowClient(tracking_uri), name, CHAMPION)
@@ -48,12 +48,12 @@ def champion_summary(tracking_uri: str, name: str = REGISTERED_MODEL) -> str:
     data_version = champion.tags["eval/latest_data_version"]
     run_id = champion.tags[f"eval/{data_version}/run_id"]
     mlflow.set_tracking_uri(tracking_uri)
-    report = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=run_id,
-                                                                  artifact_path="eval_report.json")).read_text())
+    report = EvalReport.model_validate_json(Path(mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path="eval_report.json")).read_text())
     return "\n".join([
         f"champion: models:/{name}/{champion.version} (trained on data version {champion.tags.get('data_version')}, "
         f"τ = {champion.tags.get('policy.tau', '-')})",
-        f"evaluation on {report['samples']} samples (data version {data_version}):",
+        f"evaluation on {report.samples} samples (data version {data_version}):",
         format_report(report),
         "",
         f"MLflow UI: mlflow ui --backend-store-uri {tracking_uri}   (then open http://127.0.0.1:5000)",

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jobs.console import current
+from jobs.evaluation.report import EvalReport
 from jobs.faults import fail_stage
 from jobs.retrain.config import RetrainConfig
 from jobs.sections import CHAMPION
@@ -47,7 +48,7 @@ class RetrainOutcome:
     parent_run_id: str | None = None
     challenger: str | None = None
     champion: str | None = None
-    report: dict | None = None
+    report: EvalReport | None = None  # the challenger's evaluation
 
 
 def _alive(pid: int) -> bool:
@@ -139,10 +140,10 @@ def run_retrain(config: RetrainConfig) -> RetrainOutcome:
             eval_data = ShardSet.resolve(config.evaluate.data)  # the challenger and the champion score one listing
             report = evaluate(f"models:/{name}/{policy.registered_version}", eval_data, uri, config.score,
                               parent_run_id=parent_id).report
-            point = next(row for row in report["rows"] if row["name"] == report["operating_point"])
-            current().say(f"evaluate: accuracy {point['accuracy']:.3f} at {point['mean_flops'] / 1e6:.1f} MFLOPs "
-                          f"({report['operating_point']}, {report['samples']} samples)")
-            if champion is not None and f"eval/{report['data_version']}/accuracy" not in champion.tags:
+            point = report.point
+            current().say(f"evaluate: accuracy {point.accuracy:.3f} at {point.mean_flops / 1e6:.1f} MFLOPs "
+                          f"({point.name}, {report.samples} samples)")
+            if champion is not None and f"eval/{report.data_version}/accuracy" not in champion.tags:
                 evaluate(f"models:/{name}/{champion.version}", eval_data, uri, config.score, parent_run_id=parent_id)
             stage = finished("promote")
             fail_stage(stage)

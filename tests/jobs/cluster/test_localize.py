@@ -111,3 +111,31 @@ def test_a_remote_cluster_refuses_relative_path_fields_of_any_job_naming_each(tm
     assert "data ('shards/eval-*.tar')" in unreachable and "baselines.full ('runs/full-model')" in unreachable
     assert "out ('report.json')" in unreachable and "tracking_uri ('sqlite:///mlflow.db')" in unreachable
     assert "s3://" not in unreachable and "models:/" not in unreachable
+
+
+def test_a_data_job_is_submitted_as_its_command_with_its_config_localized(tmp_path, monkeypatch) -> None:
+    """`visor submit pack`: the job runs `visor data pack --config …` on the cluster, its paths this directory's."""
+    from typer.testing import CliRunner
+
+    import jobs.cluster.submit as submit
+    from jobs.cli import app
+
+    submitted = {}
+
+    class Client:
+        def __init__(self, address: str) -> None:
+            submitted["address"] = address
+
+        def submit_job(self, entrypoint: str, runtime_env: dict, metadata: dict) -> str:
+            config = yaml.safe_load((Path(runtime_env["working_dir"]) / submit.CONFIG_NAME).read_text())
+            submitted.update(entrypoint=entrypoint, config=config, metadata=metadata)
+            return "raysubmit_1"
+
+    monkeypatch.setattr(submit, "JobSubmissionClient", Client)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["submit", "pack", "--address", LOCAL, "--config", "pack-example", "--",
+                                      "--out", "shards", "--set", "shard_size=5"])
+    assert result.exit_code == 0, result.output
+    assert submitted["entrypoint"] == "python -m jobs.cli data pack --config submitted-config.yaml"
+    assert submitted["metadata"] == {"visor_job": "pack"} and submitted["address"] == LOCAL
+    assert submitted["config"]["out"] == f"{tmp_path}/shards" and submitted["config"]["shard_size"] == 5
