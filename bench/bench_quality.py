@@ -119,7 +119,7 @@ def run(scale: Scale, workdir: Path, seed: int, smoke: bool) -> dict:
                 detail=scale.detail)
     times["data"] = time.perf_counter() - started
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    raw = recipe((f"seed={seed}", f"budgets.seed={seed}", *scale.overrides), smoke)
+    raw = recipe((f"seed={seed}", f"sampling.seed={seed}", *scale.overrides), smoke)
     models = {}
     started = time.perf_counter()
     models["full attention"] = train({**raw, "stages": raw["stages"][:PRETRAINING_STAGES]}, "bench-full-attention",

@@ -171,8 +171,11 @@ def partial(schema: type[BaseModel], exclude: Iterable[str] = (), model_name: st
         optional = annotation | None
         fields[name] = (Annotated[(optional, *field.metadata)] if field.metadata else optional,
                         Field(None, description=field.description))
-    return create_model(model_name or f"Partial{schema.__name__}", __base__=Partial,
+    made = create_model(model_name or f"Partial{schema.__name__}", __base__=Partial,
                         __doc__=f"A partial :class:`{schema.__name__}`.", **fields)
+    made.renamed = {old: new for old, new in getattr(schema, "renamed", {}).items()
+                    if new.partition(".")[0] not in excluded}  # old names are accepted in a partial config too
+    return made
 
 
 class LocalPath:

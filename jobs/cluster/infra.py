@@ -145,15 +145,21 @@ class RetrainValues(_Values):
 
 
 class ServeValues(_Values):
-    """The RayService: the endpoint's own settings (:class:`jobs.serving.config.ServeConfig`) and the secret
-    holding ``VISOR_API_TOKEN``."""
+    """The RayService: the endpoint's own settings (:class:`jobs.serving.config.ServeConfig`, each under its
+    ``ServeConfig`` name, camel-cased in the file: ``maxBatchSize`` is ``max_batch_size`` from the values file to the
+    application's ``args``) and the secret holding ``VISOR_API_TOKEN``."""
 
     model: str = field_of(ServeConfig, "model")
     replicas: int = field_of(ServeConfig, "replicas")
     replica_gpus: float = field_of(ServeConfig, "replica_gpus")
     max_batch_size: int = field_of(ServeConfig, "max_batch_size")
+    max_queued_requests: int = field_of(ServeConfig, "max_queued_requests")
     reload_poll_seconds: float = field_of(ServeConfig, "reload_poll_seconds")
     token_secret: str | None = None
+
+    def serve_args(self) -> dict[str, object]:
+        """The ``ServeConfig`` settings these values hold, by their ``ServeConfig`` names."""
+        return self.model_dump(include=set(ServeConfig.model_fields))
 
 
 MOVED = {("policy", "data"): "data.policy", ("retrain", "policy"): "data.policy",
@@ -309,11 +315,8 @@ def _retrain_config_volume(values: Values) -> VolumeValues:
 def manifests(values: Values) -> dict[str, list[dict]]:
     """File name → the manifests (dicts) it holds."""
     cluster_address = f"http://{values.cluster.name}-head-svc.{values.namespace}.svc.cluster.local:8265"
-    serve_args = {"model": values.serve.model, "tracking_uri": _tracking_uri(values),
-                  "replicas": values.serve.replicas, "replica_gpus": values.serve.replica_gpus,
-                  "max_batch_size": values.serve.max_batch_size,
-                  "max_ongoing_requests": 4 * values.serve.max_batch_size,
-                  "reload_poll_seconds": values.serve.reload_poll_seconds}
+    serve_args = {**values.serve.serve_args(), "tracking_uri": _tracking_uri(values),
+                  "max_ongoing_requests": 4 * values.serve.max_batch_size}
     serve_config = {"http_options": {"host": "0.0.0.0", "port": 8000},  # the head's "serve" port
                     "applications": [{"name": "visor", "route_prefix": "/",
                                       "import_path": "jobs.serving.serve:app_builder", "args": serve_args}]}

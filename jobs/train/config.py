@@ -5,7 +5,7 @@ names a shipped preset (``jobs/configs/<name>.yaml``), anything else a file. Eve
 unknown keys, so a typo fails before Ray starts, with the dotted name of the field in the message.
 Relative local paths (shard specs, storage, processor) are resolved against the working directory of
 the driver. The sections stand alone — where the weights come from (``model``), the data (``data``),
-the optimizer (``optim``), the budget draws (``budgets``), the frozen groups (``freeze``), the workers
+the optimizer (``optim``), the budget draws (``sampling``), the frozen groups (``freeze``), the workers
 (``scaling``), checkpoints (``run``), tracking (``mlflow``) — so a recipe can combine them.
 """
 
@@ -21,7 +21,13 @@ from pydantic import AfterValidator, Field, ValidationError, field_validator, mo
 from jobs.config import LOCAL_PATH, Section, describe_errors, load_config, merge, partial
 from jobs.sections import ReadSection, S3Section, TrackingSection
 
-FREEZABLE = ("vision_tower", "projector", "language_model", "lm_head", "cross_attention")
+FREEZABLE: dict[str, tuple[str, ...]] = {  # each freezable parameter group and its parameter-name prefixes
+    "vision_tower": ("model.vision_tower.",),
+    "projector": ("model.multi_modal_projector.", "model.image_newline"),
+    "language_model": ("model.language_model.",),
+    "lm_head": ("lm_head.",),
+    "cross_attention": ("gated.",),
+}
 
 
 def _some_left_to_train(groups: list[str]) -> list[str]:
@@ -30,8 +36,15 @@ def _some_left_to_train(groups: list[str]) -> list[str]:
     return sorted(set(groups))
 
 
-Freeze = Annotated[list[Literal[FREEZABLE]], AfterValidator(_some_left_to_train)]  # type: ignore[valid-type]
+Freeze = Annotated[list[Literal[tuple(FREEZABLE)]], AfterValidator(_some_left_to_train)]  # type: ignore[valid-type]
 """Parameter groups to freeze (sorted, unique); the policy head is always frozen (it has its own job)."""
+
+
+CrossAttention = Literal["joint", "gated"]
+"""A cross-attention variant: ``visor_model.config.CROSS_ATTENTION_VARIANTS`` (tests/jobs/test_config.py keeps the
+two equal; importing ``visor_model`` here would load torch into every command line)."""
+TokenReduction = Literal[1, 2]
+"""A visual-token pooling factor: ``visor_model.config.TOKEN_REDUCTIONS`` (kept equal the same way)."""
 
 
 class TinyShape(Section):
@@ -60,7 +73,8 @@ class ModelConfig(Section):
     The plan: ``plan: default`` (:meth:`LayerPlan.default`), ``plan: full_attention`` (every layer in mode S:
     LLaVA-OneVision itself), or ``cross_layers`` + ``budgets`` for any other plan; nothing keeps a VISOR
     model's own plan (``init: visor``) and gives the default plan otherwise. ``cross_attention`` and
-    ``token_reduction`` likewise keep a VISOR model's own setting when unset (``joint`` and 1 otherwise).
+    ``token_reduction`` likewise keep a VISOR model's own setting when unset (``VisorConfig``'s defaults
+    otherwise: joint cross-attention, no token reduction).
     A VISOR model's plan or cross-attention variant can change only if it is a full-attention model: it is
     then exported to LLaVA-OneVision and converted, exactly as a real checkpoint is (the paper's recipe:
     pretrained full attention → VISOR). ``tiny.attention_init_std`` initialises a tiny model's query/key
@@ -75,8 +89,8 @@ class ModelConfig(Section):
     plan: Literal["default", "full_attention"] | None = None
     cross_layers: list[int] | None = None
     budgets: list[list[int]] | None = None
-    cross_attention: Literal["joint", "gated"] | None = None
-    token_reduction: Literal[1, 2] | None = None
+    cross_attention: CrossAttention | None = None
+    token_reduction: TokenReduction | None = None
     gradient_checkpointing: bool = False
 
     @model_validator(mode="after")
@@ -119,7 +133,7 @@ class OptimConfig(Section):
     bf16: bool = True
 
 
-class BudgetConfig(Section):
+class SamplingConfig(Section):
     """``uniform``: one budget per step, drawn uniformly (the paper's universal fine-tuning); ``sandwich``: the
     largest, the smallest and one random budget in between every step, gradients accumulated; ``largest``:
     the largest budget only (the paper's first stage). Draws depend only on ``seed`` and the step, so every
@@ -183,7 +197,7 @@ class TrainConfig(Section):
     ``stages``: training stages run in order, each its own Ray Train run and MLflow run nested under the
     recipe's run. A stage is a :data:`TrainStage`: a ``name`` and a partial config of any keys of this one
     except ``name``, ``stages`` and ``mlflow``, merged over the rest of the config (sections key by key, lists
-    replaced), so a stage states only what differs — its ``optim.max_steps``, ``freeze``, ``budgets``, its
+    replaced), so a stage states only what differs — its ``optim.max_steps``, ``freeze``, ``sampling``, its
     ``data.train``, its plan. The first stage starts from ``model`` as configured; every later one from
     the model the stage before it produced, so it may not set ``model.init``/``path``/``processor``/``tiny``
     (asking a full-attention model for a sparse plan converts it, see :class:`ModelConfig`). Only the last
@@ -193,6 +207,7 @@ class TrainConfig(Section):
     """
 
     includable = True
+    renamed = {"budgets": "sampling"}  # the budget draws; `budgets` is the plan's (`model.budgets`)
 
     name: str = Field("visor", pattern=NAME_PATTERN, description="Name of the run (a run started again with "
                       "the same name resumes it).")
@@ -200,7 +215,7 @@ class TrainConfig(Section):
     model: ModelConfig = ModelConfig()
     data: DataSection
     optim: OptimConfig = OptimConfig()
-    budgets: BudgetConfig = BudgetConfig()
+    sampling: SamplingConfig = SamplingConfig()
     freeze: Freeze = []
     scaling: ScalingSection = ScalingSection()
     run: RunSection = RunSection()

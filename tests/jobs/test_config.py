@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import warnings
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import typer
@@ -19,7 +20,7 @@ from jobs.evaluation.config import EvaluateConfig, PolicyConfig, ScoreOptions
 from jobs.retrain.config import RetrainConfig
 from jobs.sections import ReadSection
 from jobs.serving.config import Limits, ServeConfig
-from jobs.train.config import TrainConfig, TrainStage
+from jobs.train.config import FREEZABLE, CrossAttention, TokenReduction, TrainConfig, TrainStage
 
 VALUES = Path(__file__).resolve().parents[2] / "infra" / "values.yaml"
 
@@ -106,7 +107,9 @@ def test_old_flag_names_work_for_one_release_with_a_warning(job, old, value, fie
 
 def test_shared_settings_keep_one_default() -> None:
     serve, values = ServeConfig(), Values.model_fields["serve"].annotation.model_fields
-    for name in ("model", "replicas", "replica_gpus", "max_batch_size", "reload_poll_seconds"):
+    shared = set(values) & set(ServeConfig.model_fields)
+    assert shared == set(values) - {"token_secret"}  # a values setting of the endpoint is a ServeConfig field
+    for name in shared:
         assert values[name].get_default() == getattr(serve, name), name
     policy, retrain = PolicyConfig.model_fields, RetrainConfig.model_fields["policy"].annotation
     for name in ("loss_tolerance", "heldout_fraction", "accuracy_target", "epochs"):
@@ -119,10 +122,19 @@ def test_shared_settings_keep_one_default() -> None:
 
 def test_renamed_keys_are_accepted_with_a_warning_for_one_release() -> None:
     with pytest.warns(ConfigDeprecationWarning) as renamed:
-        serve = load_config(ServeConfig, {"model_uri": "models:/visor/3", "num_replicas": 2, "reload_poll_s": 5})
+        serve = load_config(ServeConfig, {"model_uri": "models:/visor/3", "num_replicas": 2, "reload_poll_s": 5,
+                                          "batch_wait_timeout_s": 0.5})
     assert sorted(str(w.message).split("'")[1:4:2] for w in renamed) == [
-        ["model_uri", "model"], ["num_replicas", "replicas"], ["reload_poll_s", "reload_poll_seconds"]]
+        ["batch_wait_timeout_s", "batch_wait_timeout_seconds"], ["model_uri", "model"],
+        ["num_replicas", "replicas"], ["reload_poll_s", "reload_poll_seconds"]]
     assert (serve.model, serve.replicas, serve.reload_poll_seconds) == ("models:/visor/3", 2, 5.0)
+    assert serve.batch_wait_timeout_seconds == 0.5
+    with pytest.warns(ConfigDeprecationWarning, match="'budgets' is deprecated.*use 'sampling'") as drawn:
+        recipe = load_config(TrainConfig, {**RECIPE, "budgets": {"strategy": "sandwich"},
+                                           "stages": [{"name": "a", "budgets": {"strategy": "largest"}}]})
+    assert len(drawn) == 2 and recipe.sampling.strategy == "sandwich"  # the recipe's, and its stage's
+    assert recipe.stage(0).sampling.strategy == "largest" and recipe.stages[0].model_dump() == {
+        "name": "a", "sampling": {"strategy": "largest"}}
     with pytest.warns(ConfigDeprecationWarning, match="'score_batch_size'.*use 'score.batch_size'"):
         retrain = load_config(RetrainConfig, "retrain-demo", ["score_batch_size=7", "score.actors=2"])
     assert (retrain.score.batch_size, retrain.score.actors) == (7, 2)
@@ -228,7 +240,7 @@ def test_a_retrain_nests_its_training_config_by_name_or_in_place(tmp_path: Path)
     ([{"name": "a", "mlflow": {"experiment": "x"}}], r"stages\[0\] \(a\): \['mlflow'\] cannot differ"),
     ([{"name": "a"}, {"name": "b", "model": {"path": "x"}}], r"stages\[1\] \(b\): model.path cannot be set after"),
     ([{"name": "a", "optim": {"lr": -1}}], r"stages\[0\] \(a\): optim.lr: Input should be greater than 0"),
-    ([{"name": "a", "budgets": {"strategy": "greedy"}}], r"stages\[0\] \(a\): budgets.strategy: Input should be"),
+    ([{"name": "a", "sampling": {"strategy": "greedy"}}], r"stages\[0\] \(a\): sampling.strategy: Input should be"),
 ])
 def test_recipe_errors_name_the_stage_and_field(stages, message) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -241,3 +253,43 @@ def test_model_plan_settings_are_exclusive() -> None:
                                                                     "budgets": [[]]}})
     with pytest.raises(ConfigError, match="registry URI: it needs model.init 'visor'"):
         load_config(TrainConfig, {**RECIPE, "stages": [], "model": {"init": "llava", "path": "models:/visor/1"}})
+
+
+def test_model_variants_and_freezable_groups_have_one_source() -> None:
+    from visor_model import VisorConfig, VisorForConditionalGeneration
+    from visor_model.config import CROSS_ATTENTION_VARIANTS, TOKEN_REDUCTIONS
+    from visor_model.presets import tiny_config
+
+    assert get_args(CrossAttention) == CROSS_ATTENTION_VARIANTS and get_args(TokenReduction) == TOKEN_REDUCTIONS
+    defaults = VisorConfig()
+    assert (defaults.cross_attention, defaults.token_reduction) == (CROSS_ATTENTION_VARIANTS[0], TOKEN_REDUCTIONS[0])
+    model = VisorForConditionalGeneration(tiny_config(64, num_layers=3, hidden_size=32, cross_attention="gated"))
+    for name, _ in model.named_parameters():  # every parameter is in exactly one group (or the policy's own)
+        groups = [group for group, prefixes in FREEZABLE.items() if name.startswith(prefixes)]
+        assert len(groups) == (0 if name.startswith("policy.") else 1), name
+    with pytest.raises(ConfigError, match="freeze.0: Input should be 'vision_tower'"):
+        load_config(TrainConfig, {**RECIPE, "stages": [], "freeze": ["vision"]})
+    assert TrainConfig.model_validate({**RECIPE, "stages": [], "freeze": list(FREEZABLE)[1:]}).freeze
+
+
+def _sections(schema: type) -> set[type]:
+    """``schema`` and every section under it."""
+    from jobs.config import model_type
+
+    found = {schema}
+    for field in schema.model_fields.values():
+        sub = model_type(field.annotation)
+        if sub is not None and issubclass(sub, Section):
+            found |= _sections(sub)
+    return found
+
+
+def test_every_deprecated_name_is_listed_in_the_readme() -> None:
+    from jobs.retrain.config import OLD_TRAIN_KEYS
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme[readme.index("**Deprecated names**"):readme.index("## Using the model")]
+    old = {name for spec in JOBS.values() for section in _sections(spec.schema) for name in section.renamed}
+    old |= {flag for spec in JOBS.values() for flag in spec.renamed} | set(OLD_TRAIN_KEYS)
+    assert {"budgets", "eval_data", "batch_wait_timeout_s", "--baseline", "train_config"} <= old
+    assert [name for name in sorted(old) if f"`{name}" not in table] == []

@@ -102,6 +102,7 @@ def test_manifests_parse_with_the_right_kinds_and_fields(tmp_path: Path) -> None
         served = load_config(ServeConfig, application["args"])
     assert served.replicas == 2 and served.reload_poll_seconds == 300
     assert served.replica_gpus == 1  # each replica asks Ray for a GPU of the RayService's GPU workers
+    assert (served.max_batch_size, served.max_queued_requests, served.max_ongoing_requests) == (8, 64, 32)
     service_workers = files["rayservice.yaml"][0]["spec"]["rayClusterConfig"]["workerGroupSpecs"]
     assert service_workers[0]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
     deployment, service = files["mlflow.yaml"]

@@ -25,9 +25,9 @@ from visor_model.processing import VisorProcessor
 pytestmark = pytest.mark.integration  # Ray Train runs
 
 STAGES = [
-    {"name": "largest", "budgets": {"strategy": "largest"},
+    {"name": "largest", "sampling": {"strategy": "largest"},
      "freeze": ["vision_tower", "projector", "language_model", "lm_head"]},
-    {"name": "universal", "budgets": {"strategy": "uniform"}, "optim": {"lr": 2e-3}},
+    {"name": "universal", "sampling": {"strategy": "uniform"}, "optim": {"lr": 2e-3}},
 ]
 
 
