@@ -26,9 +26,9 @@ def train_policy(config: PolicyConfig, verbose: bool = VERBOSE) -> None:
     with usage_errors(errors=INPUT_ERRORS), job_console("train-policy", verbose):
         outcome = run(config)
     heldout = outcome.heldout
-    typer.echo(f"τ = {outcome.tau}; held-out accuracy {heldout['accuracy']:.3f} at "
-               f"{heldout['mean_flops'] / 1e9:.4f} GFLOPs (largest budget {heldout['largest_budget_accuracy']:.3f} "
-               f"at {heldout['largest_budget_flops'] / 1e9:.4f}); budgets chosen {heldout['budget_counts']}")
+    typer.echo(f"τ = {outcome.tau}; held-out accuracy {heldout.accuracy:.3f} at "
+               f"{heldout.mean_flops / 1e9:.4f} GFLOPs (largest budget {heldout.largest_budget_accuracy:.3f} "
+               f"at {heldout.largest_budget_flops / 1e9:.4f}); budgets chosen {heldout.budget_counts}")
     if outcome.registered_version:
         typer.echo(f"registered models:/{config.registered_model}/{outcome.registered_version} (alias challenger)")
 

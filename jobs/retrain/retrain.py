@@ -133,8 +133,8 @@ def run_retrain(config: RetrainConfig) -> RetrainOutcome:
             fail_stage(stage)
             policy = run_policy_job(f"models:/{name}/{trained.registered_version}", config.policy.data, uri,
                                     config.policy, config.score, name, parent_run_id=parent_id)
-            current().say(f"policy: τ = {policy.tau}, held-out accuracy {policy.heldout['accuracy']:.3f}, "
-                          f"budgets chosen {policy.heldout['budget_counts']}")
+            current().say(f"policy: τ = {policy.tau}, held-out accuracy {policy.heldout.accuracy:.3f}, "
+                          f"budgets chosen {policy.heldout.budget_counts}")
             stage = finished("evaluate")
             fail_stage(stage)
             eval_data = ShardSet.resolve(config.evaluate.data)  # the challenger and the champion score one listing

@@ -44,10 +44,10 @@ def test_sufficiency_and_tau_choice() -> None:
     right = np.array([[True, True, True], [False, True, True], [False, False, True], [True, True, True]])
     probs = np.array([[0.9, 0.9, 0.9], [0.3, 0.8, 0.9], [0.1, 0.2, 0.9], [0.6, 0.7, 0.9]])
     tau, summary = choose_tau(probs, right, flops, target=1.0)  # every sample must stay right
-    assert summary["accuracy"] == 1.0 and summary["target_met"] and summary["budget_counts"] == [2, 1, 1]
+    assert summary.accuracy == 1.0 and summary.target_met and summary.budget_counts == [2, 1, 1]
     assert 0.3 < tau <= 0.6  # the cheapest τ that still sends sample 1 to budget 1 and sample 2 to budget 2
     cheap_tau, cheap = choose_tau(probs, right, flops, target=0.5)
-    assert cheap["mean_flops"] < summary["mean_flops"] and cheap["accuracy"] >= 0.5 and cheap_tau < tau
+    assert cheap.mean_flops < summary.mean_flops and cheap.accuracy >= 0.5 and cheap_tau < tau
 
 
 def test_the_policy_learns_from_its_input() -> None:
@@ -66,7 +66,8 @@ def test_the_policy_learns_from_its_input() -> None:
         probs = torch.sigmoid(head(torch.as_tensor(features))).numpy()
     chosen = np.where((probs >= tau).any(1), (probs >= tau).argmax(1), 2)
     assert (chosen[~hard] == 0).mean() > 0.9 and (chosen[hard] == 2).mean() > 0.9  # separable by feature 0
-    assert summary["accuracy"] >= 0.97 and summary["mean_flops"] < 2.5
+    assert summary.accuracy >= 0.97 and summary.mean_flops < 2.5
+    assert summary.train_samples + summary.heldout_samples == n and len(summary.label_rate_per_budget) == 3
 
 
 def prompt_batch(processor, count: int = 12) -> dict:
@@ -82,7 +83,7 @@ def test_policy_job_registers_a_version_whose_auto_budget_uses_its_input(registr
     outcome = run_policy_job(registry.model_uri, str(registry.data / "policy-*.tar"), registry.uri,
                              PolicyTraining(loss_tolerance=0.0, epochs=300), OPTIONS)
     assert outcome.registered_version == "2" and 0 < outcome.tau < 1
-    rates = outcome.heldout["label_rate_per_budget"]
+    rates = outcome.heldout.label_rate_per_budget
     assert any(0 < r < 1 for r in rates), "the per-budget labels are constant: the test data proves nothing"
     client = MlflowClient(registry.uri)
     version = client.get_model_version_by_alias("visor", "challenger")
