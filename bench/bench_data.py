@@ -205,7 +205,9 @@ def provenance(heading: str, command: str) -> list[str]:
 def add_shape_arguments(parser: argparse.ArgumentParser, side: int, repeats: int | None = None) -> None:
     """The arguments of the benchmarks that build random-weight models: ``--preset``, ``--layers``, ``--side``
     (a square image's side), ``--smoke`` (the tiny model) and, given a default, ``--repeats``."""
-    parser.add_argument("--preset", default="llava-ov-0.5b", choices=["llava-ov-0.5b", "llava-ov-7b"])
+    from visor_model.presets import PRESETS
+
+    parser.add_argument("--preset", default=PRESETS[0], choices=PRESETS)
     parser.add_argument("--layers", type=int, help="Fewer decoder layers (stated in the report).")
     parser.add_argument("--side", type=int, default=side, help="Square image side (px).")
     parser.add_argument("--smoke", action="store_true", help="The tiny test model, small images: seconds.")

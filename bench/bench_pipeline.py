@@ -65,7 +65,7 @@ def _against_chance(report: dict) -> str:
 
 
 def markdown(result: dict, command: str) -> str:
-    from jobs.evaluation.evaluate import format_report
+    from jobs.evaluation.report import EvalReport, format_report
 
     order = ("train", "policy", "evaluate", "promote")
     stages = ", ".join(f"{name} {result['stages'][name]:.0f} s" for name in order if name in result["stages"])
@@ -76,7 +76,7 @@ def markdown(result: dict, command: str) -> str:
         "",
         f"The champion's evaluation ({result['report']['samples']} evaluation samples, τ = {result['tau']}):",
         "",
-        format_report(result["report"]),
+        format_report(EvalReport.model_validate(result["report"])),
         "",
         f"Under the policy, per question type: {_against_chance(result['report'])}. "
         "The demo exercises the pipeline on a model trained for two minutes; it is not the paper's "

@@ -120,7 +120,7 @@ def budget_curve(outcome: TrainOutcome, spec: str, uri: str, score: ScoreOptions
     "rows"}]`` with the evaluation's per-budget rows (accuracy, accuracy per question type)."""
     import torch
 
-    from jobs.evaluation.evaluate import summarize
+    from jobs.evaluation.report import summarize
     from jobs.evaluation.scoring import score_split
     from jobs.train.checkpoint import STATE_FILE
     from pipelines.shards import ShardSet
@@ -129,7 +129,8 @@ def budget_curve(outcome: TrainOutcome, spec: str, uri: str, score: ScoreOptions
     points = []
     for folder in Path(outcome.checkpoint).parent.glob("checkpoint_*"):
         step = int(torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False)["step"])
-        rows = [r for r in summarize(score_split(str(folder / "model"), data, uri, score)) if r["budget"] is not None]
+        rows = [r.model_dump(mode="json") for r in summarize(score_split(str(folder / "model"), data, uri, score))
+                if r.budget is not None]
         points.append({"step": step, "rows": rows})
     return sorted(points, key=lambda p: p["step"])
 
@@ -137,7 +138,7 @@ def budget_curve(outcome: TrainOutcome, spec: str, uri: str, score: ScoreOptions
 def run(scale: Scale, workdir: Path, seed: int, smoke: bool) -> dict:
     """Data → (a) → (b) and (c) from (a) → policy → evaluation, in ``workdir``; returns the evaluation report,
     the stage times and the settings."""
-    from jobs.evaluation.config import PolicyOptions, ScoreOptions
+    from jobs.evaluation.config import PolicyTraining, ScoreOptions
     from jobs.evaluation.evaluate import evaluate
     from jobs.evaluation.policy import run_policy_job
     from pipelines.synth import write_synth
@@ -150,7 +151,7 @@ def run(scale: Scale, workdir: Path, seed: int, smoke: bool) -> dict:
                 detail=scale.detail)
     times["data"] = time.perf_counter() - started
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    raw = recipe((f"seed={seed}", f"budgets.seed={seed}", *scale.overrides), smoke)
+    raw = recipe((f"seed={seed}", f"sampling.seed={seed}", *scale.overrides), smoke)
     models, outcomes = {}, {}
     started = time.perf_counter()
     outcomes["full attention"] = train({**raw, "stages": raw["stages"][:PRETRAINING_STAGES]},
@@ -169,8 +170,8 @@ def run(scale: Scale, workdir: Path, seed: int, smoke: bool) -> dict:
     curve = budget_curve(outcomes["VISOR"], f"{DATA}/eval-*.tar", uri, score)
     times["curve"] = time.perf_counter() - started
     started = time.perf_counter()
-    policy = run_policy_job(models["VISOR"], f"{DATA}/policy-*.tar", uri,
-                            PolicyOptions(registered_model="bench-visor", seed=seed, score=score))
+    policy = run_policy_job(models["VISOR"], f"{DATA}/policy-*.tar", uri, PolicyTraining(seed=seed), score,
+                            "bench-visor")
     times["policy"] = time.perf_counter() - started
     started = time.perf_counter()
     outcome = evaluate(f"models:/bench-visor/{policy.registered_version}", f"{DATA}/eval-*.tar", uri, score,
@@ -178,9 +179,8 @@ def run(scale: Scale, workdir: Path, seed: int, smoke: bool) -> dict:
     times["evaluate"] = time.perf_counter() - started
     stages = [{"name": s["name"], "steps": s.get("optim", {}).get("max_steps", raw["optim"]["max_steps"])}
               for s in raw["stages"]]
-    return {"report": outcome.report, "curve": curve, "times": times, "tau": policy.tau, "seed": seed,
-            "stages": stages,
-            "batch": raw["data"]["batch_size"] * raw["scaling"]["num_workers"],
+    return {"report": outcome.report.model_dump(mode="json"), "curve": curve, "times": times, "tau": policy.tau,
+            "seed": seed, "stages": stages, "batch": raw["data"]["batch_size"] * raw["scaling"]["num_workers"],
             "samples": {"train": scale.train, "detail": scale.detail, "eval": scale.eval, "policy": scale.policy},
             "plan": json.loads(_plan_tag(uri, policy.registered_version))}
 
@@ -379,15 +379,15 @@ def curve_figure(results: list[dict]):
 def save_plots(results: list[dict], folder: Path) -> list[str]:
     """Pareto plot and budget histogram (of the first seed) as PNG files in ``folder``; returns their names."""
     from jobs.evaluation.evaluate import histogram_figure, pareto_figure
+    from jobs.evaluation.report import EvalReport
 
     folder.mkdir(parents=True, exist_ok=True)
-    report = results[0]["report"]
+    report = EvalReport.model_validate(results[0]["report"])
     names = ["quality-pareto.png", "quality-budgets.png", "quality-curve.png"]
-    pareto = pareto_figure(report["rows"])
+    pareto = pareto_figure(report.rows)
     pareto.axes[0].set_title(f"Held-out accuracy vs prefill FLOPs (synthetic benchmark, seed {results[0]['seed']})")
     pareto.savefig(folder / names[0], dpi=110)
-    policy = [r for r in report["rows"] if r["name"] == "policy"][0]
-    histogram_figure(policy).savefig(folder / names[1], dpi=110)
+    histogram_figure(report.policy).savefig(folder / names[1], dpi=110)
     curve_figure(results).savefig(folder / names[2], dpi=110)
     return names
 

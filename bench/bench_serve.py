@@ -84,7 +84,7 @@ def load_test(requests: int, clients: int, max_batch_size: int) -> dict:
     import mlflow
     from ray import serve
 
-    from jobs.cluster.ray_env import init_ray
+    from jobs.ray_env import init_ray
     from jobs.registry.model_format import log_visor_model, save_model_dir
     from jobs.registry.tracking import register
     from jobs.serving.config import ServeConfig

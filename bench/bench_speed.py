@@ -289,8 +289,10 @@ def goals(result: dict) -> str:
 
 
 def main() -> None:
+    from visor_model.presets import PRESETS
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="llava-ov-0.5b", choices=["llava-ov-0.5b", "llava-ov-7b"])
+    parser.add_argument("--preset", default=PRESETS[0], choices=PRESETS)
     parser.add_argument("--sizes", type=int, nargs="+", default=[384, 768, 1000], help="Square image sides (px).")
     parser.add_argument("--layers", type=int, help="Fewer decoder layers (stated in the report).")
     parser.add_argument("--decode-tokens", type=int, default=32)

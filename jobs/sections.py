@@ -4,9 +4,11 @@ infers (:class:`InferenceSection`) and how an S3-compatible store is reached (:c
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import Field
 
-from jobs.config import Section, default_of
+from jobs.config import LOCAL_PATH, Section, default_of
 from pipelines.options import METRICS, PackOptions, ReadOptions
 from pipelines.shards import S3Options
 
@@ -15,13 +17,15 @@ class TrackingSection(Section):
     """The MLflow store (``tracking_uri``, resolved by :func:`jobs.registry.tracking.tracking_uri`) and the
     registered model that trained versions join and whose aliases are promoted and served."""
 
-    tracking_uri: str | None = Field(None, description="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
-                                     "./mlflow.db).")
+    tracking_uri: Annotated[str | None, LOCAL_PATH] = Field(None, description="MLflow tracking URI (default: "
+                                                            "$MLFLOW_TRACKING_URI or ./mlflow.db).")
     registered_model: str = Field("visor", description="Registered model (new versions join it; its aliases are "
                                   "promoted and served).")
 
 
 REGISTERED_MODEL: str = default_of(TrackingSection, "registered_model")
+CHAMPION, CHALLENGER = "champion", "challenger"  # the registered model's aliases: served, and awaiting promotion
+DEFAULT_STORE = "mlflow.db"  # the SQLite tracking store in the working directory when no URI is set
 
 
 DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"

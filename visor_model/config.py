@@ -28,16 +28,17 @@ from transformers import LlavaOnevisionConfig
 
 from .plan import LayerPlan
 
-CROSS_ATTENTION_VARIANTS = ("joint", "gated")
+CROSS_ATTENTION_VARIANTS = ("joint", "gated")  # the first is the default
+TOKEN_REDUCTIONS = (1, 2)  # visual-token pooling factors per tile side; the first (none) is the default
 
 
 class VisorConfig(LlavaOnevisionConfig):
     model_type = "visor"
 
     plan: dict[str, Any] | None = None
-    cross_attention: Literal["joint", "gated"] = "joint"
+    cross_attention: Literal["joint", "gated"] = CROSS_ATTENTION_VARIANTS[0]
     cpe_kernel_size: int = 7
-    token_reduction: int = 1
+    token_reduction: int = TOKEN_REDUCTIONS[0]
     policy_hidden_size: int = 256
     policy_tau: float = 0.5
     policy_trained: bool = False

@@ -667,7 +667,6 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
         cls,
         path_or_model: str | Path | LlavaOnevisionForConditionalGeneration,
         plan: LayerPlan | None = None,
-        cross_attention: str = "joint",
         **visor_fields: Any,
     ) -> VisorForConditionalGeneration:
         """Build a VISOR model from a LLaVA-OneVision checkpoint (local path or loaded model).
@@ -675,7 +674,8 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
         Nothing is downloaded: a path must be a local directory in ``transformers``
         format. All LLaVA-OneVision weights are copied; ``gated`` sublayers start
         from their decoder layer's attention weights with the gate at 0; the
-        policy starts untrained.
+        policy starts untrained. ``visor_fields`` set :class:`VisorConfig` fields (``cross_attention``,
+        ``token_reduction``, …); a field left out keeps ``VisorConfig``'s default.
         """
         if isinstance(path_or_model, (str, Path)):
             if not Path(path_or_model).is_dir():
@@ -689,7 +689,6 @@ class VisorForConditionalGeneration(LlavaOnevisionPreTrainedModel):
         config = VisorConfig.from_llava_onevision_config(
             reference.config,
             plan=plan.to_dict() if plan is not None else None,
-            cross_attention=cross_attention,
             **visor_fields,
         )
         model = cls(config).to(dtype=reference.dtype)

@@ -24,7 +24,17 @@ from transformers.models.llava_onevision.image_processing_pil_llava_onevision im
 from .config import VisorConfig
 from .processing import IMAGE_TOKEN, VisorProcessor
 
-PRESETS = ("llava-ov-0.5b", "llava-ov-7b")
+TEXT_SHAPES: dict[str, dict[str, Any]] = {  # the Qwen2 language model of each LLaVA-OneVision size
+    "llava-ov-0.5b": dict(
+        hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+        num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True,
+    ),
+    "llava-ov-7b": dict(
+        hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+        num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False,
+    ),
+}
+PRESETS = tuple(TEXT_SHAPES)  # the preset names, smallest first (the command line's default)
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
@@ -43,21 +53,11 @@ def _grid_pinpoints(tile: int, max_side: int) -> list[list[int]]:
 
 
 def llava_ov_config(preset: str, **visor_fields: Any) -> VisorConfig:
-    """The LLaVA-OneVision ``preset`` (``llava-ov-0.5b`` or ``llava-ov-7b``) as a ``VisorConfig``."""
-    text_shapes = {
-        "llava-ov-0.5b": dict(
-            hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-            num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True,
-        ),
-        "llava-ov-7b": dict(
-            hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-            num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False,
-        ),
-    }
-    if preset not in text_shapes:
+    """The LLaVA-OneVision ``preset`` (one of :data:`PRESETS`) as a ``VisorConfig``."""
+    if preset not in TEXT_SHAPES:
         raise ValueError(f"unknown preset {preset!r}; choose one of {list(PRESETS)}")
     text = Qwen2Config(
-        **text_shapes[preset],
+        **TEXT_SHAPES[preset],
         max_position_embeddings=32768,
         rope_parameters={"rope_type": "default", "rope_theta": 1e6},
     )
@@ -70,7 +70,7 @@ def llava_ov_config(preset: str, **visor_fields: Any) -> VisorConfig:
         text_config=text,
         image_token_index=151646,
         image_grid_pinpoints=_grid_pinpoints(384, 6),
-        tie_word_embeddings=text_shapes[preset]["tie_word_embeddings"],
+        tie_word_embeddings=TEXT_SHAPES[preset]["tie_word_embeddings"],
         **visor_fields,
     )
 

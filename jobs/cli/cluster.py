@@ -52,27 +52,37 @@ def stop(submission_id: str, address: str | None = ADDRESS) -> None:
 @commands.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def submit(
     ctx: typer.Context,
-    job: str = typer.Argument(..., help="train, train-policy, evaluate, retrain, promote or serve (a long-running "
-                              "job: the endpoint serves until `visor jobs stop`)."),
+    job: str = typer.Argument(..., help="train, train-policy, evaluate, retrain, promote, synth, pack, inspect (the "
+                              "data jobs) or serve (a long-running job: the endpoint serves until `visor jobs stop`)."),
     address: str | None = ADDRESS,
-    config: str | None = typer.Option(None, help="Config file (shipped with the job) or preset name."),
+    config: str | None = typer.Option(None, help="The job's config file or preset (resolved here, shipped)."),
     wait: bool = typer.Option(False, help="Follow the logs and exit with the job's status."),
     remote: bool = typer.Option(False, help="The cluster does not share this machine's files although its address "
                                 "is local (e.g. a kubectl port-forward)."),
 ) -> None:
-    """Submit a job to a Ray cluster (Ray Jobs API); arguments after the options go to the job.
+    """Submit a job to a Ray cluster (Ray Jobs API); arguments after the options go to the job (its flags and
+    --set overrides).
 
-    The config is resolved here (with its --set overrides) and its paths keep their meaning: made absolute for
-    a head on this machine, refused (naming the fields) for a remote cluster when they are relative or a SQLite
-    store. So are the job's --data, --out, --model, --tracking-uri and --baseline arguments."""
+    The job's config is resolved here, exactly as `visor JOB` would resolve it, and shipped; its paths keep their
+    meaning: made absolute for a head on this machine, refused (naming the fields) for a remote cluster when
+    they are relative or a SQLite store."""
+    from jobs.cli.app import app
+    from jobs.cli.options import JOBS
     from jobs.cluster.submit import SUBMITTABLE, default_address, follow
     from jobs.cluster.submit import submit as submit_job
 
+    if job not in SUBMITTABLE:
+        raise typer.BadParameter(f"cannot submit {job!r}; choose one of {', '.join(SUBMITTABLE)}", param_hint="JOB")
+    spec = JOBS[job]
+    command = typer.main.get_command(app)
+    for word in spec.words:
+        command = command.commands[word]
+    params = command.make_context(job, [*(["--config", config] if config else []), *ctx.args]).params
+    resolved = spec.resolve(params)
     try:
-        client, submission = submit_job(job, address or default_address(), list(ctx.args), config, remote)
-    except ValueError as err:  # an unknown job, a config that does not validate, paths the cluster cannot reach
-        hint = "JOB" if job not in SUBMITTABLE else "--config" if config is not None else None
-        raise typer.BadParameter(str(err), param_hint=hint) from err
+        client, submission = submit_job(job, address or default_address(), resolved, remote, spec.words)
+    except ValueError as err:  # paths the cluster cannot reach
+        raise typer.BadParameter(str(err), param_hint="--config/--set/flags") from err
     typer.echo(f"submitted {submission}")
     if wait:
         status = follow(client, submission, typer.echo)
@@ -112,13 +122,14 @@ def check(
     Exit code 1 and one line per problem, naming the object and the field."""
     import yaml
 
+    from jobs.cli.app import app
     from jobs.cluster.infra import Values, check_manifests, manifests
 
     if rendered is not None:
         files = {p.name: [d for d in yaml.safe_load_all(p.read_text()) if d] for p in sorted(rendered.glob("*.yaml"))}
     else:
         files = manifests(load(Values, values, param_hint="--values"))
-    problems = check_manifests(files)
+    problems = check_manifests(files, typer.main.get_command(app))
     for problem in problems:
         typer.echo(problem, err=True)
     if problems:

@@ -1,57 +1,28 @@
-"""``visor promote`` and ``visor retrain``: the registry jobs (:mod:`jobs.registry`)."""
+"""``visor promote``: the registry job (:mod:`jobs.registry`)."""
 
 from __future__ import annotations
 
 import typer
 
-from jobs.cli.options import SET, TRACKING_URI, VERBOSE, load, option, renamed_flag, usage_errors
-from jobs.registry.config import PromotionRule
-from jobs.sections import TrackingSection
+from jobs.cli.options import JobCommand, job_command
+from jobs.registry.config import PromoteConfig
 
 commands = typer.Typer()
 
+PROMOTE = JobCommand(PromoteConfig, ("registered_model", "rule.accuracy_tolerance", "rule.flops_tolerance", "dry_run",
+                                     "tracking_uri"), renamed={"--name": "registered_model"})
 
-@commands.command()
-def promote(
-    registered_model: str = option(TrackingSection, "registered_model"),
-    name: str | None = renamed_flag("--name", "--registered-model"),
-    accuracy_tolerance: float = option(PromotionRule, "accuracy_tolerance"),
-    flops_tolerance: float = option(PromotionRule, "flops_tolerance"),
-    dry_run: bool = typer.Option(False, help="Decide and print, change nothing."),
-    tracking_uri: str | None = TRACKING_URI,
-) -> None:
+
+@job_command(commands, "promote", PROMOTE)
+def promote(config: PromoteConfig) -> None:
     """Move the 'champion' alias to the 'challenger' if it is at least as accurate at no more FLOPs."""
-    from jobs.registry.promote import PromotionError
-    from jobs.registry.promote import promote as run_promote
-    from jobs.registry.tracking import tracking_uri as resolve_uri
+    from jobs.registry.promote import PromotionError, run
 
-    rule = load(PromotionRule, {"accuracy_tolerance": accuracy_tolerance, "flops_tolerance": flops_tolerance})
     try:
-        decision = run_promote(resolve_uri(tracking_uri), name or registered_model, rule, dry_run)
+        decision = run(config)
     except PromotionError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from err
     verb = "promote" if decision.promoted else "keep the champion"
-    typer.echo(f"{'[dry run] ' if dry_run else ''}{verb}: challenger {decision.challenger}, champion "
+    typer.echo(f"{'[dry run] ' if config.dry_run else ''}{verb}: challenger {decision.challenger}, champion "
                f"{decision.champion or '-'}: {decision.reason}")
-
-
-@commands.command()
-def retrain(
-    config: str = typer.Option(..., help="Retrain config file, or the preset retrain-demo."),
-    set_: list[str] = SET,
-    verbose: bool = VERBOSE,
-) -> None:
-    """Train → policy → evaluate → promote when the training data changed; skip otherwise."""
-    from jobs.console import job_console
-    from jobs.registry.config import RetrainConfig
-    from jobs.registry.retrain import AlreadyRunning, run_retrain
-
-    try:
-        with usage_errors("--config/--set"), job_console("retrain", verbose):
-            outcome = run_retrain(load(RetrainConfig, config, set_))
-    except AlreadyRunning as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(3) from err
-    typer.echo(f"{outcome.status}: {outcome.reason} (data version {outcome.data_version}; champion "
-               f"{outcome.champion or '-'})")

@@ -25,15 +25,18 @@ import copy
 import json
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
-from jobs.config import Section, field_of
-from jobs.sections import REGISTERED_MODEL
+from jobs.config import INCLUDE_KEY, Section, apply_override, field_of
+from jobs.sections import CHALLENGER, REGISTERED_MODEL
 from jobs.serving.config import ServeConfig
+
+if TYPE_CHECKING:
+    import click
 
 
 class _Values(Section):
@@ -128,12 +131,12 @@ class TrainValues(_Values):
 
 
 class PolicyValues(_Values):
-    model: str = f"models:/{REGISTERED_MODEL}@challenger"
+    model: str = f"models:/{REGISTERED_MODEL}@{CHALLENGER}"
 
 
 class RetrainValues(_Values):
     """The nightly retrain: its schedule, where its config is mounted (from a ConfigMap), and that config's
-    training config (:class:`jobs.registry.config.RetrainConfig`); its data comes from ``data``."""
+    training config (:class:`jobs.retrain.config.RetrainConfig`); its data comes from ``data``."""
 
     config: str = Field("/config/retrain.yaml", pattern=r"^/.*[^/]$")
     schedule: str
@@ -142,15 +145,21 @@ class RetrainValues(_Values):
 
 
 class ServeValues(_Values):
-    """The RayService: the endpoint's own settings (:class:`jobs.serving.config.ServeConfig`) and the secret
-    holding ``VISOR_API_TOKEN``."""
+    """The RayService: the endpoint's own settings (:class:`jobs.serving.config.ServeConfig`, each under its
+    ``ServeConfig`` name, camel-cased in the file: ``maxBatchSize`` is ``max_batch_size`` from the values file to the
+    application's ``args``) and the secret holding ``VISOR_API_TOKEN``."""
 
     model: str = field_of(ServeConfig, "model")
     replicas: int = field_of(ServeConfig, "replicas")
     replica_gpus: float = field_of(ServeConfig, "replica_gpus")
     max_batch_size: int = field_of(ServeConfig, "max_batch_size")
+    max_queued_requests: int = field_of(ServeConfig, "max_queued_requests")
     reload_poll_seconds: float = field_of(ServeConfig, "reload_poll_seconds")
     token_secret: str | None = None
+
+    def serve_args(self) -> dict[str, object]:
+        """The ``ServeConfig`` settings these values hold, by their ``ServeConfig`` names."""
+        return self.model_dump(include=set(ServeConfig.model_fields))
 
 
 MOVED = {("policy", "data"): "data.policy", ("retrain", "policy"): "data.policy",
@@ -306,19 +315,16 @@ def _retrain_config_volume(values: Values) -> VolumeValues:
 def manifests(values: Values) -> dict[str, list[dict]]:
     """File name → the manifests (dicts) it holds."""
     cluster_address = f"http://{values.cluster.name}-head-svc.{values.namespace}.svc.cluster.local:8265"
-    serve_args = {"model": values.serve.model, "tracking_uri": _tracking_uri(values),
-                  "replicas": values.serve.replicas, "replica_gpus": values.serve.replica_gpus,
-                  "max_batch_size": values.serve.max_batch_size,
-                  "max_ongoing_requests": 4 * values.serve.max_batch_size,
-                  "reload_poll_seconds": values.serve.reload_poll_seconds}
+    serve_args = {**values.serve.serve_args(), "tracking_uri": _tracking_uri(values),
+                  "max_ongoing_requests": 4 * values.serve.max_batch_size}
     serve_config = {"http_options": {"host": "0.0.0.0", "port": 8000},  # the head's "serve" port
                     "applications": [{"name": "visor", "route_prefix": "/",
                                       "import_path": "jobs.serving.serve:app_builder", "args": serve_args}]}
-    retrain_config = {
-        "train_config": values.retrain.train_config,
-        "train_overrides": training_overrides(values) + values.retrain.train_overrides,
-        "policy": {"data": values.data.policy}, "eval_data": values.data.eval, "lock_dir": "/tmp/visor-locks",
-    }
+    train = {INCLUDE_KEY: values.retrain.train_config}
+    for item in training_overrides(values) + values.retrain.train_overrides:
+        apply_override(train, item)
+    retrain_config = {"train": train, "policy": {"data": values.data.policy}, "evaluate": {"data": values.data.eval},
+                      "lock_dir": "/tmp/visor-locks"}
     config_volume = _retrain_config_volume(values)
     ray_service_head = _ray_cluster_spec(values)
     if values.serve.token_secret:
@@ -401,12 +407,13 @@ def render(values: Values, out: str | Path) -> list[Path]:
     return paths
 
 
-def check_manifests(files: dict[str, list[dict]]) -> list[str]:
+def check_manifests(files: dict[str, list[dict]], command_line: click.Group) -> list[str]:
     """Every problem of the manifests ``files`` (file name → documents), one line each naming the object and the
     field: the KubeRay objects against KubeRay's CRD schemas, strictly (:mod:`jobs.cluster.kube_schema`), then
-    every job they declare (:mod:`jobs.cluster.job_check`). Empty when all pass."""
+    every job they declare, parsed with ``command_line`` (the ``visor`` command line;
+    :mod:`jobs.cluster.job_check`). Empty when all pass."""
     from jobs.cluster.job_check import RAY_KINDS, job_errors
     from jobs.cluster.kube_schema import crd_errors
 
     documents = [d for docs in files.values() for d in docs]
-    return [e for d in documents if d.get("kind") in RAY_KINDS for e in crd_errors(d)] + job_errors(files)
+    return [e for d in documents if d.get("kind") in RAY_KINDS for e in crd_errors(d)] + job_errors(files, command_line)

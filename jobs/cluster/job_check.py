@@ -8,7 +8,7 @@ for every ``RayJob`` entrypoint and every container whose command is ``visor …
   or a file on a volume its pod mounts from a ``ConfigMap`` among the manifests (read from there); a retrain's
   training config likewise;
 * every local path it names — the config, the model (``model.path``/``processor``, ``--model``), the data
-  (``data.train``, ``policy.data``, ``eval_data``, ``--data``), the storage (``run.storage_path``, ``--out``) and a
+  (``data.train``, ``policy.data``, ``evaluate.data``, ``--data``), the storage (``run.storage_path``, ``--out``) and a
   SQLite tracking store — is absolute and on a volume that every pod of the cluster the job runs on mounts
   (``s3://``, ``models:/`` and other URIs pass). ``lock_dir`` is node-local scratch by design and not checked.
   ``visor submit JOB --address …`` runs JOB on the ``RayCluster`` the address names (which must be rendered);
@@ -28,18 +28,21 @@ import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import yaml
 
 from jobs.cluster.infra import cpu_count
-from jobs.cluster.localize import RETRAIN_PATHS, TRAIN_PATHS, local_path
-from jobs.config import CONFIG_DIR, ConfigError, load_config
+from jobs.cluster.localize import local_path
+from jobs.config import CONFIG_DIR, ConfigError, load_config, path_fields
+
+if TYPE_CHECKING:
+    import click
 
 RAY_KINDS = ("RayCluster", "RayJob", "RayService")
-CHECKED_RETRAIN_PATHS = tuple(p for p in RETRAIN_PATHS if p != (None, "lock_dir"))  # lock_dir: node-local scratch
-PATH_PARAMS = ("data", "model", "out", "tracking_uri")  # the jobs' own path options (``--baseline`` apart)
+UNCHECKED_PATHS = ("lock_dir",)  # a retrain's lock: node-local scratch by design
+PATH_PARAMS = ("data", "model", "out", "tracking_uri")  # the jobs' own path options (``--baselines`` apart)
 SPLIT_OF_DATA = {"train-policy": "policy", "evaluate": "eval"}  # the split a job's --data reads
 IGNORED_SERVE_ARGS = ("host", "port")  # app_builder builds the app; Serve's http_options place the proxy
 
@@ -93,7 +96,8 @@ def cluster_pods(spec: dict) -> tuple[Pod, list[Pod]]:
 
 @dataclass
 class Context:
-    """Where a command runs: its name for messages, the pod that reads its config, the pods that run it."""
+    """Where a command runs: its name for messages, the pod that reads its config, the pods that run it, and the
+    ``visor`` command line that parses it."""
 
     where: str
     reader: Pod
@@ -101,6 +105,7 @@ class Context:
     workers: list[Pod]
     configmaps: dict[str, dict[str, str]]
     clusters: dict[str, dict]
+    command_line: click.Group
     errors: list[str] = field(default_factory=list)
     splits: dict[str, dict[tuple[str, ...], list[str]]] = field(default_factory=dict)  # split → specs → readers
 
@@ -165,14 +170,10 @@ class Context:
 
 def _train_checks(ctx: Context, config: Any, prefix: str = "") -> None:
     """Paths of a training config and of its stages; its workers and Ray Data on the worker groups."""
-    data = config.model_dump(mode="json")
     stages = [config.stage(i) for i in range(len(config.stages))] if config.stages else [config]
     ctx.split("train", f"{prefix}data.train", config.data.train)
-    for holder, where in [(data, prefix)] + [(s, f"{prefix}stages[{i}].") for i, s in enumerate(data["stages"])]:
-        for section, key in TRAIN_PATHS:
-            node = holder if section is None else holder.get(section)
-            if isinstance(node, dict) and node.get(key) is not None:
-                ctx.path(f"{where}{section}.{key}", node[key])
+    for name, holder, key in path_fields(type(config), config.model_dump(mode="json")):
+        ctx.path(f"{prefix}{name}", holder[key])
     seen = set()  # stages that share their workers and data settings are checked once; without worker groups
     for stage in stages if ctx.workers else []:  # Ray runs inside the job's own pod: nothing to place
         key = (stage.scaling.model_dump_json(), stage.data.preprocess_cpus)
@@ -209,14 +210,12 @@ def _command(ctx: Context, argv: list[str], field_name: str) -> None:
     """Parse ``argv`` (``visor …``) with the command line, then check what the job reads and where it runs."""
     import typer
 
-    from jobs.cli import app
-
     if argv[:3] == ["python", "-m", "jobs.cli"]:  # the same command line, as `ray job submit` examples spell it
         argv = ["visor", *argv[3:]]
     if argv[:1] != ["visor"] or len(argv) < 2:
         ctx.error(f"{field_name}: {shlex.join(argv)!r} is not a visor command")
         return
-    command = typer.main.get_command(app).commands.get(argv[1])
+    command = ctx.command_line.commands.get(argv[1])
     if command is None:
         ctx.error(f"{field_name}: visor has no command {argv[1]!r}")
         return
@@ -242,26 +241,22 @@ def _command(ctx: Context, argv: list[str], field_name: str) -> None:
                      if isinstance(params[name], list | tuple) else str(params[name]))
     if argv[1] in SPLIT_OF_DATA:
         ctx.split(SPLIT_OF_DATA[argv[1]], "--data", list(params["data"]))
-    for baseline in params.get("baseline") or []:
-        ctx.path("--baseline", baseline.partition("=")[2])
+    for baseline in params.get("baselines") or []:
+        ctx.path("--baselines", baseline.partition("=")[2])
 
 
 def _retrain(ctx: Context, params: dict) -> None:
-    from jobs.registry.config import RetrainConfig
-    from jobs.train.config import TrainConfig
+    from jobs.retrain.config import RetrainConfig
 
     retrain = ctx.load(RetrainConfig, "--config", params["config"], params["set_"])
     if retrain is None:
         return
-    data = retrain.model_dump(mode="json")
-    for section, key in CHECKED_RETRAIN_PATHS:
-        node = data if section is None else data.get(section)
-        ctx.path(f"{section + '.' if section else ''}{key}", node[key])
+    for name, holder, key in path_fields(RetrainConfig, retrain.model_dump(mode="json", exclude={"train"})):
+        if name not in UNCHECKED_PATHS:
+            ctx.path(name, holder[key])
     ctx.split("policy", "policy.data", retrain.policy.data)
-    ctx.split("eval", "eval_data", retrain.eval_data)
-    train = ctx.load(TrainConfig, "train_config", retrain.train_config, retrain.train_overrides)
-    if train is not None:
-        _train_checks(ctx, train, prefix="train_config: ")
+    ctx.split("eval", "evaluate.data", retrain.evaluate.data)
+    _train_checks(ctx, retrain.train, prefix="train.")
 
 
 def _submitted(ctx: Context, params: dict, args: list[str], field_name: str) -> None:
@@ -276,8 +271,8 @@ def _submitted(ctx: Context, params: dict, args: list[str], field_name: str) -> 
     head, workers = cluster_pods(ctx.clusters[cluster])
     for one in (head, *workers):
         one.where = f"RayCluster {cluster} {one.where}"
-    job = Context(ctx.where, ctx.reader, [head, *workers], workers, ctx.configmaps, ctx.clusters, ctx.errors,
-                  ctx.splits)
+    job = Context(ctx.where, ctx.reader, [head, *workers], workers, ctx.configmaps, ctx.clusters, ctx.command_line,
+                  ctx.errors, ctx.splits)
     config = ["--config", params["config"]] if params.get("config") else []
     _command(job, ["visor", params["job"], *config, *args], f"{field_name} (run on RayCluster {cluster})")
 
@@ -302,8 +297,10 @@ def _serve_errors(name: str, spec: dict) -> Iterator[str]:
             yield f"{where}: {err}"
 
 
-def job_errors(files: dict[str, list[dict]]) -> list[str]:
-    """Every reason a job of ``files`` (file name → documents) could not start; empty when all can."""
+def job_errors(files: dict[str, list[dict]], command_line: click.Group) -> list[str]:
+    """Every reason a job of ``files`` (file name → documents) could not start; empty when all can.
+    ``command_line``: the ``visor`` command line (``typer.main.get_command(jobs.cli.app)``), passed in by the
+    command that checks, so that this module stays below the CLI."""
     documents = [d for docs in files.values() for d in docs if isinstance(d, dict)]
     configmaps = {_name(d): d.get("data") or {} for d in documents if d.get("kind") == "ConfigMap"}
     clusters = {_name(d): d.get("spec") or {} for d in documents if d.get("kind") == "RayCluster"}
@@ -314,7 +311,7 @@ def job_errors(files: dict[str, list[dict]]) -> list[str]:
         spec = document.get("spec") or {}
         if kind == "RayJob":
             head, workers = cluster_pods(spec.get("rayClusterSpec") or {})
-            ctx = Context(name, head, [head, *workers], workers, configmaps, clusters, errors, splits)
+            ctx = Context(name, head, [head, *workers], workers, configmaps, clusters, command_line, errors, splits)
             _command(ctx, shlex.split(spec.get("entrypoint", "")), "spec.entrypoint")
         elif kind == "RayService":
             errors.extend(_serve_errors(name, spec))
@@ -323,7 +320,8 @@ def job_errors(files: dict[str, list[dict]]) -> list[str]:
                 for index, container in enumerate((template.get("spec") or {}).get("containers") or []):
                     if (container.get("command") or [None])[0] == "visor":
                         here = pod(where, template)  # the job runs in this pod (`visor submit`: on a cluster)
-                        ctx = Context(name, here, [here], [], configmaps, clusters, errors, splits)
+                        ctx = Context(name, here, [here], [], configmaps, clusters, command_line, errors,
+                                      splits)
                         _command(ctx, list(container["command"]), f"{where}.spec.containers[{index}].command")
     for split, readers in splits.items():
         if len(readers) > 1:

@@ -1,9 +1,9 @@
 """``visor submit`` and ``visor jobs …``: the same jobs on a Ray cluster through the Ray Jobs API.
 
 :func:`submit` stages the project (the packages and ``pyproject.toml``, not
-``.venv``, data, runs or stores) plus the resolved config (see
+``.venv``, data, runs or stores) plus the job's resolved config (see
 :mod:`jobs.cluster.localize`: its paths keep the meaning they have on the submitting
-machine) into a temporary ``working_dir``, and submits ``python -m jobs.cli <job> <args>`` with a
+machine) into a temporary ``working_dir``, and submits ``python -m jobs.cli <job> --config <it>`` with a
 ``runtime_env`` carrying it and the environment a job needs on the cluster
 (``MLFLOW_TRACKING_URI``, ``AWS_*``, ``VISOR_API_TOKEN``…, whichever are set
 here; ``VISOR_LOG_LEVEL=debug``, so the job prints everything into the log Ray Jobs keeps for
@@ -23,15 +23,18 @@ import shlex
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from ray.job_submission import JobStatus, JobSubmissionClient
 
+from jobs.config import Section
 from jobs.console import LOG_LEVEL_ENV, QUIET_ENV
 
 PROJECT = Path(__file__).resolve().parents[2]
 STAGED = ("visor_model", "pipelines", "jobs", "pyproject.toml")
-SUBMITTABLE = ("train", "train-policy", "evaluate", "retrain", "promote", "serve")  # serve: runs until stopped
+SUBMITTABLE = ("train", "train-policy", "evaluate", "retrain", "promote", "synth", "pack", "inspect",
+               "serve")  # serve: runs until stopped
 FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
                  "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION",
                  "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "VISOR_API_TOKEN")
@@ -63,39 +66,23 @@ def stage(configs: dict[str, dict]) -> Path:
     return directory
 
 
-def split_overrides(args: list[str]) -> tuple[list[str], list[str]]:
-    """``(overrides, the rest)``: the values of ``--set key=value`` / ``--set=key=value`` among a job's args."""
-    overrides, rest, items = [], [], iter(args)
-    for arg in items:
-        if arg == "--set":
-            overrides.append(next(items, ""))
-        elif arg.startswith("--set="):
-            overrides.append(arg.removeprefix("--set="))
-        else:
-            rest.append(arg)
-    return overrides, rest
+def submit(job: str, address: str, config: Section, remote: bool = False,
+           words: Sequence[str] = ()) -> tuple[JobSubmissionClient, str]:
+    """Submit ``visor <words> --config <config>`` (``words``: the job's command, default ``job``; ``data pack`` for
+    the job ``pack``); returns the client and the submission id.
 
-
-def submit(job: str, address: str, args: list[str], config: str | None = None,
-           remote: bool = False) -> tuple[JobSubmissionClient, str]:
-    """Submit ``visor <job> [--config …] <args>``; returns the client and the submission id.
-
-    ``config`` (a file or a preset) is loaded here with the ``--set`` overrides among ``args`` and shipped
-    resolved, its paths made to mean what they mean here (:mod:`jobs.cluster.localize`; ``ValueError`` when a
-    remote cluster could not reach them; ``remote``: the address is local but the cluster is not); so are the
-    paths among the job's own ``args`` (``--data``, ``--out``, ``--model``, ``--tracking-uri``, ``--baseline``).
+    ``config`` is the job's resolved config (its file or preset, flags and ``--set`` overrides applied, as
+    ``visor <job>`` would resolve them here); it is shipped with its paths made to mean what they mean here
+    (:mod:`jobs.cluster.localize`; ``ValueError`` when a remote cluster could not reach them; ``remote``: the
+    address is local but the cluster is not).
     """
     from jobs.cluster.localize import localize
 
     if job not in SUBMITTABLE:
         raise ValueError(f"cannot submit {job!r}; choose one of {', '.join(SUBMITTABLE)}")
-    overrides, rest = split_overrides(args) if config is not None else ([], args)
-    localized = localize(job, config, overrides, rest, address, remote=remote)
+    localized = localize(config, address, remote=remote)
     working_dir = stage(localized.configs)
-    command = ["python", "-m", "jobs.cli", job]
-    if config is not None:
-        command += ["--config", CONFIG_NAME]
-    command += localized.args
+    command = ["python", "-m", "jobs.cli", *(words or (job,)), "--config", CONFIG_NAME]
     env = QUIET_ENV | {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)} | localized.env
     env[LOG_LEVEL_ENV] = "debug"  # everything into the job's own log (`visor jobs logs`), none in its working_dir
     client = JobSubmissionClient(address)

@@ -7,6 +7,8 @@ path stays the same code.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
@@ -25,11 +27,12 @@ def demo_image(seed: int) -> Image.Image:
     return image
 
 
-def run_model_demo(cross_attention: str = "joint", seed: int = 0, max_new_tokens: int = 8) -> str:
-    """Return the demo's printed table (a string)."""
+def run_model_demo(seed: int = 0, max_new_tokens: int = 8, **visor_fields: Any) -> str:
+    """Return the demo's printed table (a string); ``visor_fields`` (``cross_attention``, …) set ``VisorConfig``
+    fields, the others keep their defaults."""
     torch.manual_seed(seed)
     tokenizer = word_tokenizer(DEMO_WORDS)
-    config = tiny_config(len(tokenizer), cross_attention=cross_attention)
+    config = tiny_config(len(tokenizer), **visor_fields)
     model = VisorForConditionalGeneration(config).eval()
     processor = tiny_processor(tokenizer, config)
     inputs = dict(processor(text=[processor.prompt("what colour is the square ?")], images=[demo_image(seed)],
@@ -40,7 +43,7 @@ def run_model_demo(cross_attention: str = "joint", seed: int = 0, max_new_tokens
     base = None
     lines = [
         f"tiny VISOR model ({sum(p.numel() for p in model.parameters()):,} parameters, random weights), "
-        f"{cross_attention} cross-attention",
+        f"{config.cross_attention} cross-attention",
         model.plan.describe(),
         "",
         "| budget | S layers | generated (untrained) | LLM MFLOP | saving vs LLaVA-OV | KV entries (visual) |",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from jobs.sections import REGISTERED_MODEL
+from jobs.sections import CHAMPION, REGISTERED_MODEL
 
 DATA = Path("demo-data")
 SPLITS = {"train": 3000, "eval": 300, "policy": 300, "detail": 2400}
@@ -39,21 +39,21 @@ def champion_summary(tracking_uri: str, name: str = REGISTERED_MODEL) -> str:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from jobs.evaluation.evaluate import format_report
+    from jobs.evaluation.report import EvalReport, format_report
     from jobs.registry.tracking import alias_version
 
-    champion = alias_version(MlflowClient(tracking_uri), name, "champion")
+    champion = alias_version(MlflowClient(tracking_uri), name, CHAMPION)
     if champion is None:
         return f"no champion for {name!r} yet"
     data_version = champion.tags["eval/latest_data_version"]
     run_id = champion.tags[f"eval/{data_version}/run_id"]
     mlflow.set_tracking_uri(tracking_uri)
-    report = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=run_id,
-                                                                  artifact_path="eval_report.json")).read_text())
+    report = EvalReport.model_validate_json(Path(mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path="eval_report.json")).read_text())
     return "\n".join([
         f"champion: models:/{name}/{champion.version} (trained on data version {champion.tags.get('data_version')}, "
         f"τ = {champion.tags.get('policy.tau', '-')})",
-        f"evaluation on {report['samples']} samples (data version {data_version}):",
+        f"evaluation on {report.samples} samples (data version {data_version}):",
         format_report(report),
         "",
         f"MLflow UI: mlflow ui --backend-store-uri {tracking_uri}   (then open http://127.0.0.1:5000)",
@@ -92,9 +92,9 @@ def serve_one_request(tracking_uri: str) -> str:
 
 def run_demo() -> str:
     from jobs.config import load_config
-    from jobs.registry.config import RetrainConfig
-    from jobs.registry.retrain import run_retrain
     from jobs.registry.tracking import tracking_uri
+    from jobs.retrain.config import RetrainConfig
+    from jobs.retrain.retrain import run_retrain
 
     ensure_data()
     outcome = run_retrain(load_config(RetrainConfig, "retrain-demo"))

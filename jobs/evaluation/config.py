@@ -1,14 +1,17 @@
-"""Settings of the scoring, policy and evaluation jobs (one :class:`jobs.config.Section` schema each).
+"""Settings of the scoring, policy and evaluation jobs (one :class:`jobs.config.Section` schema each):
+``visor train-policy`` runs a :class:`PolicyConfig`, ``visor evaluate`` an :class:`EvaluateConfig`.
 
-The command line reads its defaults and help from these fields, and the retrain config reuses them
+The command line reads its flags, defaults and help from these fields, and the retrain config reuses them
 (``policy:`` is a :class:`PolicyTraining` plus its data, ``score:`` a :class:`ScoreOptions`).
 """
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Annotated
 
-from jobs.config import Section, field_of
+from pydantic import Field, field_validator
+
+from jobs.config import LOCAL_PATH, Section, field_of
 from jobs.sections import InferenceSection, ReadSection, TrackingSection
 
 
@@ -40,9 +43,40 @@ class PolicyTraining(Section):
     seed: int = Field(0, description="Seed of the head's initialisation and training.")
 
 
-class PolicyOptions(PolicyTraining):
-    """The policy job's settings: how the head is trained, where the result is registered and how the
-    sufficiency labels are scored."""
+Model = Annotated[str, LOCAL_PATH]
+Data = Annotated[list[str], LOCAL_PATH]
 
-    registered_model: str = field_of(TrackingSection, "registered_model")
+
+class PolicyConfig(PolicyTraining):
+    """``visor train-policy``: how the head is trained, the universal model to label with, the data, how the
+    sufficiency labels are scored, and where the runs and the registered result go."""
+
+    model: Model = Field(description="The universal model, e.g. models:/visor/1.")
+    data: Data = Field(min_length=1, description="Shard spec(s) to label and train the policy on.")
     score: ScoreOptions = Field(default_factory=ScoreOptions)
+    registered_model: str = field_of(TrackingSection, "registered_model")
+    tracking_uri: str | None = field_of(TrackingSection, "tracking_uri")
+
+
+class EvaluateConfig(Section):
+    """``visor evaluate``: the model, the data, the baselines to compare against and how samples are scored."""
+
+    model: Model = Field(description="MLflow model URI, e.g. models:/visor@challenger or models:/visor/3.")
+    data: Data = Field(min_length=1, description="Shard spec(s) of the evaluation data.")
+    baselines: Annotated[dict[str, str], LOCAL_PATH] = Field({}, description="Models to compare against, "
+                                                             "NAME=URI each.")
+    out: Annotated[str | None, LOCAL_PATH] = Field(None, description="Also write the JSON report here.")
+    tracking_uri: str | None = field_of(TrackingSection, "tracking_uri")
+    score: ScoreOptions = Field(default_factory=ScoreOptions)
+
+    @field_validator("baselines", mode="before")
+    @classmethod
+    def _name_equals_uri(cls, value: object) -> object:
+        """``["NAME=URI", …]`` (the command line's form) as a mapping."""
+        if not isinstance(value, list | tuple):
+            return value
+        pairs = [str(item).partition("=") for item in value]
+        bad = [name for name, sep, uri in pairs if not (sep and name and uri)]
+        if bad:
+            raise ValueError(f"expected NAME=URI, got {bad[0]!r}")
+        return {name: uri for name, _, uri in pairs}

@@ -19,20 +19,42 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import BaseModel
 
-from jobs.evaluation.config import PolicyOptions, PolicyTraining
+from jobs.evaluation.config import PolicyConfig, PolicyTraining, ScoreOptions
 from jobs.evaluation.scoring import Scores, score_split
+from jobs.sections import CHALLENGER, REGISTERED_MODEL
 from pipelines.shards import ShardSet
 
 EXPERIMENT = "visor-policy"
 TAU_GRID = tuple(round(t, 2) for t in np.arange(0.05, 1.0, 0.05))
+
+
+class TauChoice(BaseModel):
+    """The held-out figures at the chosen τ (:func:`choose_tau`): accuracy and mean FLOPs under the policy, the
+    largest budget's, whether the target was met, and how many samples each budget got."""
+
+    accuracy: float
+    mean_flops: float
+    largest_budget_accuracy: float
+    largest_budget_flops: float
+    target_met: bool
+    budget_counts: list[int]
+
+
+class HeldoutSummary(TauChoice):
+    """:class:`TauChoice` plus how the head was trained (logged as ``policy_summary.json``)."""
+
+    train_samples: int
+    heldout_samples: int
+    final_bce: float
+    label_rate_per_budget: list[float]  # the share of samples for which each budget is sufficient
 
 
 @dataclass
@@ -41,7 +63,7 @@ class PolicyOutcome:
     model_uri: str
     registered_version: str | None
     tau: float
-    heldout: dict
+    heldout: HeldoutSummary
 
 
 def sufficiency(loss: np.ndarray, score: np.ndarray, tolerance: float) -> np.ndarray:
@@ -77,7 +99,7 @@ def train_head(head: torch.nn.Module, features: np.ndarray, labels: np.ndarray, 
     return history
 
 
-def choose_tau(probs: np.ndarray, correct: np.ndarray, flops: np.ndarray, target: float) -> tuple[float, dict]:
+def choose_tau(probs: np.ndarray, correct: np.ndarray, flops: np.ndarray, target: float) -> tuple[float, TauChoice]:
     """The τ of :data:`TAU_GRID` with the lowest mean FLOPs whose accuracy (mean of ``correct`` ``[N, K]``: 0/1, or
     a metric's score in ``[0, 1]``) ≥ ``target`` × the largest budget's (the largest τ when none reaches it);
     returns it with its accuracy and FLOPs."""
@@ -91,10 +113,10 @@ def choose_tau(probs: np.ndarray, correct: np.ndarray, flops: np.ndarray, target
         candidates.append((tau, float(accuracy), float(mean_flops), np.bincount(chosen, minlength=probs.shape[1])))
     meeting = [c for c in candidates if c[1] >= goal - 1e-12]
     tau, accuracy, mean_flops, counts = min(meeting, key=lambda c: (c[2], c[0])) if meeting else candidates[-1]
-    return tau, {"accuracy": accuracy, "mean_flops": mean_flops,
-                 "largest_budget_accuracy": float(correct[:, -1].mean()),
-                 "largest_budget_flops": float(flops[:, -1].mean()), "target_met": bool(meeting),
-                 "budget_counts": counts.tolist()}
+    return tau, TauChoice(accuracy=accuracy, mean_flops=mean_flops,
+                          largest_budget_accuracy=float(correct[:, -1].mean()),
+                          largest_budget_flops=float(flops[:, -1].mean()), target_met=bool(meeting),
+                          budget_counts=counts.tolist())
 
 
 def fit_policy(scores: Scores, hidden_size: int, policy_hidden_size: int, options: PolicyTraining):
@@ -112,26 +134,29 @@ def fit_policy(scores: Scores, hidden_size: int, policy_hidden_size: int, option
     history = train_head(head, c["features"][~heldout], labels[~heldout], options)
     with torch.no_grad():
         probs = torch.sigmoid(head(torch.as_tensor(c["features"][heldout], dtype=torch.float32))).numpy()
-    tau, summary = choose_tau(probs, quality[heldout], c["flops"][heldout], options.accuracy_target)
-    summary.update({"train_samples": int((~heldout).sum()), "heldout_samples": int(heldout.sum()),
-                    "final_bce": history[-1], "label_rate_per_budget": labels.mean(0).round(4).tolist()})
+    tau, choice = choose_tau(probs, quality[heldout], c["flops"][heldout], options.accuracy_target)
+    summary = HeldoutSummary(**choice.model_dump(), train_samples=int((~heldout).sum()),
+                             heldout_samples=int(heldout.sum()), final_bce=history[-1],
+                             label_rate_per_budget=labels.mean(0).round(4).tolist())
     return head, tau, summary, labels
 
 
 def run_policy_job(
-    model_uri: str, spec: ShardSet | str | list[str], tracking_uri: str, options: PolicyOptions | None = None,
-    parent_run_id: str | None = None,
+    model_uri: str, spec: ShardSet | str | list[str], tracking_uri: str, options: PolicyTraining | None = None,
+    score: ScoreOptions | None = None, registered_model: str = REGISTERED_MODEL, parent_run_id: str | None = None,
 ) -> PolicyOutcome:
-    """The whole job (see the module docstring)."""
+    """The whole job (see the module docstring): label ``spec`` with ``model_uri`` (scored as ``score`` says),
+    train the head as ``options`` says (any :class:`PolicyTraining`: a policy or a retrain config), register the
+    result as a new version of ``registered_model``; nested under ``parent_run_id`` when given."""
     import mlflow
 
-    from jobs.cluster.ray_env import init_ray
+    from jobs.ray_env import init_ray
     from jobs.registry.model_format import load_visor, log_visor_model, save_model_dir
     from jobs.registry.tracking import git_commit, register, registered_version, start_job_run
 
-    options = options or PolicyOptions()
+    options = options or PolicyTraining()
     init_ray()
-    scores = score_split(model_uri, ShardSet.of(spec), tracking_uri, options.score)
+    scores = score_split(model_uri, ShardSet.of(spec), tracking_uri, score)
     mlflow.set_tracking_uri(tracking_uri)
     model, processor = load_visor(model_uri)
     text = model.config.text_config
@@ -145,10 +170,10 @@ def run_policy_job(
             "git_commit": git_commit()}
     with start_job_run(tracking_uri, EXPERIMENT, "train-policy", tags, parent_run_id) as run:
         mlflow.log_params(options.model_dump(include=set(PolicyTraining.model_fields)))
-        mlflow.log_metrics({"tau": tau, "heldout_accuracy": summary["accuracy"],
-                            "heldout_mean_gflops": summary["mean_flops"] / 1e9, "final_bce": summary["final_bce"],
-                            **{f"label_rate/budget_{b}": r for b, r in enumerate(summary["label_rate_per_budget"])}})
-        mlflow.log_dict(summary, "policy_summary.json")
+        mlflow.log_metrics({"tau": tau, "heldout_accuracy": summary.accuracy,
+                            "heldout_mean_gflops": summary.mean_flops / 1e9, "final_bce": summary.final_bce,
+                            **{f"label_rate/budget_{b}": r for b, r in enumerate(summary.label_rate_per_budget)}})
+        mlflow.log_dict(summary.model_dump(), "policy_summary.json")
         with tempfile.TemporaryDirectory() as tmp:
             info = log_visor_model(save_model_dir(model, processor, Path(tmp) / "model"))
         run_id = run.info.run_id
@@ -158,10 +183,18 @@ def run_policy_job(
         from mlflow.tracking import MlflowClient
 
         inherited = MlflowClient(tracking_uri).get_model_version(*parent).tags
-        version = register(tracking_uri, info.model_uri, options.registered_model, "challenger", {
+        version = register(tracking_uri, info.model_uri, registered_model, CHALLENGER, {
             "data_version": inherited.get("data_version", ""), "plan": inherited.get("plan", ""),
             "parent_version": parent[1], "policy.tau": str(tau), "policy.run_id": run_id,
-            "policy.heldout": json.dumps({k: summary[k] for k in ("accuracy", "mean_flops", "target_met")}),
+            "policy.heldout": summary.model_dump_json(include={"accuracy", "mean_flops", "target_met"}),
             "job": "train-policy",
         })
     return PolicyOutcome(run_id, info.model_uri, version, tau, summary)
+
+
+def run(config: PolicyConfig) -> PolicyOutcome:
+    """``visor train-policy``: the whole job on ``config``'s model and data, in its tracking store."""
+    from jobs.registry.tracking import tracking_uri
+
+    return run_policy_job(config.model, config.data, tracking_uri(config.tracking_uri), config, config.score,
+                          config.registered_model)

@@ -2,11 +2,9 @@
 model becomes the champion.
 
 ``tracking`` holds the conventions every job follows (tracking URI, experiments, run names, registering
-a version); ``model_format`` is how a VISOR model is logged to and loaded from MLflow; ``promote`` moves
-the ``champion`` alias (``visor promote``); ``retrain`` runs train → policy → evaluate → promote when
-the data changed (``visor retrain``); ``config`` holds ``PromotionRule`` and ``RetrainConfig``.
-``tracking``, ``model_format`` and ``promote`` import only ``jobs.config``, ``jobs.sections``, MLflow
-and ``visor_model`` (``model_format`` also ``jobs.inputs``, the request checks it shares with the
-endpoint) — every other job package builds on them; ``retrain`` alone drives the other
-packages (``jobs.train``, ``jobs.evaluation``).
+a version); ``model_format`` is how a VISOR model is logged to and loaded from MLflow (``pyfunc_model`` the
+code MLflow logs with it); ``promote`` moves the ``champion`` alias (``visor promote``); ``config`` holds
+``PromotionRule``. The lowest job package (``docs/DESIGN.md §2``): it imports only the modules directly in
+``jobs/`` (``config``, ``sections``, ``inputs``…), MLflow and ``visor_model`` — every other job package builds
+on it.
 """

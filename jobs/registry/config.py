@@ -1,12 +1,12 @@
-"""Settings of promotion (:class:`PromotionRule`) and of the retrain job (:class:`RetrainConfig`,
-``visor retrain --config FILE|PRESET``), as :class:`jobs.config.Section` schemas."""
+"""Settings of promotion (:class:`PromotionRule`) and of ``visor promote`` (:class:`PromoteConfig`), as
+:class:`jobs.config.Section` schemas."""
 
 from __future__ import annotations
 
 from pydantic import Field
 
 from jobs.config import Section
-from jobs.evaluation.config import PolicyTraining, ScoreOptions
+from jobs.sections import TrackingSection
 
 
 class PromotionRule(Section):
@@ -17,27 +17,9 @@ class PromotionRule(Section):
     flops_tolerance: float = Field(0.0, ge=0, description="Relative extra mean FLOPs the challenger may cost.")
 
 
-class RetrainPolicy(PolicyTraining):
-    """The policy stage of a retrain: its data and how the head is trained."""
 
-    data: list[str] = Field(min_length=1)
+class PromoteConfig(TrackingSection):
+    """``visor promote``: the registered model whose challenger is judged (and the store), and the rule."""
 
-
-class RetrainConfig(Section):
-    """A retrain (see :mod:`jobs.registry.retrain`). ``train_config`` is a training config file or preset and
-    ``train_overrides`` its ``--set`` items; the registered model is the training config's
-    ``mlflow.registered_model``; ``score`` is used by the policy and the evaluation stages. ``warm_start``:
-    when a champion exists, train only the training config's last stage, starting from the champion,
-    instead of the whole recipe from its first model (see :meth:`jobs.train.config.TrainConfig.warm_started`)."""
-
-    renamed = {"score_batch_size": "score.batch_size"}
-
-    train_config: str
-    train_overrides: list[str] = []
-    policy: RetrainPolicy
-    eval_data: list[str] = Field(min_length=1)
-    promote: PromotionRule = Field(default_factory=PromotionRule)
-    score: ScoreOptions = Field(default_factory=ScoreOptions)
-    lock_dir: str = "runs"
-    warm_start: bool = Field(True, description="Continue from the champion (when there is one) instead of "
-                             "training from the recipe's start.")
+    rule: PromotionRule = Field(default_factory=PromotionRule)
+    dry_run: bool = Field(False, description="Decide and print, change nothing.")

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 from mlflow.tracking import MlflowClient
 
-from jobs.registry.config import PromotionRule
+from jobs.registry.config import PromoteConfig, PromotionRule
 from jobs.registry.tracking import alias_version
-from jobs.sections import REGISTERED_MODEL
+from jobs.sections import CHALLENGER, CHAMPION, REGISTERED_MODEL
 
 
 class PromotionError(RuntimeError):
@@ -66,7 +66,7 @@ def promote(tracking_uri: str, name: str = REGISTERED_MODEL, rule: PromotionRule
     """Decide on the current challenger of ``name`` and, unless ``dry_run``, act on it."""
     rule = rule or PromotionRule()
     client = MlflowClient(tracking_uri)
-    challenger = alias_version(client, name, "challenger")
+    challenger = alias_version(client, name, CHALLENGER)
     if challenger is None:
         raise PromotionError(f"registered model {name!r} has no 'challenger' version to promote")
     data_version = challenger.tags.get("eval/latest_data_version")
@@ -76,10 +76,10 @@ def promote(tracking_uri: str, name: str = REGISTERED_MODEL, rule: PromotionRule
             f"`visor evaluate --model models:/{name}/{challenger.version} --data …` first"
         )
     mine = _evaluation(challenger, data_version)
-    champion = alias_version(client, name, "champion")
+    champion = alias_version(client, name, CHAMPION)
     if champion is not None and str(champion.version) == str(challenger.version):
         return Decision(True, "the challenger is already the champion", str(challenger.version),
-                        str(champion.version), data_version, {"challenger": mine}, recorded=False)
+                        str(champion.version), data_version, {CHALLENGER: mine}, recorded=False)
     if champion is None:
         promoted, reason, numbers = True, "no champion yet: the first evaluated model becomes champion", {}
     else:
@@ -90,8 +90,8 @@ def promote(tracking_uri: str, name: str = REGISTERED_MODEL, rule: PromotionRule
                 f"run `visor evaluate --model models:/{name}/{champion.version}` on the same data first"
             )
         promoted, reason = decide(mine, theirs, rule)
-        numbers = {"champion": theirs}
-    numbers["challenger"] = mine
+        numbers = {CHAMPION: theirs}
+    numbers[CHALLENGER] = mine
     numbers["rule"] = {"accuracy_tolerance": rule.accuracy_tolerance, "flops_tolerance": rule.flops_tolerance}
     against = str(champion.version) if champion is not None else "none"
     tags = challenger.tags
@@ -111,7 +111,14 @@ def promote(tracking_uri: str, name: str = REGISTERED_MODEL, rule: PromotionRule
                        "promotion.numbers": json.dumps(numbers, sort_keys=True)}.items():
         client.set_model_version_tag(name, challenger.version, key, value)
     if promoted:
-        client.set_registered_model_alias(name, "champion", challenger.version)
+        client.set_registered_model_alias(name, CHAMPION, challenger.version)
         if champion is not None:
             client.set_model_version_tag(name, champion.version, "promotion.replaced_by", str(challenger.version))
     return decision
+
+
+def run(config: PromoteConfig) -> Decision:
+    """``visor promote``: :func:`promote` on ``config``'s registered model, in its tracking store."""
+    from jobs.registry.tracking import tracking_uri
+
+    return promote(tracking_uri(config.tracking_uri), config.registered_model, config.rule, config.dry_run)

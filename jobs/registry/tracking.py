@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +24,14 @@ import mlflow
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from jobs.sections import DEFAULT_STORE
+
 RUN_NAME_TAG = "visor.run_name"
 
 
 def tracking_uri(configured: str | None = None) -> str:
     uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
-    return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    return uri or f"sqlite:///{Path.cwd() / DEFAULT_STORE}"
 
 
 def git_commit() -> str:
@@ -89,6 +93,21 @@ def start_or_resume_run(uri: str, experiment: str, run_name: str, tags: dict[str
 def create_run(uri: str, experiment: str, run_name: str, tags: dict[str, str]) -> str:
     """A new run (not made the active fluent run, so jobs run inside it can open their own nested runs)."""
     return MlflowClient(uri).create_run(experiment_id(uri, experiment), run_name=run_name, tags=tags).info.run_id
+
+
+@contextmanager
+def failure_marked(client: MlflowClient, run_id: str,
+                   tags: Callable[[], dict[str, str]] = dict) -> Iterator[None]:
+    """Whatever escapes the block (an interrupt too) marks run ``run_id`` ``FAILED``, tagged ``error`` (``Type:
+    message``, 5000 characters at most) and with ``tags()`` as they are then (e.g. the stage that failed), and
+    propagates; the one way a job marks its run failed."""
+    try:
+        yield
+    except BaseException as err:
+        for key, value in {**tags(), "error": f"{type(err).__name__}: {err}"[:5000]}.items():
+            client.set_tag(run_id, key, value)
+        client.set_terminated(run_id, "FAILED")
+        raise
 
 
 def register(uri: str, model_uri: str, name: str, alias: str, tags: dict[str, str]) -> str:

@@ -7,6 +7,6 @@ the limits, checks and OpenAI-style errors of ``jobs.inputs``, shared with the p
 client messages; ``openai_responses`` declares the responses (completion, chunk, model list, ``visor``);
 ``config`` holds the server settings (``ServeConfig``; ``Limits`` re-exported). May import
 ``jobs.config``, ``jobs.sections``, ``jobs.inputs``, ``jobs.faults``, ``jobs.registry.tracking`` and
-``jobs.registry.model_format``, ``jobs.cluster.ray_env``, ``pipelines`` and ``visor_model`` — never
+``jobs.registry.model_format``, ``jobs.ray_env``, ``pipelines`` and ``visor_model`` — never
 train, evaluation or the CLI.
 """

@@ -14,7 +14,7 @@ from pydantic import Field, model_validator
 
 from jobs.config import Section, field_of
 from jobs.inputs import Limits
-from jobs.sections import REGISTERED_MODEL, InferenceSection, TrackingSection
+from jobs.sections import CHAMPION, REGISTERED_MODEL, InferenceSection, TrackingSection
 
 __all__ = ["Limits", "ServeConfig", "TOKEN_ENV"]
 
@@ -24,9 +24,10 @@ TOKEN_ENV = "VISOR_API_TOKEN"
 class ServeConfig(Section):
     """Server settings; ``api_token`` defaults to ``$VISOR_API_TOKEN`` (None: no authentication)."""
 
-    renamed = {"model_uri": "model", "num_replicas": "replicas", "reload_poll_s": "reload_poll_seconds"}
+    renamed = {"model_uri": "model", "num_replicas": "replicas", "reload_poll_s": "reload_poll_seconds",
+               "batch_wait_timeout_s": "batch_wait_timeout_seconds"}
 
-    model: str = Field(f"models:/{REGISTERED_MODEL}@champion", description="MLflow model URI to serve.")
+    model: str = Field(f"models:/{REGISTERED_MODEL}@{CHAMPION}", description="MLflow model URI to serve.")
     tracking_uri: str | None = field_of(TrackingSection, "tracking_uri")
     host: str = Field("127.0.0.1", description="Address of the HTTP proxy.")
     port: int = Field(8000, ge=0, le=65535, description="Port of the HTTP proxy.")
@@ -40,14 +41,20 @@ class ServeConfig(Section):
     max_batch_size: int = Field(8, ge=1, description="Rows decoded together (a request of n choices takes n).")
     max_queued_requests: int = Field(64, ge=1, description="Requests that may wait for a decode slot; more get "
                                      "429 with Retry-After.")
-    batch_wait_timeout_s: float = Field(0.02, ge=0, description="How long an idle replica waits for more requests "
-                                        "before prefilling the first, in seconds.")
+    batch_wait_timeout_seconds: float = Field(0.02, ge=0, description="How long an idle replica waits for more "
+                                              "requests before prefilling the first, in seconds.")
     image_cache_mb: float = Field(256.0, ge=0, description="Image-feature cache of each replica, in MiB of visual "
                                   "tokens (least recently used images evicted; 0: off).")
     reload_poll_seconds: float = Field(0.0, ge=0, description="Seconds between checks of the alias (0: only on "
                                        "POST /admin/reload).")
     api_token: str | None = Field(default_factory=lambda: os.environ.get(TOKEN_ENV) or None, repr=False)
     limits: Limits = Field(default_factory=Limits)
+
+    @property
+    def batch_wait_timeout_s(self) -> float:
+        """The old name, read by ``jobs/serving/serve.py`` until it moves to ``batch_wait_timeout_seconds`` (issue 30,
+        branch issue-30-openai); the key itself is accepted as a deprecated alias (``renamed``)."""
+        return self.batch_wait_timeout_seconds
 
     @model_validator(mode="after")
     def _batches_can_fill(self) -> ServeConfig:

@@ -382,7 +382,7 @@ def app_builder(args: dict):
 
 def start(config: ServeConfig, name: str = "visor", route_prefix: str = "/") -> None:
     """Start Serve's HTTP proxy on ``config.host:port`` (first call only) and deploy the app."""
-    from jobs.cluster.ray_env import init_ray
+    from jobs.ray_env import init_ray
     from jobs.registry.tracking import tracking_uri
 
     init_ray()

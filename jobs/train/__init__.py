@@ -7,6 +7,6 @@ freezes parameter groups; ``steps`` holds the Ray-free mechanics (optimizer, sch
 one optimizer step); ``checkpoint`` moves training state in and out of Ray Train checkpoints;
 ``convert`` turns a LLaVA-OneVision checkpoint into a VISOR model directory (``visor convert``). May
 import ``jobs.config``, ``jobs.sections``, ``jobs.faults``, ``jobs.registry.tracking`` and
-``jobs.registry.model_format``, ``jobs.cluster.ray_env``, ``pipelines`` and ``visor_model`` — never
+``jobs.registry.model_format``, ``jobs.ray_env``, ``pipelines`` and ``visor_model`` — never
 evaluation, serving or the CLI.
 """

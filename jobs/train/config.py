@@ -5,23 +5,30 @@ names a shipped preset (``jobs/configs/<name>.yaml``), anything else a file. Eve
 unknown keys, so a typo fails before Ray starts, with the dotted name of the field in the message.
 Relative local paths (shard specs, storage, processor) are resolved against the working directory of
 the driver. The sections stand alone — where the weights come from (``model``), the data (``data``),
-the optimizer (``optim``), the budget draws (``budgets``), the frozen groups (``freeze``), the workers
+the optimizer (``optim``), the budget draws (``sampling``), the frozen groups (``freeze``), the workers
 (``scaling``), checkpoints (``run``), tracking (``mlflow``) — so a recipe can combine them.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, ValidationError, model_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
-from jobs.config import Section, describe_errors, load_config
+from jobs.config import LOCAL_PATH, Section, describe_errors, load_config, merge, partial
 from jobs.sections import ReadSection, S3Section, TrackingSection
 from visor_model.presets import TINY_VISION
 
-FREEZABLE = ("vision_tower", "projector", "language_model", "lm_head", "cross_attention")
+FREEZABLE: dict[str, tuple[str, ...]] = {  # each freezable parameter group and its parameter-name prefixes
+    "vision_tower": ("model.vision_tower.",),
+    "projector": ("model.multi_modal_projector.", "model.image_newline"),
+    "language_model": ("model.language_model.",),
+    "lm_head": ("lm_head.",),
+    "cross_attention": ("gated.",),
+}
 
 
 def _some_left_to_train(groups: list[str]) -> list[str]:
@@ -30,8 +37,15 @@ def _some_left_to_train(groups: list[str]) -> list[str]:
     return sorted(set(groups))
 
 
-Freeze = Annotated[list[Literal[FREEZABLE]], AfterValidator(_some_left_to_train)]  # type: ignore[valid-type]
+Freeze = Annotated[list[Literal[tuple(FREEZABLE)]], AfterValidator(_some_left_to_train)]  # type: ignore[valid-type]
 """Parameter groups to freeze (sorted, unique); the policy head is always frozen (it has its own job)."""
+
+
+CrossAttention = Literal["joint", "gated"]
+"""A cross-attention variant: ``visor_model.config.CROSS_ATTENTION_VARIANTS`` (tests/jobs/test_config.py keeps the
+two equal; importing ``visor_model`` here would load torch into every command line)."""
+TokenReduction = Literal[1, 2]
+"""A visual-token pooling factor: ``visor_model.config.TOKEN_REDUCTIONS`` (kept equal the same way)."""
 
 
 class TinyShape(Section):
@@ -69,7 +83,8 @@ class ModelConfig(Section):
     The plan: ``plan: default`` (:meth:`LayerPlan.default`), ``plan: full_attention`` (every layer in mode S:
     LLaVA-OneVision itself), or ``cross_layers`` + ``budgets`` for any other plan; nothing keeps a VISOR
     model's own plan (``init: visor``) and gives the default plan otherwise. ``cross_attention`` and
-    ``token_reduction`` likewise keep a VISOR model's own setting when unset (``joint`` and 1 otherwise).
+    ``token_reduction`` likewise keep a VISOR model's own setting when unset (``VisorConfig``'s defaults
+    otherwise: joint cross-attention, no token reduction).
     A VISOR model's plan or cross-attention variant can change only if it is a full-attention model: it is
     then exported to LLaVA-OneVision and converted, exactly as a real checkpoint is (the paper's recipe:
     pretrained full attention → VISOR). ``tiny.attention_init_std`` initialises a tiny model's query/key
@@ -78,14 +93,14 @@ class ModelConfig(Section):
     """
 
     init: Literal["tiny", "llava", "visor"] = "tiny"
-    path: str | None = None
-    processor: str | None = None
+    path: Annotated[str | None, LOCAL_PATH] = None
+    processor: Annotated[str | None, LOCAL_PATH] = None
     tiny: TinyShape = TinyShape()
     plan: Literal["default", "full_attention"] | None = None
     cross_layers: list[int] | None = None
     budgets: list[list[int]] | None = None
-    cross_attention: Literal["joint", "gated"] | None = None
-    token_reduction: Literal[1, 2] | None = None
+    cross_attention: CrossAttention | None = None
+    token_reduction: TokenReduction | None = None
     gradient_checkpointing: bool = False
 
     @model_validator(mode="after")
@@ -108,7 +123,7 @@ class DataSection(ReadSection):
     ``batch_size`` is per worker and per micro-step.
     """
 
-    train: list[str] = Field(min_length=1)
+    train: Annotated[list[str], LOCAL_PATH] = Field(min_length=1)
     batch_size: int = Field(8, ge=1)
     shuffle_buffer: int = Field(0, ge=0)
     s3: S3Section = Field(default_factory=S3Section)
@@ -128,7 +143,7 @@ class OptimConfig(Section):
     bf16: bool = True
 
 
-class BudgetConfig(Section):
+class SamplingConfig(Section):
     """``uniform``: one budget per step, drawn uniformly (the paper's universal fine-tuning); ``sandwich``: the
     largest, the smallest and one random budget in between every step, gradients accumulated; ``largest``:
     the largest budget only (the paper's first stage). Draws depend only on ``seed`` and the step, so every
@@ -164,7 +179,7 @@ class RunSection(Section):
     ``<local storage>/<name>/samples-rank<R>.jsonl`` (local storage only).
     """
 
-    storage_path: str = "runs"
+    storage_path: Annotated[str, LOCAL_PATH] = "runs"
     checkpoint_every: int = Field(50, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     max_failures: int = Field(1, ge=0)
@@ -190,26 +205,40 @@ class TrainConfig(Section):
     """A training run (see the module docstring), or a recipe of several (``stages``).
 
     ``stages``: training stages run in order, each its own Ray Train run and MLflow run nested under the
-    recipe's run. A stage is a mapping with a ``name`` and any keys of this config except ``name``,
-    ``stages`` and ``mlflow``; they are merged over the rest of the config (sections key by key, lists
-    replaced), so a stage states only what differs — its ``optim.max_steps``, ``freeze``, ``budgets``, its
+    recipe's run. A stage is a :data:`TrainStage`: a ``name`` and a partial config of any keys of this one
+    except ``name``, ``stages`` and ``mlflow``, merged over the rest of the config (sections key by key, lists
+    replaced), so a stage states only what differs — its ``optim.max_steps``, ``freeze``, ``sampling``, its
     ``data.train``, its plan. The first stage starts from ``model`` as configured; every later one from
     the model the stage before it produced, so it may not set ``model.init``/``path``/``processor``/``tiny``
     (asking a full-attention model for a sparse plan converts it, see :class:`ModelConfig`). Only the last
     stage's model is logged and registered; a recipe run again after a failure skips its finished stages.
+
+    Includable: a retrain names its training config (``train: demo-recipe``) or writes it in place.
     """
 
-    name: str = Field("visor", pattern=NAME_PATTERN)
-    seed: int = 0
+    includable = True
+    renamed = {"budgets": "sampling"}  # the budget draws; `budgets` is the plan's (`model.budgets`)
+
+    name: str = Field("visor", pattern=NAME_PATTERN, description="Name of the run (a run started again with "
+                      "the same name resumes it).")
+    seed: int = Field(0, description="Seed of the model's initialisation and of the data order.")
     model: ModelConfig = ModelConfig()
     data: DataSection
     optim: OptimConfig = OptimConfig()
-    budgets: BudgetConfig = BudgetConfig()
+    sampling: SamplingConfig = SamplingConfig()
     freeze: Freeze = []
     scaling: ScalingSection = ScalingSection()
     run: RunSection = RunSection()
     mlflow: MlflowSection = MlflowSection()
-    stages: list[dict[str, Any]] = []
+    stages: list[TrainStage] = []
+
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _typed_stages(cls, stages: Any) -> Any:
+        """Each stage given as a mapping validated as a :data:`TrainStage`, its errors named by its place and name."""
+        if not isinstance(stages, list):
+            return stages
+        return [_stage(index, stage) if isinstance(stage, Mapping) else stage for index, stage in enumerate(stages)]
 
     @model_validator(mode="after")
     def _patches_stay_frozen(self) -> TrainConfig:
@@ -220,38 +249,30 @@ class TrainConfig(Section):
 
     @model_validator(mode="after")
     def _stages_valid(self) -> TrainConfig:
-        names = [stage.get("name") for stage in self.stages]
         for index, stage in enumerate(self.stages):
-            where = f"stages[{index}]"
-            name = stage.get("name")
-            if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
-                raise ValueError(f"{where}.name: every stage needs a name matching {NAME_PATTERN} (got {name!r})")
-            if name in names[:index]:
-                raise ValueError(f"{where}.name: stage name {name!r} is used twice")
-            locked = sorted(set(stage) & set(STAGE_LOCKED) - {"name"})
-            if locked:
-                raise ValueError(f"{where} ({name}): {locked} cannot differ between the stages of one recipe")
-            started = sorted(set(stage.get("model") or {}) & set(STAGE_START))
+            where = f"stages[{index}] ({stage.name})"
+            if stage.name in self.stage_names[:index]:
+                raise ValueError(f"stages[{index}].name: stage name {stage.name!r} is used twice")
+            started = sorted(stage.model.model_fields_set & set(STAGE_START)) if stage.model else []
             if index and started:
-                raise ValueError(f"{where} ({name}): model.{started[0]} cannot be set after the first stage "
+                raise ValueError(f"{where}: model.{started[0]} cannot be set after the first stage "
                                  "(a later stage starts from the model the stage before it produced)")
             try:
                 self.stage(index)
             except ValidationError as err:
-                raise ValueError(f"{where} ({name}): {describe_errors(err)}") from None
+                raise ValueError(f"{where}: {describe_errors(err)}") from None
         return self
 
     @property
     def stage_names(self) -> list[str]:
-        return [stage["name"] for stage in self.stages]
+        return [stage.name for stage in self.stages]
 
     def stage(self, index: int, start: str = "<the model of the stage before>") -> TrainConfig:
         """The single-run config of stage ``index``: its keys merged over this config, named
         ``<name>.<stage>``; from the second stage on it starts from ``start`` (the previous stage's model)."""
-        raw = dict(self.stages[index])
-        stage_name = raw.pop("name")
-        data = merge(self.model_dump(mode="json", exclude={"stages"}), raw)
-        data["name"] = f"{self.name}.{stage_name}"
+        stage = self.stages[index]
+        data = merge(self.model_dump(mode="json", exclude={"stages"}), stage.model_dump(mode="json", exclude={"name"}))
+        data["name"] = f"{self.name}.{stage.name}"
         if index:
             data["model"].update(init="visor", path=start, processor=None)
         return TrainConfig.model_validate(data)
@@ -271,12 +292,24 @@ class TrainConfig(Section):
         return final.model_copy(update={"model": model})
 
 
-def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """``update`` merged over ``base``: mappings key by key (recursively), everything else replaced."""
-    out = dict(base)
-    for key, value in update.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
+TrainStage = partial(TrainConfig, STAGE_LOCKED, "TrainStage", name=(str, Field(pattern=NAME_PATTERN, description="The "
+                     "stage's name (its run is <recipe name>.<stage name>).")))
+"""One stage of a recipe: a name and a partial :class:`TrainConfig` (all but ``name``, ``stages``, ``mlflow``)."""
+TrainConfig.model_rebuild()
+
+
+def _stage(index: int, stage: Mapping[str, Any]) -> Any:
+    """``stage`` (a mapping) as a :data:`TrainStage`; a ``ValueError`` names the stage and the field."""
+    name = stage.get("name")
+    if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
+        raise ValueError(f"stages[{index}].name: every stage needs a name matching {NAME_PATTERN} (got {name!r})")
+    locked = sorted(set(stage) & set(STAGE_LOCKED) - {"name"})
+    if locked:
+        raise ValueError(f"stages[{index}] ({name}): {locked} cannot differ between the stages of one recipe")
+    try:
+        return TrainStage.model_validate(stage)
+    except ValidationError as err:
+        raise ValueError(f"stages[{index}] ({name}): {describe_errors(err)}") from None
 
 
 def load_train_config(source: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:

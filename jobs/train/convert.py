@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from visor_model import LayerPlan, VisorForConditionalGeneration
 
@@ -12,17 +13,17 @@ PROCESSOR_FILE_PREFIXES = (
 
 
 def convert_checkpoint(
-    llava_path: Path, out: Path, cross_attention: str, full_attention: bool, token_reduction: int
+    llava_path: Path, out: Path, full_attention: bool, **visor_fields: Any
 ) -> tuple[VisorForConditionalGeneration, bool]:
-    """Convert, save to ``out`` with the checkpoint's processor files; returns the model and whether any were copied."""
+    """Convert (``visor_fields``: ``VisorConfig`` fields such as ``cross_attention``, ``token_reduction``; the others
+    keep their defaults), save to ``out`` with the checkpoint's processor files; returns the model and whether any
+    were copied."""
     plan = None
     if full_attention:
         from transformers import AutoConfig
 
         plan = LayerPlan.full_attention(AutoConfig.from_pretrained(llava_path).text_config.num_hidden_layers)
-    model = VisorForConditionalGeneration.from_llava_onevision(
-        llava_path, plan=plan, cross_attention=cross_attention, token_reduction=token_reduction
-    )
+    model = VisorForConditionalGeneration.from_llava_onevision(llava_path, plan=plan, **visor_fields)
     model.save_pretrained(out)
     return model, copy_processor(llava_path, out)
 

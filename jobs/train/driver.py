@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jobs.console import current
+from jobs.sections import CHALLENGER
 from jobs.train.config import TrainConfig
 from pipelines.shards import S3Options, ShardSet
 
@@ -141,7 +142,7 @@ def _run_recipe(config: TrainConfig, parent_run_id: str | None, final_data: Shar
     from mlflow.tracking import MlflowClient
 
     from jobs.faults import fail_stage
-    from jobs.registry.tracking import tracking_uri
+    from jobs.registry.tracking import failure_marked, tracking_uri
 
     uri = tracking_uri(config.mlflow.tracking_uri)
     client = MlflowClient(uri)
@@ -152,7 +153,7 @@ def _run_recipe(config: TrainConfig, parent_run_id: str | None, final_data: Shar
     ) if STAGE_OUTPUT_TAG in run.data.tags}
     last = len(config.stages) - 1
     start, outcome = "", None
-    try:
+    with failure_marked(client, recipe_id):
         for index, name in enumerate(config.stage_names):
             label = f"stage {index + 1}/{last + 1} {name}"
             if name in finished:
@@ -166,10 +167,6 @@ def _run_recipe(config: TrainConfig, parent_run_id: str | None, final_data: Shar
                                   index == last and config.mlflow.register_model, log_model=index == last,
                                   label=label)
             start = outcome.model_dir
-    except BaseException as err:
-        client.set_tag(recipe_id, "error", f"{type(err).__name__}: {err}"[:5000])
-        client.set_terminated(recipe_id, "FAILED")
-        raise
     if outcome is None:
         raise RuntimeError(f"recipe {config.name}: every stage had finished already, nothing was trained")
     client.set_terminated(recipe_id, "FINISHED")
@@ -187,9 +184,9 @@ def _run_single(config: TrainConfig, parent_run_id: str | None, data: ShardSet |
     from mlflow.tracking import MlflowClient
     from ray.train.torch import TorchTrainer
 
-    from jobs.cluster.ray_env import init_ray
     from jobs.faults import train_fault
-    from jobs.registry.tracking import tracking_uri
+    from jobs.ray_env import init_ray
+    from jobs.registry.tracking import failure_marked, tracking_uri
     from jobs.train.progress import follow_training
     from jobs.train.worker import WorkerInputs, train_loop
     from pipelines.dataset import build_split
@@ -224,12 +221,9 @@ def _run_single(config: TrainConfig, parent_run_id: str | None, data: ShardSet |
     )
     client = MlflowClient(uri)
     try:
-        with follow_training(client, run_id, config.optim.max_steps, label or f"train {config.name}"):
+        with (failure_marked(client, run_id),
+              follow_training(client, run_id, config.optim.max_steps, label or f"train {config.name}")):
             result = trainer.fit()
-    except Exception as err:
-        client.set_tag(run_id, "error", f"{type(err).__name__}: {err}"[:5000])
-        client.set_terminated(run_id, "FAILED")
-        raise
     finally:
         report = ray.get(ledger.report.remote())
         _log_quarantine(client, run_id, report)
@@ -299,7 +293,7 @@ def _log_and_register(config: TrainConfig, outcome: TrainOutcome, model_dir: Pat
     outcome.model_uri = info.model_uri
     if register:
         outcome.registered_version = register_version(
-            outcome.tracking_uri, info.model_uri, config.mlflow.registered_model, "challenger",
+            outcome.tracking_uri, info.model_uri, config.mlflow.registered_model, CHALLENGER,
             {"data_version": outcome.data_version, "plan": json.dumps(plan), "run_id": outcome.run_id,
              "job": "train"},
         )

@@ -8,19 +8,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from jobs.train.config import ModelConfig
+from jobs.train.config import FREEZABLE, ModelConfig
 from visor_model import VisorForConditionalGeneration
 from visor_model.plan import LayerPlan
 from visor_model.processing import VisorProcessor
-
-# parameter-name prefixes of each freezable group (see jobs.train.config.FREEZABLE)
-GROUP_PREFIXES: dict[str, tuple[str, ...]] = {
-    "vision_tower": ("model.vision_tower.",),
-    "projector": ("model.multi_modal_projector.", "model.image_newline"),
-    "language_model": ("model.language_model.",),
-    "lm_head": ("lm_head.",),
-    "cross_attention": ("gated.",),
-}
 
 
 def local_copy(url: str, tracking_uri: str | None = None, cache: Path | None = None) -> Path:
@@ -73,8 +64,7 @@ def build_model(config: ModelConfig, vocab_size: int, seed: int,
         model = VisorForConditionalGeneration(tiny_config(
             vocab_size, num_layers=config.tiny.num_layers, hidden_size=config.tiny.hidden_size,
             vision=config.tiny.vision, rope_theta=config.tiny.rope_theta,
-            cross_attention=config.cross_attention or "joint", token_reduction=config.token_reduction or 1,
-            **({"plan": plan.to_dict()} if plan else {}),
+            **variant_fields(config), **({"plan": plan.to_dict()} if plan else {}),
         ))
         if config.tiny.vision == "patches":
             drop_vision_positions(model)
@@ -100,10 +90,14 @@ def build_model(config: ModelConfig, vocab_size: int, seed: int,
 def _convert(reference, config: ModelConfig) -> VisorForConditionalGeneration:
     """``from_llava_onevision`` with the plan, variant and token reduction ``config`` asks for."""
     plan = requested_plan(config, reference.config.text_config.num_hidden_layers)
-    return VisorForConditionalGeneration.from_llava_onevision(
-        reference, plan=plan, cross_attention=config.cross_attention or "joint",
-        token_reduction=config.token_reduction or 1,
-    )
+    return VisorForConditionalGeneration.from_llava_onevision(reference, plan=plan, **variant_fields(config))
+
+
+def variant_fields(config: ModelConfig) -> dict[str, object]:
+    """The ``VisorConfig`` fields ``config`` sets (``cross_attention``, ``token_reduction``); an unset one is left
+    out, so a new model takes ``VisorConfig``'s default."""
+    return {name: value for name in ("cross_attention", "token_reduction")
+            if (value := getattr(config, name)) is not None}
 
 
 def _replan(model: VisorForConditionalGeneration, config: ModelConfig) -> VisorForConditionalGeneration:
@@ -137,7 +131,7 @@ def widen_attention_init(model: VisorForConditionalGeneration, std: float) -> No
 def freeze(model: nn.Module, groups: list[str]) -> int:
     """Freeze the named parameter groups and the policy head (trained by its own job); returns the
     number of trainable parameters left."""
-    prefixes = tuple(p for g in groups for p in GROUP_PREFIXES[g]) + ("policy.",)
+    prefixes = tuple(p for g in groups for p in FREEZABLE[g]) + ("policy.",)
     trainable = 0
     for name, param in model.named_parameters():
         param.requires_grad_(not name.startswith(prefixes))

@@ -161,7 +161,7 @@ def train_loop(inputs: WorkerInputs) -> None:
             keys = [k for batch in micro for k in decode_keys(batch.pop("keys"))]
             sample_log.write(json.dumps({"step": step, "keys": keys}) + "\n")
             sample_log.flush()
-        budgets = budgets_for_step(config.budgets.strategy, num_budgets, config.budgets.seed, step)
+        budgets = budgets_for_step(config.sampling.strategy, num_budgets, config.sampling.seed, step)
         result = optimizer_step(model, micro, budgets, optimizer, scheduler, config.optim.grad_clip, autocast)
         step += 1
         if inputs.fault is not None:

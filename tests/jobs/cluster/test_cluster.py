@@ -86,10 +86,11 @@ def squeezed(text: str) -> str:
     return "".join(text.replace("│", "").split())
 
 
-def train_overrides(root: Path) -> list[str]:
-    return ["--set", f"data.train=['{root}/data/train-*.tar']", "--set", "optim.max_steps=3", "--set",
-            "data.batch_size=4", "--set", "model.tiny.num_layers=3", "--set", f"run.storage_path={root / 'runs'}",
-            "--set", f"mlflow.tracking_uri=sqlite:///{root / 'mlflow.db'}", "--set", "scaling.num_workers=1"]
+def train_config(root: Path) -> dict:
+    """demo-tiny, small, on ``root``'s data (the tracking store: the environment's)."""
+    return {"config": "demo-tiny", "data": {"train": [f"{root}/data/train-*.tar"], "batch_size": 4},
+            "optim": {"max_steps": 3}, "model": {"tiny": {"num_layers": 3}},
+            "run": {"storage_path": str(root / "runs")}, "scaling": {"num_workers": 1}}
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +125,27 @@ def test_submit_train_waits_for_success_and_logs_show_it(ray_head, submitted_tra
     assert client.get_model_version_by_alias("visor", "challenger").run_id == run.info.run_id
     assert list((root / "runs").glob("demo-tiny-*/checkpoint_*"))  # checkpoints beside it too
     assert f"model and checkpoint: {root}/runs/demo-tiny-" in logs.stdout
+
+
+def test_submit_evaluate_ships_its_resolved_config_file(ray_head, submitted_train) -> None:
+    """`visor submit evaluate --config FILE` with a flag and a --set: the job runs the config as resolved here,
+    its relative paths (data, report, store) the submitting directory's."""
+    root, trained = submitted_train
+    assert trained.returncode == 0
+    (root / "eval.yaml").write_text("model: models:/visor@challenger\ndata: ['demo-data/train-*.tar']\n"
+                                    "out: reports/eval.json\nscore: {batch_size: 32, cpus_per_actor: 0.5}\n")
+    result = visor("submit", "evaluate", "--address", ray_head, "--config", "eval.yaml", "--wait", "--",
+                   "--batch-size", "8", "--set", "score.max_new_tokens=4", cwd=root)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert ": SUCCEEDED" in result.stdout
+    report = json.loads((root / "reports" / "eval.json").read_text())
+    assert report["samples"] == 24 and report["model_uri"] == "models:/visor@challenger"
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    assert client.get_model_version_by_alias("visor", "challenger").tags["eval/latest_data_version"] == \
+        report["data_version"]
 
 
 def test_submit_serve_runs_the_endpoint_on_the_cluster_until_stopped(ray_head, submitted_train) -> None:
@@ -198,10 +220,10 @@ def test_concurrent_retrains_against_a_tracking_server_run_once(mlflow_server, m
     write_synth(tmp_path / "data", 24, 12, 12, seed=2, policy=24)
     config = tmp_path / "retrain.yaml"
     config.write_text(json.dumps({
-        "train_config": "demo-tiny",
-        "train_overrides": [o for o in train_overrides(tmp_path) if o != "--set" and "mlflow" not in o],
+        "train": train_config(tmp_path),
         "policy": {"data": [f"{tmp_path}/data/policy-*.tar"], "epochs": 50},
-        "eval_data": [f"{tmp_path}/data/eval-*.tar"], "score": {"batch_size": 12}, "lock_dir": str(tmp_path / "locks"),
+        "evaluate": {"data": [f"{tmp_path}/data/eval-*.tar"]}, "score": {"batch_size": 12},
+        "lock_dir": str(tmp_path / "locks"),
     }))
     env = {"MLFLOW_TRACKING_URI": mlflow_server}  # clients need no S3 credentials: the server proxies artifacts
     first = subprocess.Popen([VISOR, "retrain", "--config", str(config)], cwd=tmp_path, env=environment(**env),

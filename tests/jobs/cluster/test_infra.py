@@ -10,12 +10,14 @@ from pathlib import Path
 
 import kubernetes_validate
 import pytest
+import typer
 import yaml
 from typer.testing import CliRunner
 
 from jobs.cli import app
 from jobs.cluster.infra import Values, check_manifests, cpu_count
 from jobs.config import ConfigError, load_config
+from jobs.retrain.config import RetrainConfig
 from jobs.serving.config import ServeConfig
 from jobs.train.config import TrainConfig
 
@@ -100,6 +102,7 @@ def test_manifests_parse_with_the_right_kinds_and_fields(tmp_path: Path) -> None
         served = load_config(ServeConfig, application["args"])
     assert served.replicas == 2 and served.reload_poll_seconds == 300
     assert served.replica_gpus == 1  # each replica asks Ray for a GPU of the RayService's GPU workers
+    assert (served.max_batch_size, served.max_queued_requests, served.max_ongoing_requests) == (8, 64, 32)
     service_workers = files["rayservice.yaml"][0]["spec"]["rayClusterConfig"]["workerGroupSpecs"]
     assert service_workers[0]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
     deployment, service = files["mlflow.yaml"]
@@ -107,7 +110,6 @@ def test_manifests_parse_with_the_right_kinds_and_fields(tmp_path: Path) -> None
     assert "--artifacts-destination s3://visor/mlflow-artifacts" in command and "MLFLOW_BACKEND_STORE_URI" in command
     assert service["spec"]["ports"][0]["port"] == 5000
     retrain = yaml.safe_load(files["retrain-config.yaml"][0]["data"]["retrain.yaml"])
-    from jobs.registry.config import RetrainConfig
     RetrainConfig.model_validate(retrain)  # the ConfigMap holds a valid retrain config
 
 
@@ -191,7 +193,7 @@ def check(tmp_path: Path, values: dict) -> tuple[int, list[str]]:
 
 def test_the_shipped_values_pass_every_check(tmp_path: Path) -> None:
     files = render(tmp_path)
-    assert check_manifests(files) == []
+    assert check_manifests(files, typer.main.get_command(app)) == []
     code, output = check(tmp_path, yaml.safe_load(VALUES.read_text()))
     assert code == 0 and output == ["13 objects: KubeRay schemas (strict) and every job's command, config, paths "
                                     "and CPUs: ok"]
@@ -208,7 +210,7 @@ def test_every_job_gets_its_config_model_data_and_cpus(tmp_path: Path) -> None:
         assert spec["containers"][0]["volumeMounts"] == [{"name": "config", "mountPath": "/config", "readOnly": True}]
         assert spec["volumes"][0]["configMap"]["name"] == configmap["metadata"]["name"]
     retrain = yaml.safe_load(configmap["data"]["retrain.yaml"])
-    train = load_config(TrainConfig, retrain["train_config"], retrain["train_overrides"])
+    train = load_config(RetrainConfig, retrain).train
     entrypoint = shlex.split(files["rayjob-train.yaml"][0]["spec"]["entrypoint"])
     trained = load_config(TrainConfig, entrypoint[3], entrypoint[5::2])
     for config in (train, trained):  # the same model, data, storage and CPUs in both training jobs
@@ -233,9 +235,9 @@ def test_broken_values_are_refused_naming_the_object_and_the_field(tmp_path: Pat
     assert "RayCluster visor: spec.workerGroupSpecs[0].template.spec.tolerationz: unknown field" in output
     assert "RayJob visor-train: model.path '/models/llava-ov' is on no volume that the worker group gpu pod mounts " \
         "(mounts: none)" in output
-    assert "RayJob visor-retrain: train_config: model.path '/models/llava-ov' is on no volume that the head pod " \
+    assert "RayJob visor-retrain: train.model.path '/models/llava-ov' is on no volume that the head pod " \
         "mounts (mounts: /config)" in output
-    assert any(line.startswith("CronJob visor-retrain-nightly: train_config: model.path '/models/llava-ov' is on no "
+    assert any(line.startswith("CronJob visor-retrain-nightly: train.model.path '/models/llava-ov' is on no "
                                "volume that the RayCluster visor head pod") for line in output), output
     values["cluster"]["gpuWorkers"]["podSpec"] = {"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}]}
     values["volumes"] = [{"name": "models", "mountPath": "/models",
@@ -256,12 +258,12 @@ def test_jobs_that_cannot_start_are_refused(tmp_path: Path) -> None:
            "take 7.5 CPUs each" in text
     assert "RayJob visor-train: data.train 'relative/train-*.tar' is a relative path" in text
     assert "data split 'train' is read as different shards by different jobs: RayJob visor-train data.train: " \
-           "['relative/train-*.tar']; RayJob visor-retrain train_config: data.train, CronJob visor-retrain-nightly " \
-           "train_config: data.train: ['s3://visor/other/train-*.tar']" in text
+           "['relative/train-*.tar']; RayJob visor-retrain train.data.train, CronJob visor-retrain-nightly " \
+           "train.data.train: ['s3://visor/other/train-*.tar']" in text
     values["retrain"]["trainOverrides"] = ["optim.lrr=1"]
     text = "\n".join(check(tmp_path / "b", values)[1])
-    assert re.search(r"RayJob visor-retrain: train_config 'llava-ov-0.5b' does not load: .*optim.lrr: Extra inputs",
-                     text)
+    assert re.search(r"RayJob visor-retrain: --config '/config/retrain.yaml' does not load: .*train.optim.lrr: Extra "
+                     "inputs", text)
 
 
 def test_a_retrain_without_its_config_and_a_serve_app_with_ignored_args_are_refused(tmp_path: Path) -> None:
@@ -274,7 +276,7 @@ def test_a_retrain_without_its_config_and_a_serve_app_with_ignored_args_are_refu
     serve_config["applications"][0]["args"]["host"] = "0.0.0.0"
     service["spec"]["serveConfigV2"] = yaml.safe_dump(serve_config)
     files["rayjob-train-policy.yaml"][0]["spec"]["entrypoint"] += " --epochz 3"
-    assert check_manifests(files) == [
+    assert check_manifests(files, typer.main.get_command(app)) == [
         "RayJob visor-retrain: --config '/config/retrain.yaml' is neither a preset nor a file on a volume that the "
         "head pod mounts (mounts: none)",
         "RayJob visor-train-policy: spec.entrypoint: `visor train-policy`: No such option: --epochz (Possible "

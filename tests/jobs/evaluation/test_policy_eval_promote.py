@@ -15,9 +15,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from jobs.evaluation.config import PolicyOptions, ScoreOptions
+from jobs.evaluation.config import PolicyTraining, ScoreOptions
 from jobs.evaluation.evaluate import evaluate
 from jobs.evaluation.policy import choose_tau, fit_policy, run_policy_job, sufficiency
+from jobs.evaluation.report import EvalReport
 from jobs.evaluation.scoring import score_batch
 from jobs.registry.config import PromotionRule
 from jobs.registry.model_format import load_visor
@@ -43,10 +44,10 @@ def test_sufficiency_and_tau_choice() -> None:
     right = np.array([[True, True, True], [False, True, True], [False, False, True], [True, True, True]])
     probs = np.array([[0.9, 0.9, 0.9], [0.3, 0.8, 0.9], [0.1, 0.2, 0.9], [0.6, 0.7, 0.9]])
     tau, summary = choose_tau(probs, right, flops, target=1.0)  # every sample must stay right
-    assert summary["accuracy"] == 1.0 and summary["target_met"] and summary["budget_counts"] == [2, 1, 1]
+    assert summary.accuracy == 1.0 and summary.target_met and summary.budget_counts == [2, 1, 1]
     assert 0.3 < tau <= 0.6  # the cheapest τ that still sends sample 1 to budget 1 and sample 2 to budget 2
     cheap_tau, cheap = choose_tau(probs, right, flops, target=0.5)
-    assert cheap["mean_flops"] < summary["mean_flops"] and cheap["accuracy"] >= 0.5 and cheap_tau < tau
+    assert cheap.mean_flops < summary.mean_flops and cheap.accuracy >= 0.5 and cheap_tau < tau
 
 
 def test_the_policy_learns_from_its_input() -> None:
@@ -60,12 +61,13 @@ def test_the_policy_learns_from_its_input() -> None:
     loss = np.where(correct, 0.1, 2.0).astype(np.float32)
     columns = {"key": np.array([f"k{i}" for i in range(n)]), "url": np.array(["u"] * n), "features": features,
                "loss": loss, "correct": correct, "flops": np.tile([1.0, 2.0, 3.0], (n, 1))}
-    head, tau, summary, labels = fit_policy(Scores(columns, "v", {}), dim, 32, PolicyOptions(epochs=300))
+    head, tau, summary, labels = fit_policy(Scores(columns, "v", {}), dim, 32, PolicyTraining(epochs=300))
     with torch.no_grad():
         probs = torch.sigmoid(head(torch.as_tensor(features))).numpy()
     chosen = np.where((probs >= tau).any(1), (probs >= tau).argmax(1), 2)
     assert (chosen[~hard] == 0).mean() > 0.9 and (chosen[hard] == 2).mean() > 0.9  # separable by feature 0
-    assert summary["accuracy"] >= 0.97 and summary["mean_flops"] < 2.5
+    assert summary.accuracy >= 0.97 and summary.mean_flops < 2.5
+    assert summary.train_samples + summary.heldout_samples == n and len(summary.label_rate_per_budget) == 3
 
 
 def prompt_batch(processor, count: int = 12) -> dict:
@@ -79,9 +81,9 @@ def prompt_batch(processor, count: int = 12) -> dict:
 
 def test_policy_job_registers_a_version_whose_auto_budget_uses_its_input(registry) -> None:
     outcome = run_policy_job(registry.model_uri, str(registry.data / "policy-*.tar"), registry.uri,
-                             PolicyOptions(loss_tolerance=0.0, epochs=300, score=OPTIONS))
+                             PolicyTraining(loss_tolerance=0.0, epochs=300), OPTIONS)
     assert outcome.registered_version == "2" and 0 < outcome.tau < 1
-    rates = outcome.heldout["label_rate_per_budget"]
+    rates = outcome.heldout.label_rate_per_budget
     assert any(0 < r < 1 for r in rates), "the per-budget labels are constant: the test data proves nothing"
     client = MlflowClient(registry.uri)
     version = client.get_model_version_by_alias("visor", "challenger")
@@ -100,12 +102,14 @@ def test_evaluation_reports_flops_from_token_counts_and_logs_plots(registry, tmp
     spec = str(registry.data / "eval-*.tar")
     on_gpu = OPTIONS.model_copy(update={"gpus_per_actor": 1.0})  # the local Ray's one logical GPU
     outcome = evaluate("models:/visor@challenger", spec, registry.uri, on_gpu, out=tmp_path / "report.json")
-    report = json.loads((tmp_path / "report.json").read_text())
-    assert report == json.loads(json.dumps(outcome.report)) and report["samples"] == 36
+    report = outcome.report
+    assert EvalReport.model_validate_json((tmp_path / "report.json").read_text()) == report  # the file, typed
+    assert json.loads((tmp_path / "report.json").read_text()) == report.model_dump(mode="json")
+    assert report.samples == 36 and report.operating_point == "policy" and report.point is report.policy
     # the actor was given Ray's GPU; with no CUDA here, "auto" fell back to the CPU in float32
     expected = "cuda:0" if torch.cuda.is_available() else "cpu"
-    assert [(p["device"], p["ray_gpu_ids"]) for p in report["scored_on"]] == [(expected, ["0"])]
-    assert report["scored_on"][0]["dtype"] == ("bfloat16" if torch.cuda.is_available() else "float32")
+    assert [(p["device"], p["ray_gpu_ids"]) for p in report.scored_on] == [(expected, ["0"])]
+    assert report.scored_on[0]["dtype"] == ("bfloat16" if torch.cuda.is_available() else "float32")
 
     mlflow.set_tracking_uri(registry.uri)
     model, processor = load_visor("models:/visor@challenger")
@@ -116,20 +120,20 @@ def test_evaluation_reports_flops_from_token_counts_and_logs_plots(registry, tmp
         prompt_len = int((example["labels"][0] != -100).nonzero()[0])
         visual = int((example["input_ids"][0] == model.config.image_token_id).sum())
         counts.append((visual, prompt_len - visual, int(example["pixel_values"].shape[1])))
-    rows = {r["name"]: r for r in report["rows"]}
-    for budget in range(model.plan.num_budgets):
-        expected = np.mean([visor_flops(model.config, budget, *c)["total"] for c in counts])
-        assert rows[f"budget {budget}"]["mean_flops"] == pytest.approx(expected, rel=1e-9)
-    assert set(rows["policy"]["budget_histogram"]) == set(QUESTION_TYPES)
-    assert rows["budget 0"]["saving_vs_llava_ov"] > rows[f"budget {model.plan.num_budgets - 1}"][
-        "saving_vs_llava_ov"] > 1
+    assert [r.budget for r in report.budgets] == list(range(model.plan.num_budgets))
+    for row in report.budgets:
+        expected = np.mean([visor_flops(model.config, row.budget, *c)["total"] for c in counts])
+        assert row.mean_flops == pytest.approx(expected, rel=1e-9) and not row.budget_histogram
+    assert set(report.policy.budget_histogram) == set(QUESTION_TYPES)
+    assert sum(sum(n.values()) for n in report.policy.budget_histogram.values()) == 36
+    assert report.budgets[0].saving_vs_llava_ov > report.budgets[-1].saving_vs_llava_ov > 1
 
     client = MlflowClient(registry.uri)
     plots = {a.path for a in client.list_artifacts(outcome.run_id, "plots")}
     assert plots == {"plots/pareto.png", "plots/budget_histogram.png"}
     tags = client.get_model_version("visor", "2").tags
-    assert tags["eval/latest_data_version"] == report["data_version"]
-    assert float(tags[f"eval/{report['data_version']}/accuracy"]) == rows["policy"]["accuracy"]
+    assert tags["eval/latest_data_version"] == report.data_version
+    assert float(tags[f"eval/{report.data_version}/accuracy"]) == report.policy.accuracy
 
 
 def test_sufficiency_follows_the_benchmark_metric() -> None:
@@ -176,13 +180,13 @@ def test_evaluation_by_generation_scores_each_benchmark_with_its_metric(registry
     uri = MlflowClient(registry.uri).get_model_version("visor", "1").source  # not a registered URI: no eval tags
     options = ScoreOptions(batch_size=6, max_new_tokens=3)
     report = evaluate(uri, str(tmp_path / "shards"), registry.uri, options).report
-    row = {r["name"]: r for r in report["rows"]}[f"budget {largest}"]
+    row = report.row(f"budget {largest}")
     expected = {source: metric_score(metric, answers[i], refs)
                 for i, (source, metric, refs) in enumerate(cases) if metric}
     assert expected["ocrbench"] == 1.0 and expected["textvqa"] == pytest.approx(0.9)  # the references say so
-    assert set(row["accuracy_by_benchmark"]) == {*expected, ""}
+    assert set(row.accuracy_by_benchmark) == set(row.mean_flops_by_benchmark) == {*expected, ""}
     for source, value in expected.items():
-        assert row["accuracy_by_benchmark"][source] == pytest.approx(value), source
+        assert row.accuracy_by_benchmark[source] == pytest.approx(value), source
     client = MlflowClient(registry.uri)
     (run,) = client.search_runs([client.get_experiment_by_name("visor-eval").experiment_id],
                                 f"tags.model_uri = '{uri}'")

@@ -47,7 +47,7 @@ def server(registry):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     config = ServeConfig(tracking_uri=registry.uri, port=port, cpus_per_replica=0.5, replica_gpus=1, max_batch_size=8,
-                         batch_wait_timeout_s=0.05, limits=Limits(max_image_bytes=200_000, max_new_tokens=32))
+                         batch_wait_timeout_seconds=0.05, limits=Limits(max_image_bytes=200_000, max_new_tokens=32))
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(config), name="visor", route_prefix="/", blocking=False)
     secured = ServeConfig(tracking_uri=registry.uri, port=port, cpus_per_replica=0.25, api_token="s3cret")
@@ -56,8 +56,8 @@ def server(registry):
                         max_queued_requests=1, max_ongoing_requests=16, limits=Limits(max_new_tokens=32))
     serve.run(build_app(tight), name="visor-tight", route_prefix="/tight", blocking=False)
     for at, error in (("prefill", "value"), ("decode", "runtime")):  # the model raises for requests saying FAULT
-        faulty = ServeConfig(tracking_uri=registry.uri, port=port, cpus_per_replica=0.25, batch_wait_timeout_s=0.3,
-                             limits=Limits(max_new_tokens=32))
+        faulty = ServeConfig(tracking_uri=registry.uri, port=port, cpus_per_replica=0.25,
+                             batch_wait_timeout_seconds=0.3, limits=Limits(max_new_tokens=32))
         with pytest.MonkeyPatch.context() as env:
             env.setenv("VISOR_TEST_FAULT", f"serve:marker={FAULT}:at={at}:error={error}")
             app = build_app(faulty)

@@ -41,7 +41,7 @@ def tiny_config(data_dir: Path, tmp_path: Path, *overrides: str):
 def test_two_worker_run_resumes_after_a_fault_and_registers_a_challenger(ray_local, data_dir, tmp_path,
                                                                        monkeypatch) -> None:
     config = tiny_config(data_dir, tmp_path, "name=fault-run", "optim.max_steps=6", "run.checkpoint_every=2",
-                         "budgets.strategy=sandwich")
+                         "sampling.strategy=sandwich")
     monkeypatch.setenv("VISOR_TEST_FAULT", "train:rank=1:step=3")  # read by the driver, handed to the workers
     outcome = run_training(config)
 
@@ -94,7 +94,7 @@ def test_workers_see_disjoint_data_covering_the_epoch(ray_local, data_dir, tmp_p
 
 @pytest.mark.parametrize("overrides, message", [
     (["optim.lr=-0.1"], "optim.lr: Input should be greater than 0"),
-    (["budgets.strategy=greedy"], "budgets.strategy: Input should be 'uniform', 'sandwich' or 'largest'"),
+    (["sampling.strategy=greedy"], "sampling.strategy: Input should be 'uniform', 'sandwich' or 'largest'"),
     (["model.colour=red"], "model.colour: Extra inputs are not permitted"),
     (["scaling.strategy=fsdp"], "fsdp' needs scaling.use_gpu"),
 ])

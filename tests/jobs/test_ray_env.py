@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.cluster.ray_env import recorded_cluster
+from jobs.ray_env import recorded_cluster
 from pipelines.synth import write_synth
 
 pytestmark = pytest.mark.integration  # starts Ray through `visor` subprocesses

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from jobs.registry.config import RetrainConfig
-from jobs.registry.retrain import AlreadyRunning, retrain_lock, run_retrain
+from jobs.retrain.config import RetrainConfig
+from jobs.retrain.retrain import AlreadyRunning, retrain_lock, run_retrain
 from pipelines.synth import write_split, write_synth
 
 pytestmark = pytest.mark.integration  # Ray Train runs
@@ -21,15 +21,16 @@ pytestmark = pytest.mark.integration  # Ray Train runs
 def retrain_config(root: Path) -> RetrainConfig:
     data = root / "data"
     return RetrainConfig.model_validate({
-        "train_config": "demo-tiny",
-        "train_overrides": [
-            f"data.train=['{data}/train-*.tar']", "data.batch_size=4", "optim.max_steps=4", "optim.warmup_steps=1",
-            "run.checkpoint_every=4", "run.log_every=2", f"run.storage_path={root / 'runs'}",
-            f"mlflow.tracking_uri=sqlite:///{root / 'mlflow.db'}", "model.tiny.num_layers=3",
-            "model.tiny.hidden_size=32", "scaling.num_workers=1",  # orchestration under test: one worker is enough
-        ],
+        "train": {
+            "config": "demo-tiny", "data": {"train": [f"{data}/train-*.tar"], "batch_size": 4},
+            "optim": {"max_steps": 4, "warmup_steps": 1},
+            "run": {"checkpoint_every": 4, "log_every": 2, "storage_path": str(root / "runs")},
+            "mlflow": {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}"},
+            "model": {"tiny": {"num_layers": 3, "hidden_size": 32}},
+            "scaling": {"num_workers": 1},  # orchestration under test: one worker is enough
+        },
         "policy": {"data": [f"{data}/policy-*.tar"], "epochs": 50},
-        "eval_data": [f"{data}/eval-*.tar"],
+        "evaluate": {"data": [f"{data}/eval-*.tar"]},
         "score": {"batch_size": 12},
         "lock_dir": str(root / "locks"),
     })
@@ -75,8 +76,8 @@ def test_a_second_retrain_exits_while_one_runs(tmp_path: Path) -> None:
     config = tmp_path / "retrain.yaml"
     shards = [f"{tmp_path}/*.tar"]
     config.write_text(json.dumps({  # JSON is YAML
-        "train_config": "demo-tiny", "train_overrides": [f"data.train={shards}"],
-        "policy": {"data": shards}, "eval_data": shards, "lock_dir": str(tmp_path / "locks")}))
+        "train": {"config": "demo-tiny", "data": {"train": shards}},
+        "policy": {"data": shards}, "evaluate": {"data": shards}, "lock_dir": str(tmp_path / "locks")}))
     write_synth(tmp_path, 3, 0, 3, seed=0)
     lock = tmp_path / "locks" / "retrain-visor.lock"
     with retrain_lock(lock):

@@ -28,8 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jobs.console import current
+from jobs.evaluation.report import EvalReport
 from jobs.faults import fail_stage
-from jobs.registry.config import RetrainConfig
+from jobs.retrain.config import RetrainConfig
+from jobs.sections import CHAMPION
 
 EXPERIMENT = "visor-retrain"
 
@@ -46,7 +48,7 @@ class RetrainOutcome:
     parent_run_id: str | None = None
     challenger: str | None = None
     champion: str | None = None
-    report: dict | None = None
+    report: EvalReport | None = None  # the challenger's evaluation
 
 
 def _alive(pid: int) -> bool:
@@ -93,14 +95,13 @@ def run_retrain(config: RetrainConfig) -> RetrainOutcome:
     from mlflow.tracking import MlflowClient
 
     from jobs.evaluation.evaluate import evaluate
-    from jobs.evaluation.policy import PolicyOptions, run_policy_job
+    from jobs.evaluation.policy import run_policy_job
     from jobs.registry.promote import promote
-    from jobs.registry.tracking import alias_version, create_run, git_commit, tracking_uri
-    from jobs.train.config import load_train_config
+    from jobs.registry.tracking import alias_version, create_run, failure_marked, git_commit, tracking_uri
     from jobs.train.driver import resolve_training_data, run_training
     from pipelines.shards import ShardSet
 
-    train_config = load_train_config(config.train_config, config.train_overrides)
+    train_config = config.train
     data = resolve_training_data(train_config.final())  # listed once: its version decides, the training reads it
     version = data.version
     uri = tracking_uri(train_config.mlflow.tracking_uri)
@@ -108,7 +109,7 @@ def run_retrain(config: RetrainConfig) -> RetrainOutcome:
     lock = Path(config.lock_dir).expanduser().resolve() / f"retrain-{name}.lock"
     with retrain_lock(lock):
         client = MlflowClient(uri)
-        champion = alias_version(client, name, "champion")
+        champion = alias_version(client, name, CHAMPION)
         if champion is not None and champion.tags.get("data_version") == version:
             return RetrainOutcome("skipped", f"champion version {champion.version} was trained on data version "
                                   f"{version}: nothing to do", version, champion=str(champion.version))
@@ -125,39 +126,32 @@ def run_retrain(config: RetrainConfig) -> RetrainOutcome:
             clock = time.perf_counter()
             return name
 
-        try:
+        with failure_marked(client, parent_id, lambda: {"failed_stage": stage}):
             fail_stage(stage)
             trained = run_training(train_config, parent_run_id=parent_id, data=data)
             stage = finished("policy")
             fail_stage(stage)
-            options = PolicyOptions(**config.policy.model_dump(exclude={"data"}), registered_model=name,
-                                    score=config.score)
             policy = run_policy_job(f"models:/{name}/{trained.registered_version}", config.policy.data, uri,
-                                    options, parent_run_id=parent_id)
-            current().say(f"policy: τ = {policy.tau}, held-out accuracy {policy.heldout['accuracy']:.3f}, "
-                          f"budgets chosen {policy.heldout['budget_counts']}")
+                                    config.policy, config.score, name, parent_run_id=parent_id)
+            current().say(f"policy: τ = {policy.tau}, held-out accuracy {policy.heldout.accuracy:.3f}, "
+                          f"budgets chosen {policy.heldout.budget_counts}")
             stage = finished("evaluate")
             fail_stage(stage)
-            eval_data = ShardSet.resolve(config.eval_data)  # the challenger and the champion score one listing
+            eval_data = ShardSet.resolve(config.evaluate.data)  # the challenger and the champion score one listing
             report = evaluate(f"models:/{name}/{policy.registered_version}", eval_data, uri, config.score,
                               parent_run_id=parent_id).report
-            point = next(row for row in report["rows"] if row["name"] == report["operating_point"])
-            current().say(f"evaluate: accuracy {point['accuracy']:.3f} at {point['mean_flops'] / 1e6:.1f} MFLOPs "
-                          f"({report['operating_point']}, {report['samples']} samples)")
-            if champion is not None and f"eval/{report['data_version']}/accuracy" not in champion.tags:
+            point = report.point
+            current().say(f"evaluate: accuracy {point.accuracy:.3f} at {point.mean_flops / 1e6:.1f} MFLOPs "
+                          f"({point.name}, {report.samples} samples)")
+            if champion is not None and f"eval/{report.data_version}/accuracy" not in champion.tags:
                 evaluate(f"models:/{name}/{champion.version}", eval_data, uri, config.score, parent_run_id=parent_id)
             stage = finished("promote")
             fail_stage(stage)
             decision = promote(uri, name, config.promote)
             finished("done")
-        except BaseException as err:
-            client.set_tag(parent_id, "failed_stage", stage)
-            client.set_tag(parent_id, "error", f"{type(err).__name__}: {err}"[:5000])
-            client.set_terminated(parent_id, "FAILED")
-            raise
         client.set_tag(parent_id, "decision", "promoted" if decision.promoted else "rejected")
         client.set_tag(parent_id, "decision_reason", decision.reason)
         client.set_terminated(parent_id, "FINISHED")
-        final = alias_version(client, name, "champion")
+        final = alias_version(client, name, CHAMPION)
         return RetrainOutcome("promoted" if decision.promoted else "rejected", decision.reason, version, parent_id,
                               decision.challenger, None if final is None else str(final.version), report)

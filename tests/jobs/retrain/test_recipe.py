@@ -15,8 +15,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 from transformers import LlavaOnevisionForConditionalGeneration
 
-from jobs.registry.config import RetrainConfig
-from jobs.registry.retrain import run_retrain
+from jobs.retrain.config import RetrainConfig
+from jobs.retrain.retrain import run_retrain
 from pipelines.synth import write_split, write_synth
 from visor_model import LayerPlan, VisorForConditionalGeneration
 from visor_model.presets import tiny_config
@@ -25,9 +25,9 @@ from visor_model.processing import VisorProcessor
 pytestmark = pytest.mark.integration  # Ray Train runs
 
 STAGES = [
-    {"name": "largest", "budgets": {"strategy": "largest"},
+    {"name": "largest", "sampling": {"strategy": "largest"},
      "freeze": ["vision_tower", "projector", "language_model", "lm_head"]},
-    {"name": "universal", "budgets": {"strategy": "uniform"}, "optim": {"lr": 2e-3}},
+    {"name": "universal", "sampling": {"strategy": "uniform"}, "optim": {"lr": 2e-3}},
 ]
 
 
@@ -55,8 +55,8 @@ def recipe_config(root: Path) -> RetrainConfig:
         "stages": STAGES,
     }))
     return RetrainConfig.model_validate({
-        "train_config": str(train), "policy": {"data": [f"{data}/policy-*.tar"], "epochs": 30},
-        "eval_data": [f"{data}/eval-*.tar"], "score": {"batch_size": 12}, "lock_dir": str(root / "locks"),
+        "train": str(train), "policy": {"data": [f"{data}/policy-*.tar"], "epochs": 30},
+        "evaluate": {"data": [f"{data}/eval-*.tar"]}, "score": {"batch_size": 12}, "lock_dir": str(root / "locks"),
     })
 
 
