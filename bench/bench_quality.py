@@ -117,21 +117,31 @@ def registered(outcome: TrainOutcome, name: str) -> str:
 
 def budget_curve(outcome: TrainOutcome, spec: str, uri: str, score: ScoreOptions) -> list[dict]:
     """Every budget of the model at each checkpoint its last training stage kept (in step order): ``[{"step",
-    "rows"}]`` with the evaluation's per-budget rows (accuracy, accuracy per question type)."""
+    "rows"}]`` with the evaluation's per-budget rows (accuracy, accuracy per question type). A checkpoint holds the
+    weights (``state.pt``); its model directory is written from them and the final model's config and processor."""
     import torch
 
     from jobs.evaluation.report import summarize
     from jobs.evaluation.scoring import score_split
     from jobs.train.checkpoint import STATE_FILE
     from pipelines.shards import ShardSet
+    from visor_model import VisorForConditionalGeneration
+    from visor_model.processing import VisorProcessor
 
     data = ShardSet.of(spec)
+    final = Path(outcome.model_dir)
     points = []
-    for folder in Path(outcome.checkpoint).parent.glob("checkpoint_*"):
-        step = int(torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False)["step"])
-        rows = [r.model_dump(mode="json") for r in summarize(score_split(str(folder / "model"), data, uri, score))
+    for folder in (p for p in Path(outcome.checkpoint).parent.glob("checkpoint_*") if p.is_dir()):
+        state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False)
+        model_dir = folder / "model"
+        if not model_dir.is_dir():
+            model = VisorForConditionalGeneration.from_pretrained(final, local_files_only=True)
+            model.load_state_dict(state["model"])
+            model.save_pretrained(model_dir)
+            VisorProcessor.from_pretrained(final).save_pretrained(model_dir)
+        rows = [r.model_dump(mode="json") for r in summarize(score_split(str(model_dir), data, uri, score))
                 if r.budget is not None]
-        points.append({"step": step, "rows": rows})
+        points.append({"step": int(state["step"]), "rows": rows})
     return sorted(points, key=lambda p: p["step"])
 
 
