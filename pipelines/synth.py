@@ -1,47 +1,45 @@
-"""Deterministic synthetic fine-grained VQA shards for the tiny VISOR model (32-px tiles, patch 8, up to 3x3 grid).
+"""Deterministic synthetic fine-grained VQA shards for the tiny VISOR model (32-px tiles, patch 8, 2x2 grid).
 
-Every image (64 or 96 px a side, so the anyres grids 2x2, 3x2, 2x3 and 3x3 all
-occur) is a plain background holding three 8x8 boxes aligned to the 8-px patch
-grid of the full-resolution tiles, so each box is exactly one visual token: a
-1-px frame around a 6x6 interior with one of ``PATTERNS``. Two boxes have white
-frames and sit side by side inside one 2x2 window of patches (the window 2x2
-token reduction averages into one token), with different patterns; the third, a
-distractor, has a black frame and sits in another window. Two question types,
-single-word answers:
+Every image is 64x64 px (an exact 2x2 grid of full-resolution tiles; the base tile is the image
+halved) on a plain background holding three 8x8 boxes aligned to the 8-px patch grid, so each box is
+exactly one visual token: a 1-px frame around a 6x6 interior with one of ``PATTERNS``. Two boxes have
+white frames and sit one above the other inside one 2x2 window of patches (the window 2x2 token
+reduction averages into one token), with different patterns; the third, a distractor, has a black
+frame and sits in another row of windows. Two question types, single-word answers:
 
 * ``coarse`` (difficulty 1) — the background colour: every token shows it;
-* ``fine`` (difficulty 2) — the pattern of the *left* (or *right*) white box. Both
-  white boxes look alike, so which one is left exists only in how the two tokens
-  relate: the right box's left neighbour is a white box, the left box's is not.
-  A model answers only if visual tokens attend to each other before the text reads
-  them — every layer of full attention, VISOR's S layers; with budget 0 (C layers
-  only) or 2x2 pooling (the pair is averaged into one token) it knows the pair
-  but not its order: 0.5 given the pair, by construction.
+* ``fine`` (difficulty 2) — the pattern of the *top* (or *bottom*) white box. Both white boxes look
+  alike, so which one is on top exists only in how the two tokens relate: the bottom box's upper
+  neighbour — nine visual tokens earlier in the sequence (eight patches and the row's
+  ``image_newline``) — is a white box, the top box's is not. A model answers only if visual tokens
+  attend to each other before the text reads them — every layer of full attention, VISOR's S layers.
 
-Every pattern averages to the same grey, so downscaling to the 32x32 base tile
-(2x or 3x) leaves only a faint resampling residue, while in the full-resolution
-tiles the pattern fills 36 of the 64 pixels of one patch.
+What cannot answer it, by construction (tested through the real model, ``tests/pipelines/test_synth.py``:
+an image and its twin with the two patterns exchanged give *identical* outputs):
 
-The miniature relies on a vision tower that sees patches, not relations: the
-``bench-quality`` and demo recipes use ``model.tiny.vision: patches`` (the patch
-embedding alone, no position, frozen; :func:`visor_model.presets.tiny_config`),
-so relating visual tokens happens in the language model, as it does for SigLIP's
-local features in the paper. A tower that attends across patches could order the
-pair itself and leave nothing for the S layers (docs/BENCHMARKS.md).
+* 2x2 pooling: the pair is averaged into one token;
+* C layers alone (budget 0): they read visual tokens without rotary positions; the gated variant's
+  convolution over the visual sequence (kernel 7) sees three tokens either side — the pair's column
+  is 3 or 4 of 8 and the distractor is in another row, so both boxes' neighbourhoods are plain
+  background and the two tokens are exchangeable;
+* the base tile: the synthetic processor halves the image with nearest-neighbour sampling (every
+  second pixel, odd rows and columns), and every pattern is white on exactly those pixels, so in the
+  overview every white box is the same white square. (The bicubic default leaves an order-dependent
+  trace of the pair there, which a model learned to read: docs/BENCHMARKS.md.)
 
-Training samples ask all three questions (coarse, left, right) in one
-conversation; held-out (eval, policy) samples ask one (see :func:`write_split`),
-*fine* alternating left and right. The ``detail`` split asks only the fine
-questions (left and right): the first stage of a training recipe, so that ordering
-the pair is learned before the easy question takes the model's attention
-elsewhere (measured: a tiny model trained on every question at once stays at 0.5
-on *fine* for 700 steps; with 600 steps of the fine questions first it reaches
-0.85; a third question type, the black box's pattern — a look-up — was learned
-at once but then kept the model from learning the order; see
+The miniature relies on a vision tower that sees patches, not relations: the ``bench-quality`` and
+demo recipes use ``model.tiny.vision: patches`` (the patch embedding alone, no position, frozen;
+:func:`visor_model.presets.tiny_config`), so relating visual tokens happens in the language model, as
+it does for SigLIP's local features in the paper.
+
+Training samples ask all three questions (coarse, top, bottom) in one conversation; held-out (eval,
+policy) samples ask one (see :func:`write_split`), *fine* alternating top and bottom. The ``detail``
+split asks only the fine questions (top and bottom): the first stage of a training recipe, so that
+ordering the pair is learned before the easy question takes the model's attention elsewhere (see
 ``docs/BENCHMARKS.md``).
 
-A sample is a pure function of ``(seed, split, index)``; shards are written with
-fixed tar mtimes, so the same arguments give byte-identical files.
+A sample is a pure function of ``(seed, split, index)``; shards are written with fixed tar mtimes,
+so the same arguments give byte-identical files.
 """
 
 from __future__ import annotations
@@ -66,23 +64,26 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 WHITE = (255, 255, 255)
 BLACK = (0, 0, 0)
-GREY = (128, 128, 128)
-PATTERNS = ["horizontal", "vertical", "checkered", "plain"]
-IMAGE_SIZES: list[tuple[int, int]] = [(64, 64), (96, 64), (64, 96), (96, 96)]  # (width, height)
+PATTERNS = ["horizontal", "vertical", "checkered", "dotted"]
+IMAGE_SIZES: list[tuple[int, int]] = [(64, 64)]  # (width, height): the base tile is the image halved, exactly
 BASE_TILE = 32
+OVERVIEW_RESAMPLE = Image.Resampling.NEAREST  # halving keeps the odd pixels, where every pattern is white
 PATCH = 8  # the vision tower's patch: every box is one patch
 WINDOW = 2 * PATCH  # the 2x2 window of patches that token reduction pools into one token
 BOX = 8  # box side in px: 1-px frame, 6x6 patterned interior
 QUESTION_TYPES = ("coarse", "fine")
 DIFFICULTY = {"coarse": 1, "fine": 2}
+PAIR_COLUMNS = (3, 4)  # the pair's patch column and row of windows (below): see ``render_sample``
+PAIR_WINDOW_ROWS = (1, 2)
 QUESTIONS = {
     "coarse": "what colour is the background ?",
-    "left": "what pattern is in the left white box ?",
-    "right": "what pattern is in the right white box ?",
+    "top": "what pattern is in the top white box ?",
+    "bottom": "what pattern is in the bottom white box ?",
 }
-"""Each question by the answer it asks for: the fine type asks ``left`` or ``right``."""
-TRAINING_TURNS = ("coarse", "left", "right")
-DETAIL_TURNS = ("left", "right")  # the fine questions alone: the first stage of a recipe
+"""Each question by the answer it asks for: the fine type asks ``top`` or ``bottom``."""
+SIDES = ("top", "bottom")
+TRAINING_TURNS = ("coarse", *SIDES)
+DETAIL_TURNS = SIDES  # the fine questions alone: the first stage of a recipe
 SPLITS = {"train": 0, "eval": 1, "policy": 2, "detail": 3}
 ONLY_FINE_SPLITS = {"detail"}  # every sample's own question is fine; it asks the box questions
 ALL_QUESTIONS_SPLITS = {"train"}  # training samples ask every question; held-out ones ask one
@@ -91,11 +92,11 @@ CHANCE = {"coarse": 1 / len(COLOURS), "fine": 1 / len(PATTERNS)}  # uniform gues
 
 @dataclass(frozen=True)
 class Sample:
-    """One rendered sample. ``pair`` holds the (left, right) white boxes' patterns (different), ``pair_xy`` the
-    top-left pixel of the left one (a multiple of ``WINDOW`` horizontally, of ``PATCH`` vertically: both boxes in
-    one pooling window); ``black``/``black_xy`` the distractor's pattern and top-left pixel (another window).
+    """One rendered sample. ``pair`` holds the (top, bottom) white boxes' patterns (different), ``pair_xy`` the
+    top-left pixel of the top one (column ``PATCH * PAIR_COLUMNS``, row a multiple of ``WINDOW``: both boxes in
+    one pooling window); ``black``/``black_xy`` the distractor's pattern and top-left pixel (another window row).
 
-    ``question_type`` is this sample's own (first) question; ``side`` (``left``/``right``) which white box a
+    ``question_type`` is this sample's own (first) question; ``side`` (``top``/``bottom``) which white box a
     *fine* question asks for; :meth:`answers` has every question's answer.
     """
 
@@ -124,7 +125,7 @@ class Sample:
 
     def answers(self) -> dict[str, str]:
         """The answer to every question (keys of ``QUESTIONS``) about this image."""
-        return {"coarse": self.background, "left": self.pair[0], "right": self.pair[1]}
+        return {"coarse": self.background, SIDES[0]: self.pair[0], SIDES[1]: self.pair[1]}
 
     def record(self, kinds: tuple[str, ...] | None = None) -> dict[str, Any]:
         """The LLaVA-conversation JSON stored next to the image: one turn per question of ``kinds`` (default:
@@ -158,11 +159,17 @@ def vocabulary() -> list[str]:
 
 
 def pattern_pixel(pattern: str, dx: int, dy: int) -> tuple[int, int, int]:
-    """The colour of interior pixel ``(dx, dy)`` (1..6 inside the frame) of a box with ``pattern``."""
-    if pattern == "plain":
-        return GREY
-    on = {"horizontal": dy, "vertical": dx, "checkered": dx + dy}[pattern] % 2
-    return WHITE if on else BLACK
+    """The colour of interior pixel ``(dx, dy)`` (1..6 inside the frame) of a box with ``pattern``: black stripes
+    on the even rows (``horizontal``) or columns (``vertical``), a checkerboard, or black dots where both are
+    even (``dotted``). Every pattern is white where ``dx`` and ``dy`` are both odd — the pixels the base tile
+    keeps (nearest-neighbour halving), so there every white box is the same white square."""
+    black = {
+        "horizontal": dy % 2 == 0,
+        "vertical": dx % 2 == 0,
+        "checkered": (dx + dy) % 2 == 1,
+        "dotted": dx % 2 == 0 and dy % 2 == 0,
+    }[pattern]
+    return BLACK if black else WHITE
 
 
 def draw_box(image: Image.Image, x: int, y: int, pattern: str, frame: tuple[int, int, int] = WHITE) -> None:
@@ -176,26 +183,32 @@ def draw_box(image: Image.Image, x: int, y: int, pattern: str, frame: tuple[int,
 
 def render_sample(seed: int, split: str, index: int) -> Sample:
     """The sample ``index`` of ``split`` for ``seed``; question types alternate coarse and fine (only fine in the
-    ``detail`` split), and fine questions alternate left and right."""
+    ``detail`` split), and fine questions alternate top and bottom.
+
+    Placement keeps the two white boxes exchangeable for C layers: in the visual sequence (rows of 8 patches and
+    an ``image_newline``) the gated convolution mixes a token with 3 on either side, so a box token reaches
+    6 tokens either side (its neighbours' neighbours); with the pair in columns 3-4 of the middle windows' rows and the distractor
+    not in the row above the pair, the pair's rows or the row below, both boxes' reach holds the same background
+    and newline tokens at the same offsets (never the base tile, never the end of the sequence)."""
     rng = np.random.default_rng([seed, SPLITS[split], index])
     question_type = "fine" if split in ONLY_FINE_SPLITS else QUESTION_TYPES[index % len(QUESTION_TYPES)]
-    side = ("left", "right")[(index // len(QUESTION_TYPES)) % 2 if split not in ONLY_FINE_SPLITS else index % 2]
+    side = SIDES[(index // len(QUESTION_TYPES)) % 2 if split not in ONLY_FINE_SPLITS else index % 2]
     width, height = IMAGE_SIZES[int(rng.integers(len(IMAGE_SIZES)))]
     background = list(COLOURS)[int(rng.integers(len(COLOURS)))]
-    left, right = (PATTERNS[int(i)] for i in rng.choice(len(PATTERNS), 2, replace=False))
+    top, bottom = (PATTERNS[int(i)] for i in rng.choice(len(PATTERNS), 2, replace=False))
     black = PATTERNS[int(rng.integers(len(PATTERNS)))]
-    windows = [(x, y) for y in range(0, height, WINDOW) for x in range(0, width, WINDOW)]
-    pair_window, black_window = (windows[int(i)] for i in rng.choice(len(windows), 2, replace=False))
-    pair_xy = (pair_window[0], pair_window[1] + PATCH * int(rng.integers(2)))
-    black_xy = (black_window[0] + PATCH * int(rng.integers(2)), black_window[1] + PATCH * int(rng.integers(2)))
+    pair_row = PAIR_WINDOW_ROWS[int(rng.integers(len(PAIR_WINDOW_ROWS)))] * 2  # in patches
+    pair_xy = (PATCH * PAIR_COLUMNS[int(rng.integers(len(PAIR_COLUMNS)))], PATCH * pair_row)
+    black_rows = [y for y in range(height // PATCH) if not pair_row - 1 <= y <= pair_row + 2]
+    black_xy = (PATCH * int(rng.integers(width // PATCH)), PATCH * black_rows[int(rng.integers(len(black_rows)))])
 
     image = Image.new("RGB", (width, height), COLOURS[background])
-    draw_box(image, *pair_xy, left)
-    draw_box(image, pair_xy[0] + PATCH, pair_xy[1], right)
+    draw_box(image, *pair_xy, top)
+    draw_box(image, pair_xy[0], pair_xy[1] + PATCH, bottom)
     draw_box(image, *black_xy, black, frame=BLACK)
     return Sample(
         key=f"{split}{index:08d}", image=image, question_type=question_type, side=side, background=background,
-        pair=(left, right), pair_xy=pair_xy, black=black, black_xy=black_xy,
+        pair=(top, bottom), pair_xy=pair_xy, black=black, black_xy=black_xy,
     )
 
 
@@ -216,7 +229,7 @@ def write_split(out: Path, split: str, count: int, shard_size: int, seed: int) -
 
     Samples of the splits in ``ALL_QUESTIONS_SPLITS`` ask every question in one conversation: four answers
     to learn from for one image's visual tokens, at almost the cost of one, so training learns the skills in
-    far fewer steps (see ``docs/BENCHMARKS.md``); ``detail`` samples ask left and right. The held-out splits
+    far fewer steps (see ``docs/BENCHMARKS.md``); ``detail`` samples ask top and bottom. The held-out splits
     ask one question, so accuracy and the policy's budget are per question type.
 
     Existing ``out/<split>-NNNNNN.tar`` files are deleted first, so the directory holds exactly this split.
@@ -264,7 +277,7 @@ def write_synth(out: Path, train: int, eval: int, shard_size: int, seed: int, po
         splits[split] = {"samples": count, "question_types": by_type, "shards": shards}
     tokenizer = word_tokenizer(vocabulary())
     tokenizer.save_pretrained(out / "tokenizer")
-    tiny_processor(tokenizer, tiny_config(len(tokenizer))).save_pretrained(out / "processor")
+    tiny_processor(tokenizer, tiny_config(len(tokenizer)), resample=OVERVIEW_RESAMPLE).save_pretrained(out / "processor")
     manifest = {
         "seed": seed,
         "shard_size": shard_size,

@@ -152,13 +152,17 @@ def word_tokenizer(words: Iterable[str]) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def tiny_processor(tokenizer: PreTrainedTokenizerFast, config: VisorConfig) -> VisorProcessor:
-    """The processor matching :func:`tiny_config` (tile size and anyres grid taken from ``config``)."""
+def tiny_processor(tokenizer: PreTrainedTokenizerFast, config: VisorConfig,
+                   resample: int | None = None) -> VisorProcessor:
+    """The processor matching :func:`tiny_config` (tile size and anyres grid taken from ``config``); ``resample``
+    (a ``PIL.Image.Resampling``) replaces the image processor's bicubic resizing (the synthetic data's processor
+    uses nearest-neighbour, :mod:`pipelines.synth`)."""
     tile = config.vision_config.image_size
     image_processor = LlavaOnevisionImageProcessorPil(
         size={"height": tile, "width": tile},
         crop_size={"height": tile, "width": tile},
         image_grid_pinpoints=config.image_grid_pinpoints,
+        **({"resample": resample} if resample is not None else {}),
     )
     return VisorProcessor(
         image_processor=image_processor,
