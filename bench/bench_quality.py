@@ -284,7 +284,7 @@ def histogram_table(policy: dict) -> list[str]:
     return lines
 
 
-HARD = "fine"  # the fine type is the hard one: which white box is left exists only in how tokens relate
+HARD = "fine"  # the fine type is the hard one: which white box is on top exists only in how tokens relate
 
 
 def budget_gap(rows: list[dict], kind: str) -> float:
