@@ -66,7 +66,7 @@ class Scale:
     overrides: tuple[str, ...] = ()
 
 
-FULL = Scale(train=12_000, detail=8_000, eval=600, policy=900, shard_size=1000)
+FULL = Scale(train=12_000, detail=20_000, eval=600, policy=900, shard_size=1000)  # detail: a fresh sample a step
 SMOKE = Scale(train=48, detail=16, eval=24, policy=32, shard_size=16, overrides=(
     "optim.warmup_steps=1", "data.batch_size=4", "run.log_every=1", "run.checkpoint_every=3",
 ))
@@ -119,11 +119,9 @@ def budget_curve(outcome: TrainOutcome, spec: str, uri: str, score: ScoreOptions
     """Every budget of the model at each checkpoint its last training stage kept (in step order): ``[{"step",
     "rows"}]`` with the evaluation's per-budget rows (accuracy, accuracy per question type). A checkpoint holds the
     weights (``state.pt``); its model directory is written from them and the final model's config and processor."""
-    import torch
-
     from jobs.evaluation.report import summarize
     from jobs.evaluation.scoring import score_split
-    from jobs.train.checkpoint import STATE_FILE
+    from jobs.train.checkpoint import read_state
     from pipelines.shards import ShardSet
     from visor_model import VisorForConditionalGeneration
     from visor_model.processing import VisorProcessor
@@ -132,7 +130,7 @@ def budget_curve(outcome: TrainOutcome, spec: str, uri: str, score: ScoreOptions
     final = Path(outcome.model_dir)
     points = []
     for folder in (p for p in Path(outcome.checkpoint).parent.glob("checkpoint_*") if p.is_dir()):
-        state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False)
+        state = read_state(folder)
         model_dir = folder / "model"
         if not model_dir.is_dir():
             model = VisorForConditionalGeneration.from_pretrained(final, local_files_only=True)

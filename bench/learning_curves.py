@@ -7,7 +7,8 @@
 
 The model, optimizer and step are the training job's (``jobs.train.model_setup.build_model``, ``make_optimizer``,
 ``optimizer_step``, ``budgets_for_step``), the samples are :mod:`pipelines.synth`'s, tokenized by the processor the
-data job writes — but without Ray, shards or MLflow, so a curve costs seconds a hundred steps. Every ``--stages``
+data job writes — but without Ray, shards or MLflow, so a curve costs seconds a hundred steps (``--pool N``: cycle
+through N samples per split, as shards of N samples do). Every ``--stages``
 item is ``split:steps[:strategy]`` (``detail`` asks the fine questions, ``train`` every question; fresh samples every
 step; the optimizer and its warm-up + cosine schedule restart per stage). Every ``--every`` steps it prints one JSON
 line: the step's loss per budget and, per budget, the accuracy of the first answer token on held-out samples of
@@ -83,6 +84,8 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--every", type=int, default=100)
+    parser.add_argument("--pool", type=int, help="draw training samples from this many per split, as shards hold "
+                        "(default: fresh samples every step)")
     parser.add_argument("--save", help="write the final model here (a --init for the next curve)")
     args = parser.parse_args()
 
@@ -109,7 +112,8 @@ def main() -> None:
                             max_steps=int(steps), grad_clip=1.0)
         optimizer, scheduler = make_optimizer(model, optim)
         for index in range(int(steps)):
-            samples = [render_sample(args.seed, split, index * BATCH + i) for i in range(BATCH)]
+            drawn = [index * BATCH + i for i in range(BATCH)]
+            samples = [render_sample(args.seed, split, n % args.pool if args.pool else n) for n in drawn]
             batch = collate(collator, [encode(processor, s, s.turns_for(split)) for s in samples])
             budgets = budgets_for_step(strategy[0] if strategy else args.strategy, model.plan.num_budgets,
                                        args.seed, step)

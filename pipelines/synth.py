@@ -186,10 +186,10 @@ def render_sample(seed: int, split: str, index: int) -> Sample:
     ``detail`` split), and fine questions alternate top and bottom.
 
     Placement keeps the two white boxes exchangeable for C layers: in the visual sequence (rows of 8 patches and
-    an ``image_newline``) the gated convolution mixes a token with 3 on either side, so a box token reaches
-    6 tokens either side (its neighbours' neighbours); with the pair in columns 3-4 of the middle windows' rows and the distractor
-    not in the row above the pair, the pair's rows or the row below, both boxes' reach holds the same background
-    and newline tokens at the same offsets (never the base tile, never the end of the sequence)."""
+    an ``image_newline``) the gated convolution mixes a token with 3 on either side, so a box token reaches 6
+    tokens either side (its neighbours' neighbours); with the pair in columns 3-4 of the middle windows' rows and
+    the distractor not in the row above the pair, the pair's rows or the row below, both boxes' reach holds the
+    same background and newline tokens at the same offsets (never the base tile, never the end of the sequence)."""
     rng = np.random.default_rng([seed, SPLITS[split], index])
     question_type = "fine" if split in ONLY_FINE_SPLITS else QUESTION_TYPES[index % len(QUESTION_TYPES)]
     side = SIDES[(index // len(QUESTION_TYPES)) % 2 if split not in ONLY_FINE_SPLITS else index % 2]
@@ -277,7 +277,8 @@ def write_synth(out: Path, train: int, eval: int, shard_size: int, seed: int, po
         splits[split] = {"samples": count, "question_types": by_type, "shards": shards}
     tokenizer = word_tokenizer(vocabulary())
     tokenizer.save_pretrained(out / "tokenizer")
-    tiny_processor(tokenizer, tiny_config(len(tokenizer)), resample=OVERVIEW_RESAMPLE).save_pretrained(out / "processor")
+    processor = tiny_processor(tokenizer, tiny_config(len(tokenizer)), resample=OVERVIEW_RESAMPLE)
+    processor.save_pretrained(out / "processor")
     manifest = {
         "seed": seed,
         "shard_size": shard_size,

@@ -15,7 +15,7 @@ from pathlib import Path
 from jobs.sections import CHAMPION, REGISTERED_MODEL
 
 DATA = Path("demo-data")
-SPLITS = {"train": 3000, "eval": 300, "policy": 300, "detail": 2400}
+SPLITS = {"train": 6000, "eval": 300, "policy": 300, "detail": 9600}  # a fresh sample a step in `detail`
 SHARD_SIZE, SEED = 500, 0
 
 

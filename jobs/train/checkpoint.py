@@ -70,10 +70,15 @@ def capture_state(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler:
             "rng": rngs}
 
 
+def read_state(directory: Path) -> dict[str, Any]:
+    """The training state a checkpoint directory holds (``state.pt``, see the module docstring), on the CPU."""
+    return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
+
+
 def restore_state(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> int:
     """Load ``directory/state.pt`` into the (wrapped) model, optimizer, scheduler and this rank's RNGs;
     returns the step to continue from."""
-    state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
+    state = read_state(directory)
     if _is_fsdp(model):
         from torch.distributed.fsdp import FullStateDictConfig, FullyShardedDataParallel, StateDictType
 

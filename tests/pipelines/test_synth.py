@@ -222,6 +222,16 @@ def test_same_seed_writes_identical_bytes(synth_dir: Path, tmp_path: Path) -> No
     assert (tmp_path / "same" / "manifest.json").read_text() == (synth_dir / "manifest.json").read_text()
 
 
+def test_saved_processor_halves_the_base_tile_by_nearest_neighbour(synth_dir: Path) -> None:
+    from visor_model.processing import VisorProcessor
+
+    processor = VisorProcessor.from_pretrained(synth_dir / "processor")
+    sample = render_sample(5, "eval", 0)
+    inputs = processor(text=["<image>"] * 2, images=[sample.image, swapped(sample)], return_tensors="pt")
+    assert processor.image_processor.resample == OVERVIEW_RESAMPLE
+    assert torch.equal(inputs["pixel_values"][0, 0], inputs["pixel_values"][1, 0])  # the overviews: identical
+
+
 def test_tokenizer_covers_every_question_and_answer(synth_dir: Path) -> None:
     from transformers import AutoTokenizer
 
