@@ -129,11 +129,18 @@ def data_wait(data: Path, steps: int, workdir: Path) -> dict:
             "mean_wait": sum(waits) / len(waits), "median_samples_per_s": sorted(speeds)[len(speeds) // 2]}
 
 
+def synth_images() -> str:
+    """The synthetic images' sizes, for the reports (``pipelines.synth.IMAGE_SIZES``)."""
+    from pipelines.synth import IMAGE_SIZES
+
+    return " or ".join(f"{width}×{height}" for width, height in IMAGE_SIZES) + " px"
+
+
 def markdown(results: dict) -> str:
     low, high = results["throughput"][0]["tokens"]
     lines = [
         *provenance("## Data pipeline (`bench/bench_data.py`)", results["command"]),
-        f"Synthetic shards: {results['samples']} training samples (64–96 px images, 5–10 tiles of 32 px, "
+        f"Synthetic shards: {results['samples']} training samples ({synth_images()} images, tiles of 32 px, "
         f"16 tokens a tile, {low}–{high} tokens a sample), `visor data synth --seed 0`.",
         "",
         "| CPUs for Ray | samples | whole pass (s) | samples/s (whole pass) | samples/s (steady state) |",
@@ -165,7 +172,7 @@ def markdown(results: dict) -> str:
 def pack_markdown(results: dict) -> str:
     lines = [
         *provenance("## Packing your own data (`bench/bench_data.py`)", results["command"]),
-        f"A LLaVA JSON file of {results['rows']} rows (64–96 px PNG images in an image folder, every 10th row "
+        f"A LLaVA JSON file of {results['rows']} rows ({synth_images()} PNG images in an image folder, every 10th row "
         "text-only) packed by `visor data pack`'s job (`pipelines.pack.pack`: Ray Data reads, one CPU per packing "
         "task, shards of 500 written by Ray tasks); a fresh local Ray per row of the table, its start excluded.",
         "",

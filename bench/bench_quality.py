@@ -4,7 +4,7 @@
     .venv/bin/python bench/bench_quality.py --smoke [--write FILE]                        # what the test suite runs
 
 Every model is made by the real jobs on a local Ray, tracked in a fresh MLflow store per seed, from the
-training preset ``bench-quality`` (``jobs/configs/bench-quality.yaml``), whose three stages are the recipe:
+training preset ``bench-quality`` (``jobs/configs/bench-quality.yaml``), whose four stages are the recipe:
 
 * (a) ``full attention`` — stages 1-2 of the preset: a tiny full-attention model (LLaVA-OneVision itself)
   trained from scratch on a frozen patch-only vision tower, the stand-in for a pretrained LLaVA-OneVision;

@@ -46,7 +46,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from bench_data import add_shape_arguments, provenance, publish  # noqa: E402
+from bench_data import add_shape_arguments, provenance, publish, synth_images  # noqa: E402
 
 SECTION = "## Serving (`bench/bench_serve.py`)"
 STATIC_REF = "59955b4"  # the last commit with the static `@serve.batch` batcher
@@ -244,8 +244,8 @@ def baseline(ref: str, args: argparse.Namespace) -> dict:
 def markdown(result: dict, before: dict | None, ref: str, command: str) -> str:
     lines = [
         *provenance(SECTION, command),
-        f"{result['requests']} chat completions per setting (one 64–96 px image and a question each, budgets cycling "
-        f"auto/0/1) from {result['clients']} concurrent clients against one replica of the tiny model "
+        f"{result['requests']} chat completions per setting (one {synth_images()} image and a question each, budgets "
+        f"cycling auto/0/1) from {result['clients']} concurrent clients against one replica of the tiny model "
         f"(nearly random weights, so sampled answers are long — see tokens per answer; `max_batch_size` "
         f"{result['max_batch_size']}), all on "
         "127.0.0.1. *Continuous* is this code (the decode "

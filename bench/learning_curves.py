@@ -29,19 +29,22 @@ from jobs.train.config import ModelConfig, OptimConfig, TinyShape
 from jobs.train.model_setup import build_model, freeze
 from jobs.train.steps import budgets_for_step, make_optimizer, optimizer_step
 from pipelines.dataset import Collator
-from pipelines.synth import OVERVIEW_RESAMPLE, TRAINING_TURNS, render_sample, vocabulary
+from pipelines.synth import OVERVIEW_RESAMPLE, TRAINING_TURNS, png_bytes, render_sample, vocabulary
+from pipelines.validate import parse_sample
 from visor_model.presets import tiny_config, tiny_processor, word_tokenizer
 from visor_model.processing import VisorProcessor
 
 BATCH = 32
 HELD_OUT = 120  # samples per question
+MAX_PIXELS = 1 << 20
 
 
 def encode(processor: VisorProcessor, sample, kinds: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """One training example (the data job's ``build_chat``) of ``sample`` asking the questions ``kinds``."""
-    turns = sample.record(kinds)["conversations"]
-    pairs = [(q["value"].removeprefix("<image>\n"), a["value"]) for q, a in zip(turns[::2], turns[1::2], strict=True)]
-    example = processor.build_chat(sample.image, pairs, 256)
+    """One training example of ``sample`` asking the questions ``kinds``, as the data job makes it from a shard's
+    members (``parse_sample``, then ``build_chat``)."""
+    record = json.dumps(sample.record(kinds)).encode()
+    parsed = parse_sample(png_bytes(sample.image), record, MAX_PIXELS)
+    example = processor.build_chat(parsed.image, parsed.turns, 256)
     return {name: example[name][0].numpy() for name in ("input_ids", "labels", "pixel_values", "image_sizes")}
 
 
@@ -55,18 +58,17 @@ def collate(collator: Collator, examples: list[dict[str, np.ndarray]]) -> dict[s
 
 
 def first_token_accuracy(model, batches: list[dict[str, torch.Tensor]], budget: int) -> float:
-    """Share of rows whose first labelled token is the argmax of the logits before it (the logits cover the text
-    stream: a row's image tokens are not in it)."""
+    """Share of rows whose first labelled token is the argmax of the logits at the token before it (the logits
+    cover the text stream; ``text_index`` maps its columns to ``input_ids`` positions)."""
     correct = total = 0
     with torch.no_grad():
         for batch in batches:
-            logits = model(**{k: v for k, v in batch.items() if k != "labels"}, budget=budget).logits
-            ids, labels = batch["input_ids"], batch["labels"]
-            images = (ids == model.config.image_token_index).sum(1)
-            for row in range(len(ids)):
+            out = model(**{k: v for k, v in batch.items() if k != "labels"}, budget=budget)
+            labels = batch["labels"]
+            for row in range(len(labels)):
                 first = int((labels[row] != -100).nonzero()[0])
-                before = first - 1 - (int(images[row]) if logits.shape[1] < ids.shape[1] else 0)
-                correct += int(logits[row, before].argmax() == labels[row, first])
+                column = int((out.text_index[row] == first - 1).nonzero()[0])
+                correct += int(out.logits[row, column].argmax() == labels[row, first])
                 total += 1
     return correct / total
 

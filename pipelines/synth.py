@@ -5,7 +5,7 @@ halved) on a plain background holding three 8x8 boxes aligned to the 8-px patch 
 exactly one visual token: a 1-px frame around a 6x6 interior with one of ``PATTERNS``. Two boxes have
 white frames and sit one above the other inside one 2x2 window of patches (the window 2x2 token
 reduction averages into one token), with different patterns; the third, a distractor, has a black
-frame and sits in another row of windows. Two question types, single-word answers:
+frame and sits away from the pair's rows (see :func:`render_sample`). Two question types, single-word answers:
 
 * ``coarse`` (difficulty 1) — the background colour: every token shows it;
 * ``fine`` (difficulty 2) — the pattern of the *top* (or *bottom*) white box. Both white boxes look
@@ -18,10 +18,11 @@ What cannot answer it, by construction (tested through the real model, ``tests/p
 an image and its twin with the two patterns exchanged give *identical* outputs):
 
 * 2x2 pooling: the pair is averaged into one token;
-* C layers alone (budget 0): they read visual tokens without rotary positions; the gated variant's
-  convolution over the visual sequence (kernel 7) sees three tokens either side — the pair's column
-  is 3 or 4 of 8 and the distractor is in another row, so both boxes' neighbourhoods are plain
-  background and the two tokens are exchangeable;
+* gated C layers alone (budget 0; the recipes' variant): they read visual tokens without rotary
+  positions, through a convolution over the visual sequence (kernel 7), and the pair is placed where
+  both boxes' neighbourhoods hold the same tokens at the same offsets, so the two tokens are
+  exchangeable (see :func:`render_sample`). The ``joint`` variant gives visual keys rotary
+  positions, so its budget 0 could order the pair: the miniature is built for ``gated``;
 * the base tile: the synthetic processor halves the image with nearest-neighbour sampling (every
   second pixel, odd rows and columns), and every pattern is white on exactly those pixels, so in the
   overview every white box is the same white square. (The bicubic default leaves an order-dependent
@@ -94,7 +95,8 @@ CHANCE = {"coarse": 1 / len(COLOURS), "fine": 1 / len(PATTERNS)}  # uniform gues
 class Sample:
     """One rendered sample. ``pair`` holds the (top, bottom) white boxes' patterns (different), ``pair_xy`` the
     top-left pixel of the top one (column ``PATCH * PAIR_COLUMNS``, row a multiple of ``WINDOW``: both boxes in
-    one pooling window); ``black``/``black_xy`` the distractor's pattern and top-left pixel (another window row).
+    one pooling window); ``black``/``black_xy`` the distractor's pattern and top-left pixel (not in the patch row
+    above the pair, the pair's rows or the row below).
 
     ``question_type`` is this sample's own (first) question; ``side`` (``top``/``bottom``) which white box a
     *fine* question asks for; :meth:`answers` has every question's answer.
@@ -181,6 +183,12 @@ def draw_box(image: Image.Image, x: int, y: int, pattern: str, frame: tuple[int,
             pixels[x + dx, y + dy] = pattern_pixel(pattern, dx, dy)
 
 
+def distractor_rows(pair_row: int, height: int) -> list[int]:
+    """The patch rows the distractor may take when the pair's top box is in patch row ``pair_row``: not the row
+    above the pair, the pair's two rows or the row below (see :func:`render_sample`)."""
+    return [y for y in range(height // PATCH) if not pair_row - 1 <= y <= pair_row + 2]
+
+
 def render_sample(seed: int, split: str, index: int) -> Sample:
     """The sample ``index`` of ``split`` for ``seed``; question types alternate coarse and fine (only fine in the
     ``detail`` split), and fine questions alternate top and bottom.
@@ -189,7 +197,8 @@ def render_sample(seed: int, split: str, index: int) -> Sample:
     an ``image_newline``) the gated convolution mixes a token with 3 on either side, so a box token reaches 6
     tokens either side (its neighbours' neighbours); with the pair in columns 3-4 of the middle windows' rows and
     the distractor not in the row above the pair, the pair's rows or the row below, both boxes' reach holds the
-    same background and newline tokens at the same offsets (never the base tile, never the end of the sequence)."""
+    same background and newline tokens at the same offsets (never the base tile, never the end of the sequence).
+    That holds for any column; the pair keeps to columns 3-4, the placements the recipes were measured with."""
     rng = np.random.default_rng([seed, SPLITS[split], index])
     question_type = "fine" if split in ONLY_FINE_SPLITS else QUESTION_TYPES[index % len(QUESTION_TYPES)]
     side = SIDES[(index // len(QUESTION_TYPES)) % 2 if split not in ONLY_FINE_SPLITS else index % 2]
@@ -197,9 +206,9 @@ def render_sample(seed: int, split: str, index: int) -> Sample:
     background = list(COLOURS)[int(rng.integers(len(COLOURS)))]
     top, bottom = (PATTERNS[int(i)] for i in rng.choice(len(PATTERNS), 2, replace=False))
     black = PATTERNS[int(rng.integers(len(PATTERNS)))]
-    pair_row = PAIR_WINDOW_ROWS[int(rng.integers(len(PAIR_WINDOW_ROWS)))] * 2  # in patches
+    pair_row = PAIR_WINDOW_ROWS[int(rng.integers(len(PAIR_WINDOW_ROWS)))] * (WINDOW // PATCH)  # in patches
     pair_xy = (PATCH * PAIR_COLUMNS[int(rng.integers(len(PAIR_COLUMNS)))], PATCH * pair_row)
-    black_rows = [y for y in range(height // PATCH) if not pair_row - 1 <= y <= pair_row + 2]
+    black_rows = distractor_rows(pair_row, height)
     black_xy = (PATCH * int(rng.integers(width // PATCH)), PATCH * black_rows[int(rng.integers(len(black_rows)))])
 
     image = Image.new("RGB", (width, height), COLOURS[background])
@@ -212,7 +221,8 @@ def render_sample(seed: int, split: str, index: int) -> Sample:
     )
 
 
-def _png(image: Image.Image) -> bytes:
+def png_bytes(image: Image.Image) -> bytes:
+    """``image`` as a PNG file's bytes (what a shard stores)."""
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
@@ -248,7 +258,7 @@ def write_split(out: Path, split: str, count: int, shard_size: int, seed: int) -
             counts[sample.question_type] += 1
             sink.write({
                 "__key__": sample.key,
-                "png": _png(sample.image),
+                "png": png_bytes(sample.image),
                 "json": json.dumps(sample.record(sample.turns_for(split)), sort_keys=True).encode(),
             })
     return counts

@@ -29,6 +29,7 @@ from pipelines.synth import (
     TRAINING_TURNS,
     WHITE,
     WINDOW,
+    distractor_rows,
     draw_box,
     pattern_pixel,
     render_sample,
@@ -63,7 +64,7 @@ def test_boxes_are_single_patches_and_the_pair_shares_one_pooling_window(index: 
     assert [width, height] in tiny_config(64).image_grid_pinpoints  # tiles are exact crops, no resize
     (px, py), (kx, ky) = sample.pair_xy, sample.black_xy
     assert px // PATCH in PAIR_COLUMNS and py % WINDOW == 0 and kx % PATCH == 0 and ky % PATCH == 0
-    assert py // WINDOW != ky // WINDOW  # the black box is in another row of windows
+    assert not py // PATCH - 1 <= ky // PATCH <= py // PATCH + 2  # the black box is away from the pair's rows
     top, bottom = sample.pair
     assert top != bottom and {top, bottom, sample.black} <= set(PATTERNS)
     assert np.array_equal(box_pixels(sample.image, (px, py)), expected_box(top, WHITE))
@@ -85,6 +86,32 @@ def test_patterns_differ_at_full_resolution_and_vanish_from_the_base_tile() -> N
                 full_diff = np.abs(renders[a][0] - renders[b][0]).max(-1)
                 assert (full_diff >= 127).sum() >= 9  # at full resolution a quarter of the interior differs or more
                 assert np.array_equal(renders[a][1], renders[b][1])  # in the base tile: nothing
+
+
+def reach(sequence: list[str], i: int) -> list[str]:
+    """The tokens from 6 before to 6 after position ``i`` ("padding" past either end)."""
+    return [sequence[j] if 0 <= j < len(sequence) else "padding" for j in range(i - 6, i + 7)]
+
+
+def test_every_placement_keeps_the_pair_exchangeable_for_the_gated_convolution() -> None:
+    """Token-level check of every placement the generator allows: in the visual sequence (the base tile's tokens,
+    then rows of patches each ended by ``image_newline``) the two box tokens see the same tokens at every offset
+    a gated C layer's convolution reaches (kernel 7: 3 either side, and those tokens' own 3 — 6 in all)."""
+    width, height = IMAGE_SIZES[0]
+    columns, base = width // PATCH, (BASE_TILE // PATCH) ** 2
+    checked = 0
+    for column in PAIR_COLUMNS:
+        for pair_row in (r * WINDOW // PATCH for r in PAIR_WINDOW_ROWS):
+            for black in ((x, y) for y in distractor_rows(pair_row, height) for x in range(columns)):
+                grid = {(column, pair_row): "pair", (column, pair_row + 1): "pair", black: "black"}
+                sequence = [f"base {i}" for i in range(base)] + [
+                    grid.get((x, y), "background") if x < columns else "newline"
+                    for y in range(height // PATCH) for x in range(columns + 1)]
+                top = base + pair_row * (columns + 1) + column
+                bottom = top + columns + 1
+                assert reach(sequence, top) == reach(sequence, bottom), (column, pair_row, black)
+                checked += 1
+    assert checked == len(PAIR_COLUMNS) * len(PAIR_WINDOW_ROWS) * 4 * columns
 
 
 def swapped(sample) -> Image.Image:

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from jobs.config import ConfigError, load_config
 from jobs.registry.model_format import load_visor
-from jobs.train.checkpoint import STATE_FILE
+from jobs.train.checkpoint import read_state
 from jobs.train.config import TrainConfig, load_train_config
 from jobs.train.driver import run_training
 from pipelines.synth import write_synth
@@ -52,7 +52,7 @@ def test_two_worker_run_resumes_after_a_fault_and_registers_a_challenger(ray_loc
     assert run_dir.parent == tmp_path / "runs" and run_dir.name.startswith("fault-run-")
     checkpoints = [p for p in run_dir.glob("checkpoint_*") if p.is_dir()]
     assert len(checkpoints) == 2  # keep_checkpoints
-    state = torch.load(Path(outcome.checkpoint) / STATE_FILE, weights_only=False)
+    state = read_state(Path(outcome.checkpoint))
     assert state["step"] == 6 and state["scheduler"]["last_epoch"] == 6 and len(state["rng"]) == 2
 
     client = MlflowClient(outcome.tracking_uri)
