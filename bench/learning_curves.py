@@ -28,7 +28,7 @@ import torch
 from jobs.train.config import ModelConfig, OptimConfig, TinyShape
 from jobs.train.model_setup import build_model, freeze
 from jobs.train.steps import budgets_for_step, make_optimizer, optimizer_step
-from pipelines.dataset import Collator
+from pipelines.dataset import Collator, object_column
 from pipelines.synth import OVERVIEW_RESAMPLE, TRAINING_TURNS, png_bytes, render_sample, vocabulary
 from pipelines.validate import parse_sample
 from visor_model.presets import tiny_config, tiny_processor, word_tokenizer
@@ -49,11 +49,8 @@ def encode(processor: VisorProcessor, sample, kinds: tuple[str, ...]) -> dict[st
 
 
 def collate(collator: Collator, examples: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
-    columns = {name: np.empty(len(examples), dtype=object) for name in examples[0]}
-    for i, example in enumerate(examples):
-        for name, value in example.items():
-            columns[name][i] = value
-    batch = collator(columns)
+    """A training batch of ``examples``, through the columns the data job hands the collator."""
+    batch = collator({name: object_column([e[name] for e in examples]) for name in examples[0]})
     return {k: batch[k] for k in ("input_ids", "labels", "pixel_values", "image_sizes", "attention_mask") if k in batch}
 
 
